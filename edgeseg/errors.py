@@ -1,0 +1,40 @@
+"""Exceptions edgeseg raises; every message is one line that says what to do.
+
+::
+
+    EdgesegError
+    ├── ArchiveError        (runtime) corrupt, truncated, unsafe or tampered archive
+    ├── ImageError          (runtime) an image that cannot be used
+    ├── ToolchainError      (runtime) a backend or tool missing/failing; names the extra to install
+    ├── VerifyError         (runtime) outputs outside the target's tolerance
+    │   └── AccuracyError   a build's measured accuracy is outside its budget
+    ├── ConfigError         a target profile, model spec or option that is invalid or contradicts the model
+    └── ConversionError     export or backend conversion failed (carries the tool's last error lines)
+"""
+
+from __future__ import annotations
+
+from edgeseg_runtime.errors import ArchiveError, EdgesegError, ImageError, ToolchainError, VerifyError
+
+__all__ = [
+    "EdgesegError",
+    "ArchiveError",
+    "ImageError",
+    "ToolchainError",
+    "VerifyError",
+    "AccuracyError",
+    "ConfigError",
+    "ConversionError",
+]
+
+
+class ConfigError(EdgesegError):
+    """A target profile, model spec or option is invalid or contradicts the model."""
+
+
+class ConversionError(EdgesegError):
+    """Exporting or converting the model failed."""
+
+
+class AccuracyError(VerifyError):
+    """The built model misses the accuracy budget of its target profile."""

@@ -1,0 +1,365 @@
+"""The shared export: any supported model → one fp32 ONNX every target starts from.
+
+The shared ONNX has one input and one output, named as the MMDeploy SDK
+expects ("whole" inference, MMDeploy ``configs/mmseg/segmentation_*``):
+
+* ``input``: float32 ``[N, 3, H, W]`` (NCHW), normalized as the spec says;
+* ``output``: float32 scores ``[N, C, H, W]`` (C = number of classes), or,
+  with ``with_argmax``, int64 labels ``[N, 1, H, W]``.
+
+To get there from the source model it adds, where needed: Transposes for an
+NHWC input or output; for a 1-channel probability output, the two-class
+scores ``[1 - p, p]`` (argmax of those is ``p > 0.5``); with ``with_argmax``,
+an ``ArgMax`` over C (or ``p > threshold``). The spec is checked against the
+graph first (class count, layout, size, dtype): a contradiction is a
+:class:`ConfigError` at build time, not a blank mask on the device.
+
+Sources: ONNX IR and operator specs (onnx.ai, opset 13+ Transpose, Concat,
+Sub, ArgMax, Greater, Cast); PyTorch ``torch.onnx.export`` (TorchScript-based
+exporter, ``dynamo=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ConfigError, ConversionError, ToolchainError
+from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "OPSET"]
+
+#: opset used when exporting from PyTorch
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """The shared fp32 ONNX written by :func:`export_shared`.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        sha256: hex digest of its bytes.
+        source_sha256: hex digest of the source model file ("" for an in-memory module).
+        input_shape: ``[N, 3, H, W]``; strings for dynamic dims.
+        output_shape: ``[N, C, H, W]`` or ``[N, 1, H, W]``.
+        output_dtype: ``"float32"`` (scores) or ``"int64"`` (labels).
+        opset: default-domain opset of the graph.
+    """
+
+    path: Path
+    sha256: str
+    source_sha256: str
+    input_shape: list[int | str]
+    output_shape: list[int | str]
+    output_dtype: str
+    opset: int
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ToolchainError("the onnx package is missing; pip install onnx (it is a core dependency of edgeseg)") from None
+    return onnx
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ToolchainError(
+            "PyTorch models need torch: pip install 'edgeseg[torch]' (torch==2.13.0, CPU wheel)"
+        ) from None
+    return torch
+
+
+def _dummy_input(spec: ModelSpec) -> Any:
+    torch = _torch()
+    if spec.input.size is None:
+        raise ConfigError("a PyTorch model needs input.size = [H, W] in the model spec (or --input-size)")
+    h, w = spec.input.size
+    shape = (1, 3, h, w) if spec.input.layout == "NCHW" else (1, h, w, 3)
+    return torch.zeros(shape, dtype=torch.float32)
+
+
+def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> None:
+    torch = _torch()
+    module.eval()
+    axes = {1, 2} if spec.input.layout == "NHWC" else {2, 3}
+    dynamic_axes = {"input": {a: f"d{a}" for a in axes}} if dynamic else None
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module, (_dummy_input(spec),), str(out), opset_version=OPSET, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
+            )
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ConversionError(f"torch.onnx.export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic: bool = False) -> tuple[onnx.ModelProto, str]:
+    """Read the source model as an ONNX graph.
+
+    Args:
+        model: an ``.onnx`` file, a TorchScript file (``torch.jit.save``), or an
+            ``nn.Module`` / ``ScriptModule`` object.
+        spec: its model spec (input size and layout are needed for PyTorch).
+        work: scratch folder.
+        dynamic: export PyTorch models with dynamic H/W.
+
+    Returns:
+        ``(graph, sha256 of the source file or "")``.
+
+    Raises:
+        ConfigError: file missing, empty, or neither ONNX nor TorchScript.
+        ConversionError: the PyTorch export failed.
+        ToolchainError: torch needed but not installed.
+    """
+    onnx = _onnx()
+    if not isinstance(model, (str, Path)):
+        exported = work / "from_torch.onnx"
+        _export_torch(model, spec, exported, dynamic)
+        return onnx.load(str(exported)), ""
+    path = Path(model)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise ConfigError(f"{path}: model file is empty")
+    if data[:4] == _ZIP_MAGIC:
+        torch = _torch()
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ConfigError(f"{path}: zip file but not a TorchScript model ({str(exc).splitlines()[0]})") from None
+        exported = work / "from_torchscript.onnx"
+        _export_torch(module, spec, exported, dynamic)
+        return onnx.load(str(exported)), digest
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # protobuf DecodeError, ValidationError
+        raise ConfigError(
+            f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "give an .onnx file, a TorchScript file, or an nn.Module from Python"
+        ) from None
+    if not proto.graph.node:
+        raise ConfigError(f"{path}: ONNX file has an empty graph")
+    return proto, digest
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    dims: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return dims
+
+
+def _pick(values: list[Any], wanted: str | None, what: str) -> Any:
+    if wanted is not None:
+        for v in values:
+            if v.name == wanted:
+                return v
+        raise ConfigError(f"model has no {what} named {wanted!r} (it has: {', '.join(v.name for v in values)})")
+    if len(values) != 1:
+        raise ConfigError(
+            f"model has {len(values)} {what}s ({', '.join(v.name for v in values)}); name the one to use in the spec"
+        )
+    return values[0]
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+
+
+def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: bool = False) -> onnx.ModelProto:
+    """Check the spec against the graph and rewrite it into the shared form (see module doc).
+
+    Args:
+        proto: the source graph (not modified).
+        spec: the model spec.
+        with_argmax: fold the arg-max (or threshold) into the graph.
+
+    Returns:
+        A new graph with input ``input`` (NCHW float32) and output ``output``.
+
+    Raises:
+        ConfigError: the spec contradicts the graph (layout, channels, size,
+            class count, dtype), or asks for something the graph cannot give.
+    """
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    g_in = _pick([i for i in graph.input if i.name not in inits], spec.input.name, "input")
+    g_out = _pick(list(graph.output), spec.output.name, "output")
+    in_dims, out_dims = _dims(g_in), _dims(g_out)
+    in_type = g_in.type.tensor_type.elem_type
+    out_type = g_out.type.tensor_type.elem_type
+
+    # --- input checks
+    if len(in_dims) != 4:
+        raise ConfigError(f"model input {g_in.name!r} has shape {in_dims}; a 4-D image tensor is needed")
+    if in_type != TensorProto.FLOAT:
+        raise ConfigError(f"model input {g_in.name!r} is {TensorProto.DataType.Name(in_type)}; float32 is needed")
+    c_axis, hw_axes = (1, (2, 3)) if spec.input.layout == "NCHW" else (3, (1, 2))
+    if in_dims[c_axis] != 3:
+        other = "NHWC" if spec.input.layout == "NCHW" else "NCHW"
+        raise ConfigError(
+            f"spec says input layout {spec.input.layout} but model input {g_in.name!r} {in_dims} has "
+            f"{in_dims[c_axis]} channels at axis {c_axis}; is it {other}?"
+        )
+    model_hw = [in_dims[a] for a in hw_axes]
+    static = all(isinstance(d, int) and d > 0 for d in model_hw)
+    if static and spec.input.size is not None and list(spec.input.size) != model_hw:
+        raise ConfigError(f"spec input.size {list(spec.input.size)} but the model takes {model_hw} (H, W)")
+    if not static and spec.input.size is None and not spec.input.keep_ratio:
+        raise ConfigError("the model has dynamic H/W: set input.size = [H, W] (and keep_ratio) in the spec")
+
+    # --- output checks
+    n_cls = len(spec.output.classes)
+    if len(out_dims) != 4:
+        raise ConfigError(f"model output {g_out.name!r} has shape {out_dims}; [N, C, H, W] or [N, H, W, C] is needed")
+    oc_axis = 1 if spec.output.layout == "NCHW" else 3
+    channels = out_dims[oc_axis]
+    kind = spec.output.kind
+    is_float = out_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+    if kind == "labels":
+        if is_float:
+            raise ConfigError(f"spec says output kind 'labels' but {g_out.name!r} is floating point; use logits/probability")
+        if channels != 1:
+            raise ConfigError(f"labels output must have 1 channel at axis {oc_axis}, model has {channels}")
+    else:
+        if not is_float:
+            raise ConfigError(f"spec says output kind {kind!r} but {g_out.name!r} is an integer tensor; use 'labels'")
+        single = kind == "probability" and channels == 1
+        if single and n_cls != 2:
+            raise ConfigError(f"a 1-channel probability output means 2 classes; the spec lists {n_cls}")
+        if not single and isinstance(channels, int) and channels != n_cls:
+            raise ConfigError(
+                f"model output {g_out.name!r} {out_dims} has {channels} channels at axis {oc_axis} "
+                f"({spec.output.layout}) but the spec lists {n_cls} classes"
+            )
+        if single and spec.output.threshold != 0.5 and not with_argmax:
+            raise ConfigError(
+                f"threshold {spec.output.threshold} differs from 0.5: build with --with-argmax so the threshold is "
+                "folded into the graph (scores [1-p, p] imply 0.5)"
+            )
+
+    taken = {x for n in graph.node for x in (*n.input, *n.output)} | inits
+    for new, old in ((INPUT_NAME, g_in.name), (OUTPUT_NAME, g_out.name)):
+        if new != old and new in taken:
+            raise ConfigError(f"the model already uses the tensor name {new!r} internally; rename it before export")
+
+    nodes: list[Any] = []
+    # --- input: NCHW "input"
+    n_dim, h_dim, w_dim = in_dims[0], in_dims[hw_axes[0]], in_dims[hw_axes[1]]
+    if spec.input.layout == "NHWC":
+        graph.input.remove(g_in)
+        graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [n_dim, 3, h_dim, w_dim]))
+        nodes.append(helper.make_node("Transpose", [INPUT_NAME], [g_in.name], name="edgeseg_input_nhwc", perm=[0, 2, 3, 1]))
+        graph.node.insert(0, nodes[-1])
+    elif g_in.name != INPUT_NAME:
+        _rename(graph, g_in.name, INPUT_NAME)
+
+    # --- output: NCHW scores, or labels
+    graph.output.remove(g_out)
+    tail = g_out.name
+    if tail == OUTPUT_NAME:  # free the name for the final tensor
+        _rename(graph, OUTPUT_NAME, "edgeseg_raw_output")
+        tail = "edgeseg_raw_output"
+    if spec.output.layout == "NHWC":
+        graph.node.append(helper.make_node("Transpose", [tail], [f"{tail}_nchw"], name="edgeseg_output_nhwc", perm=[0, 3, 1, 2]))
+        tail = f"{tail}_nchw"
+    oh, ow = (out_dims[1], out_dims[2]) if spec.output.layout == "NHWC" else (out_dims[2], out_dims[3])
+    if kind != "labels" and out_type != TensorProto.FLOAT:
+        graph.node.append(helper.make_node("Cast", [tail], [f"{tail}_f32"], to=TensorProto.FLOAT))
+        tail = f"{tail}_f32"
+    if kind == "probability" and channels == 1:
+        if with_argmax:
+            thr = numpy_helper.from_array(np.array(spec.output.threshold, dtype=np.float32), "edgeseg_threshold")
+            graph.initializer.append(thr)
+            graph.node.append(helper.make_node("Greater", [tail, thr.name], [f"{tail}_gt"], name="edgeseg_threshold"))
+            graph.node.append(helper.make_node("Cast", [f"{tail}_gt"], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
+            out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
+        else:
+            one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "edgeseg_one")
+            graph.initializer.append(one)
+            graph.node.append(helper.make_node("Sub", [one.name, tail], [f"{tail}_bg"], name="edgeseg_background"))
+            graph.node.append(
+                helper.make_node("Concat", [f"{tail}_bg", tail], [OUTPUT_NAME], name="edgeseg_two_class", axis=1)
+            )
+            out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, 2, oh, ow])
+    elif kind == "labels":
+        graph.node.append(helper.make_node("Cast", [tail], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
+        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
+    elif with_argmax:
+        graph.node.append(helper.make_node("ArgMax", [tail], [OUTPUT_NAME], name="edgeseg_argmax", axis=1, keepdims=1))
+        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
+    else:
+        _rename(graph, tail, OUTPUT_NAME)
+        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, n_cls, oh, ow])
+    graph.output.append(out_info)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ConversionError(f"the rewritten graph is invalid: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def export_shared(
+    model: str | Path | Any, spec: ModelSpec, out_dir: Path, *, with_argmax: bool = False, dynamic: bool = False
+) -> SharedModel:
+    """Write the shared fp32 ONNX for a model into ``out_dir/<name>.onnx``.
+
+    Args:
+        model: ONNX file, TorchScript file, or ``nn.Module`` (see :func:`load_source`).
+        spec: the model spec.
+        out_dir: folder to write into (created).
+        with_argmax: fold arg-max/threshold into the graph (output int64 labels).
+        dynamic: export PyTorch models with dynamic H/W.
+
+    Returns:
+        A :class:`SharedModel` describing the file.
+
+    Raises:
+        ConfigError, ConversionError, ToolchainError: see :func:`load_source` and :func:`normalize_graph`.
+    """
+    onnx = _onnx()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proto, source_sha = load_source(model, spec, out_dir, dynamic=dynamic)
+    shared = normalize_graph(proto, spec, with_argmax=with_argmax)
+    path = out_dir / f"{spec.name}.onnx"
+    data = shared.SerializeToString()
+    path.write_bytes(data)
+    opset = next((o.version for o in shared.opset_import if o.domain in ("", "ai.onnx")), 0)
+    out_vi = shared.graph.output[0]
+    return SharedModel(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        source_sha256=source_sha,
+        input_shape=_dims(shared.graph.input[0]),
+        output_shape=_dims(out_vi),
+        output_dtype="int64" if out_vi.type.tensor_type.elem_type == onnx.TensorProto.INT64 else "float32",
+        opset=opset,
+    )

@@ -1,0 +1,155 @@
+"""Writing ``pipeline.json``, ``deploy.json`` and ``detail.json`` (MMDeploy SDK layout).
+
+The three files make an archive usable as an MMDeploy "SDK model" folder as
+well as by edgeseg's runtime. What the SDK (``mmdeploy-runtime`` 1.3.1) reads:
+``deploy.json`` ``{"version", "task": "Segmentor", "models": [{"name", "net",
+"weights", "backend", "precision", "batch_size", "dynamic_shape"}], "customs"}``;
+``pipeline.json`` with a Transform task, a Net task whose ``name`` equals the
+model name, and an mmseg ``ResizeMask`` task reading ``num_classes`` and
+``with_argmax``. ``detail.json`` is informational (never read by the SDK).
+Source: MMDeploy 1.x ``mmdeploy/utils/export_info.py`` and ``csrc/mmdeploy/codebase/mmseg``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeseg_runtime.pipeline import parse_pipeline
+
+from .errors import ConfigError
+from .export import SharedModel
+from .spec import ModelSpec
+from .targets import Target
+
+__all__ = ["make_pipeline", "make_deploy", "make_detail", "check_pipeline", "MMDEPLOY_VERSION"]
+
+#: the MMDeploy SDK version whose schema these files follow
+MMDEPLOY_VERSION = "1.3.1"
+_META_KEYS = ["filename", "ori_filename", "ori_shape", "img_shape", "pad_shape", "scale_factor", "img_norm_cfg"]
+
+
+def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
+    """The ``pipeline.json`` document for a model.
+
+    Raises:
+        ConfigError: ``keep_ratio`` asked for a static-shape model, or no input size known.
+    """
+    h, w = shared.input_shape[2], shared.input_shape[3]
+    static = isinstance(h, int) and isinstance(w, int)
+    if static and spec.input.keep_ratio:
+        raise ConfigError(f"input.keep_ratio = true needs a dynamic-shape model; this one takes {h}x{w} only")
+    size = [w, h] if static else ([spec.input.size[1], spec.input.size[0]] if spec.input.size else None)
+    if size is None:
+        raise ConfigError("the model has dynamic H/W and the spec gives no input.size")
+    transforms: list[dict[str, Any]] = [
+        {"type": "LoadImageFromFile"},
+        {"type": "Resize", "keep_ratio": spec.input.keep_ratio, "size": size},
+        {
+            "type": "Normalize",
+            "mean": list(spec.input.mean),
+            "std": list(spec.input.std),
+            "to_rgb": spec.input.color == "RGB",
+        },
+        {"type": "ImageToTensor", "keys": ["img"]},
+        {"type": "Collect", "keys": ["img"], "meta_keys": _META_KEYS},
+    ]
+    return {
+        "pipeline": {
+            "input": ["img"],
+            "output": ["post_output"],
+            "tasks": [
+                {
+                    "type": "Task",
+                    "module": "Transform",
+                    "name": "Preprocess",
+                    "input": ["img"],
+                    "output": ["prep_output"],
+                    "transforms": transforms,
+                },
+                {
+                    "name": spec.name,
+                    "type": "Task",
+                    "module": "Net",
+                    "is_batched": False,
+                    "input": ["prep_output"],
+                    "output": ["infer_output"],
+                    "input_map": {"img": "input"},
+                    "output_map": {},
+                },
+                {
+                    "type": "Task",
+                    "module": "mmseg",
+                    "name": "postprocess",
+                    "component": "ResizeMask",
+                    "params": {
+                        "num_classes": len(spec.output.classes),
+                        "with_argmax": shared.output_dtype != "float32",
+                    },
+                    "input": ["prep_output", "infer_output"],
+                    "output": ["post_output"],
+                },
+            ],
+        }
+    }
+
+
+def make_deploy(spec: ModelSpec, target: Target, net: str, weights: str, dynamic: bool) -> dict[str, Any]:
+    """The ``deploy.json`` document (MMDeploy SDK model list)."""
+    return {
+        "version": MMDEPLOY_VERSION,
+        "task": "Segmentor",
+        "models": [
+            {
+                "name": spec.name,
+                "net": net,
+                "weights": weights,
+                "backend": target.backend,
+                "precision": target.precision.upper(),
+                "batch_size": target.input.batch,
+                "dynamic_shape": dynamic,
+            }
+        ],
+        "customs": [],
+    }
+
+
+def make_detail(spec: ModelSpec, target: Target, shared: SharedModel) -> dict[str, Any]:
+    """The ``detail.json`` document (export settings, for people; the SDK ignores it)."""
+    return {
+        "version": MMDEPLOY_VERSION,
+        "codebase": {"task": "Segmentation", "codebase": "mmseg", "version": "", "pth": "", "config": ""},
+        "codebase_config": {"type": "mmseg", "task": "Segmentation", "with_argmax": shared.output_dtype != "float32"},
+        "onnx_config": {
+            "type": "onnx",
+            "export_params": True,
+            "opset_version": shared.opset,
+            "save_file": f"{spec.name}.onnx",
+            "input_names": ["input"],
+            "output_names": ["output"],
+            "input_shape": shared.input_shape[2:],
+        },
+        "backend_config": {"type": target.backend, "precision": target.precision},
+        "calib_config": {},
+    }
+
+
+def check_pipeline(pipeline: dict[str, Any], shared: SharedModel, spec: ModelSpec) -> None:
+    """Check a pipeline document against the model it goes with.
+
+    Raises:
+        ConfigError: Resize size differs from a static input, class count or
+            argmax setting differs from the output, or the Net task's name is
+            not the model name (the SDK then finds no model).
+    """
+    pre, post = parse_pipeline(pipeline)
+    h, w = shared.input_shape[2], shared.input_shape[3]
+    if isinstance(h, int) and isinstance(w, int) and pre.size != (w, h):
+        raise ConfigError(f"pipeline Resize size {pre.size} (W, H) does not match the model input {w}x{h}")
+    channels = shared.output_shape[1]
+    if not post.with_argmax and isinstance(channels, int) and channels != post.num_classes:
+        raise ConfigError(f"pipeline says {post.num_classes} classes but the model outputs {channels} channels")
+    if post.with_argmax != (shared.output_dtype != "float32"):
+        raise ConfigError("pipeline with_argmax does not match the model output dtype")
+    net = next(t for t in pipeline["pipeline"]["tasks"] if t.get("module") == "Net")
+    if net["name"] != spec.name:
+        raise ConfigError(f"pipeline Net task is named {net['name']!r}, not the model name {spec.name!r}")

@@ -1,0 +1,173 @@
+"""Target profiles (``targets/*.toml``): one file per deployment target.
+
+A profile fixes backend, precision, input shapes, platform and the tolerances
+``edgeseg verify`` applies. Unknown keys are errors. Example (``targets/intel.toml``)::
+
+    schema_version = 1
+    name = "intel"
+    description = "Intel CPU via OpenVINO IR, fp16-compressed weights"
+    backend = "openvino"          # onnxruntime | openvino | tensorrt | ncnn | coreml | tflite
+    precision = "fp16"            # fp32 | fp16 | int8
+    build_on = "host"             # host | device (TensorRT engines are built on the device)
+
+    [input]
+    shapes = []                   # [[H, W], ...]; empty = the model's own; several = static-shape variants
+    dynamic = false               # export with dynamic H/W
+    batch = 1
+
+    [platform]
+    os = "linux"
+    arch = "x86_64"
+    python = "3.11"
+    toolchain = "linux-x86_64-py311"   # toolchains/<name>.toml
+    offline = false                    # bundle the platform's wheels into the archive
+
+    [tolerance]                   # edgeseg verify, against the fp32 ONNX Runtime reference
+    atol = 0.02                   # |out - ref| <= atol + rtol * |ref| on scores
+    rtol = 0.0
+    min_label_agreement = 0.99    # fraction of pixels with the reference label
+
+    [quantization]                # int8: calibration and the accuracy gate
+    [backend_options]             # passed to the backend runner; keys checked against it
+    [deploy]                      # health check and release keeping on devices
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from ._profiles import find_profile, list_profiles
+from ._schema import Strict, load_toml, validate
+from .errors import ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "Target",
+    "Platform",
+    "Tolerance",
+    "Quantization",
+    "InputShapes",
+    "Deploy",
+    "load_target",
+    "list_targets",
+]
+
+#: every backend a profile may name (implemented or planned)
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite")
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Shape = tuple[PositiveInt, PositiveInt]
+OptionValue = str | int | float | bool | list[str] | list[int]
+
+
+class InputShapes(Strict):
+    """Network input shapes for this target."""
+
+    shapes: list[Shape] = Field(default_factory=list, description="[[H, W], ...]; several = static-shape variants")
+    dynamic: bool = False
+    batch: PositiveInt = 1
+
+
+class Platform(Strict):
+    """Where the archive runs."""
+
+    os: Literal["linux", "macos", "ios", "android", "windows"]
+    arch: Literal["x86_64", "aarch64", "arm64", "armv7l"]
+    python: str = Field(default="3.11", pattern=r"^3\.\d+$")
+    toolchain: str | None = None
+    offline: bool = False
+
+
+class Tolerance(Strict):
+    """Verification tolerances against the fp32 reference."""
+
+    atol: NonNegative
+    rtol: NonNegative = 0.0
+    min_label_agreement: Fraction
+
+
+class Quantization(Strict):
+    """Calibration and accuracy-gate settings for fp16/int8 builds."""
+
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calib_count: PositiveInt = 32
+    per_channel: bool = True
+    keep_float: list[str] = Field(default_factory=list, description="node names or op types kept in float")
+    max_miou_drop: NonNegative | None = None
+    min_pixel_agreement: Fraction | None = None
+
+
+class Deploy(Strict):
+    """Device-side install settings."""
+
+    latency_budget_ms: PositiveFloat | None = None
+    keep_releases: PositiveInt = 3
+
+
+class Target(Strict):
+    """One deployment target profile."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    backend: Literal["onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite"]
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    build_on: Literal["host", "device"] = "host"
+    fallback_backend: Literal["onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite"] | None = None
+    input: InputShapes = InputShapes()
+    platform: Platform
+    tolerance: Tolerance
+    quantization: Quantization = Quantization()
+    backend_options: dict[str, OptionValue] = Field(default_factory=dict)
+    deploy: Deploy = Deploy()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Target:
+        if self.fallback_backend == self.backend:
+            raise ValueError("fallback_backend must differ from backend")
+        if self.input.dynamic and len(self.input.shapes) > 1:
+            raise ValueError("input: several static shapes and dynamic = true exclude each other")
+        return self
+
+    def manifest_dict(self) -> dict[str, Any]:
+        """The profile as stored in an archive's manifest (JSON-ready)."""
+        return self.model_dump(mode="json")
+
+
+def _check_backend_options(target: Target, source: str) -> None:
+    from edgeseg_runtime.runners import RUNNERS, runner_class
+
+    if target.backend not in RUNNERS:
+        return  # backend not implemented yet: build says so; nothing to check against
+    allowed: dict[str, type] = runner_class(target.backend).OPTIONS
+    for key, value in target.backend_options.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: backend_options.{key}: unknown option for {target.backend} "
+                f"(known: {', '.join(sorted(allowed))})"
+            )
+        if not isinstance(value, allowed[key]) or isinstance(value, bool) and allowed[key] is not bool:
+            raise ConfigError(f"{source}: backend_options.{key}: expected {allowed[key].__name__}, got {value!r}")
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Load and validate a target profile by name (``targets/<name>.toml``) or path.
+
+    Raises:
+        ConfigError: unknown target (lists the available ones), invalid TOML,
+            unknown key, bad value, or a backend option the backend does not take.
+    """
+    path = find_profile(name_or_path, "targets", "target")
+    target = validate(Target, load_toml(path, "target profile"), str(path))
+    if path.stem != target.name:
+        raise ConfigError(f"{path}: name = {target.name!r} but the file is {path.name}; make them the same")
+    _check_backend_options(target, str(path))
+    return target
+
+
+def list_targets() -> list[str]:
+    """Names of the shipped target profiles."""
+    return list_profiles("targets")

@@ -1,0 +1,72 @@
+"""Inference runners: one small module per backend, imported lazily.
+
+Every runner follows Polygraphy's template (activate / infer / deactivate) as
+a context manager::
+
+    with open_runner(archive) as runner:
+        outputs = runner.infer({"input": tensor})   # dict name -> ndarray
+
+A new backend adds one module here and one line in :data:`RUNNERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ToolchainError
+
+__all__ = ["Runner", "RUNNERS", "runner_class", "open_runner"]
+
+
+class Runner(Protocol):
+    """What every backend runner provides."""
+
+    backend: str  # backend name, as in target profiles
+    requirement: str  # pip requirement of the backend library on the device
+    OPTIONS: dict[str, type]  # accepted target-profile [backend_options] keys and their types
+
+    def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None: ...
+    def __enter__(self) -> Runner: ...
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def __exit__(self, *exc: object) -> None: ...
+    @staticmethod
+    def version() -> str: ...
+
+
+#: backend name -> "module:Class" of its runner
+RUNNERS: dict[str, str] = {
+    "onnxruntime": "edgeseg_runtime.runners.onnxruntime:OnnxRuntimeRunner",
+    "openvino": "edgeseg_runtime.runners.openvino:OpenVINORunner",
+}
+
+
+def runner_class(backend: str) -> type[Runner]:
+    """The runner class for a backend name (its module is imported, the backend library is not).
+
+    Raises:
+        ToolchainError: no runner exists for that backend in this runtime.
+    """
+    try:
+        module, _, cls = RUNNERS[backend].partition(":")
+    except KeyError:
+        raise ToolchainError(
+            f"this runtime has no runner for backend {backend!r} (known: {', '.join(sorted(RUNNERS))}); "
+            "use the runtime shipped in the archive's runtime/ folder"
+        ) from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def open_runner(root: Path, backend: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Runner:
+    """Build (not yet activate) the runner for an archive's ``backend`` manifest section.
+
+    Args:
+        root: the archive folder.
+        backend: ``{"name": ..., "net": ..., "weights": ...}`` from the manifest.
+        options: backend options from the target profile, optionally overridden.
+    """
+    return runner_class(backend["name"])(root, backend, dict(options or {}))
