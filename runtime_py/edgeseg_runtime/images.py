@@ -141,7 +141,7 @@ def save_label_map(labels: np.ndarray, path: str | Path, palette: Sequence[Seque
             img.putpalette(flat + [0] * (768 - len(flat)))
     else:
         img = Image.fromarray(labels.astype(np.uint16), mode="I;16")
-    img.save(path, optimize=False, compress_level=6)
+    img.save(path, format="PNG", compress_level=6)
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:

@@ -23,6 +23,7 @@ calibration) and on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -77,12 +78,18 @@ class Preprocess:
         chw = rgb.transpose(2, 0, 1)
         if not self.to_rgb:
             chw = chw[::-1]
+        scale, bias = self._affine
         out = np.empty((1, 3, h, w), dtype=np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-        inv_std = (1.0 / np.asarray(self.std, dtype=np.float32)).reshape(3, 1, 1)
-        np.subtract(chw, mean, out=out[0], dtype=np.float32)
-        out *= inv_std
+        np.multiply(chw, scale, out=out[0], dtype=np.float32)  # (x - mean) / std == x * (1/std) - mean/std
+        if bias is not None:
+            out += bias
         return out
+
+    @cached_property
+    def _affine(self) -> tuple[np.ndarray, np.ndarray | None]:
+        scale = (1.0 / np.asarray(self.std, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
+        bias = (-np.asarray(self.mean, dtype=np.float64) / np.asarray(self.std, dtype=np.float64)).astype(np.float32)
+        return scale, (bias.reshape(3, 1, 1) if bias.any() else None)
 
 
 @dataclass(frozen=True)
@@ -123,18 +130,37 @@ class Postprocess:
                 labels = np.asarray(Image.fromarray(labels, mode=mode).resize((width, height), Image.NEAREST))
             return labels, None
         scores = output[0]
-        if scores.shape[1:] != (height, width):
-            scores = np.stack(
-                [np.asarray(Image.fromarray(ch, mode="F").resize((width, height), Image.BILINEAR)) for ch in scores]
-            )
-        return _argmax_channels(scores, self.label_dtype), (scores if want_scores else None)
+        resize = scores.shape[1:] != (height, width)
+        resized: np.ndarray | None = None
+        if scores.shape[0] == 2:
+            # Two classes: bilinear resizing is linear, so argmax of the resized scores equals
+            # the sign of the resized margin s1 - s0: one plane to resize instead of two.
+            margin = scores[1] - scores[0]
+            if resize:
+                margin = _resize_plane(margin, width, height)
+            labels = np.greater(margin, 0).view(np.uint8)
+        else:
+            resized = np.stack([_resize_plane(ch, width, height) for ch in scores]) if resize else scores
+            labels = _argmax_channels(resized, self.label_dtype)
+        if not want_scores:
+            return labels, None
+        if resized is None:
+            resized = np.stack([_resize_plane(ch, width, height) for ch in scores]) if resize else scores
+        return labels, resized
+
+
+def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of one float32 ``(h, w)`` plane to ``(height, width)`` (Pillow mode F)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F").resize(
+        (width, height), Image.BILINEAR
+    ))
 
 
 def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """Arg-max over axis 0 of a ``(C, H, W)`` array, first index on ties.
 
-    One pass per channel over contiguous planes: several times faster than
-    ``np.argmax(axis=0)`` for the small C of segmentation heads.
+    One pass per channel over contiguous planes: faster than
+    ``np.argmax(axis=0)``, which reduces over a strided axis.
     """
     labels = np.zeros(scores.shape[1:], dtype=dtype)
     best = scores[0].copy()

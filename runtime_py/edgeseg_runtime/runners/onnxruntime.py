@@ -41,6 +41,7 @@ class OnnxRuntimeRunner:
         self.path = Path(root) / model["net"]
         self.options = dict(options)
         self._session: Any = None
+        self._names: list[str] = []
 
     @staticmethod
     def version() -> str:
@@ -57,12 +58,12 @@ class OnnxRuntimeRunner:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ToolchainError(f"onnxruntime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+        self._names = [o.name for o in self._session.get_outputs()]
         return self
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once. ``feed`` maps input names to arrays; returns output name -> array."""
-        names = [o.name for o in self._session.get_outputs()]
-        return dict(zip(names, self._session.run(names, dict(feed)), strict=True))
+        return dict(zip(self._names, self._session.run(self._names, dict(feed)), strict=True))
 
     def __exit__(self, *exc: object) -> None:
         self._session = None
