@@ -135,12 +135,12 @@ def save_label_map(labels: np.ndarray, path: str | Path, palette: Sequence[Seque
         palette: RGB triples indexed by class id; unused entries are black.
     """
     if labels.dtype == np.uint8:
-        img = Image.fromarray(labels, mode="P")
+        img = Image.fromarray(labels)  # mode L; putpalette turns it into P
         if palette:
             flat = [int(v) for rgb in palette[:256] for v in rgb]
             img.putpalette(flat + [0] * (768 - len(flat)))
     else:
-        img = Image.fromarray(labels.astype(np.uint16), mode="I;16")
+        img = Image.fromarray(labels.astype(np.uint16))  # 16-bit grey
     img.save(path, format="PNG", compress_level=6)
 
 

@@ -126,8 +126,7 @@ class Postprocess:
         if self.with_argmax:
             labels = output.reshape(output.shape[-2:]).astype(self.label_dtype, copy=False)
             if labels.shape != (height, width):
-                mode = "L" if labels.dtype == np.uint8 else "I;16"
-                labels = np.asarray(Image.fromarray(labels, mode=mode).resize((width, height), Image.NEAREST))
+                labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
             return labels, None
         scores = output[0]
         resize = scores.shape[1:] != (height, width)
@@ -151,9 +150,8 @@ class Postprocess:
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize of one float32 ``(h, w)`` plane to ``(height, width)`` (Pillow mode F)."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F").resize(
-        (width, height), Image.BILINEAR
-    ))
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode F
+    return np.asarray(img.resize((width, height), Image.BILINEAR))
 
 
 def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:

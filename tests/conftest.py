@@ -1,0 +1,63 @@
+"""Shared fixtures: real photos (scikit-image), archives built once per session, CLI helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgeseg
+
+DATA = Path(__file__).parent / "data"
+REFERENCE_MASKS = DATA / "reference_masks"
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_OPENVINO = _has("openvino")
+HAS_TORCH = _has("torch")
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed (pip install 'edgeseg[openvino]')")
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (pip install 'edgeseg[torch]')")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """scikit-image's real photos saved as PNG (astronaut RGB, camera greyscale, rocket RGB)."""
+    skdata = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    out = {}
+    for name in ("astronaut", "camera", "rocket"):
+        path = folder / f"{name}.png"
+        Image.fromarray(getattr(skdata, name)()).save(path)
+        out[name] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The default model built for every target this host can build (cpu, and intel with OpenVINO)."""
+    out_dir = tmp_path_factory.mktemp("dist")
+    targets = ["cpu"] + (["intel"] if HAS_OPENVINO else [])
+    return {t: edgeseg.build(target=t, out_dir=out_dir, report=lambda _line: None).archive for t in targets}
+
+
+def edgeseg_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed host CLI in a subprocess (real exit codes and stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def reference_mask(name: str) -> np.ndarray:
+    """LiteRT label map of a photo written by scripts/convert_default_model.py (0/1 uint8)."""
+    return np.asarray(Image.open(REFERENCE_MASKS / f"{name}.png")).astype(np.uint8)

@@ -1,0 +1,183 @@
+"""Archive safety and integrity: tampering, truncation, unsafe members, unpacked folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import edgeseg_cli
+from edgeseg.bundle import pack, write_manifest
+from edgeseg_runtime import Archive, ArchiveError
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def _repack(folder: Path, dest: Path, *, update_manifest: bool) -> Path:
+    if update_manifest:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest.pop("files")
+        write_manifest(folder, manifest)
+    return pack(folder, dest)
+
+
+def _flip_weights(onnx_path: Path) -> None:
+    """Change the model's weights in a valid way (negate the largest initializer)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    arr = numpy_helper.to_array(biggest)
+    biggest.CopyFrom(numpy_helper.from_array(-arr, biggest.name))
+    onnx.save(model, str(onnx_path))
+
+
+@pytest.mark.slow
+def test_altered_model_fails_verify_by_checksum(archives: dict[str, Path], tmp_path: Path) -> None:
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    _flip_weights(folder / "end2end.onnx")
+    bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=False)
+    proc = edgeseg_cli("verify", "--archive", bad)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("FAIL: ") and "end2end.onnx does not match its sha256" in proc.stdout
+
+
+@pytest.mark.slow
+def test_altered_model_with_rewritten_manifest_fails_numerically(archives: dict[str, Path], tmp_path: Path) -> None:
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    _flip_weights(folder / "end2end.onnx")
+    bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=True)
+    proc = edgeseg_cli("verify", "--archive", bad, "--json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["passed"] is False
+    assert all(img["max_abs_diff"] > 1e-2 for img in report["images"])
+
+
+@pytest.mark.slow
+def test_unpacked_folder_runs_with_its_own_runtime(archives: dict[str, Path], tmp_path: Path) -> None:
+    """The archive's runtime/ works alone: no edgeseg host package on the path."""
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from edgeseg_runtime.cli import main; sys.exit(main(sys.argv[2:]))"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(folder / "runtime"), "verify", "--archive", str(folder)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("PASS")
+
+
+def test_extra_file_in_folder_is_refused(archives: dict[str, Path], tmp_path: Path) -> None:
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    (folder / "evil.py").write_text("print('hi')")
+    with pytest.raises(ArchiveError, match="not listed in the manifest"):
+        with Archive.open(folder):
+            pass
+
+
+def test_truncated_archive(archives: dict[str, Path], tmp_path: Path) -> None:
+    data = archives["cpu"].read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = edgeseg_cli("verify", "--archive", cut)
+    assert proc.returncode == 1 and "corrupt or truncated" in proc.stdout
+    proc = edgeseg_cli("info", "--archive", cut)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "corrupt or truncated" in proc.stderr
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ArchiveError, match="corrupt or truncated"):
+        with Archive.open(junk):
+            pass
+    empty_tar = tmp_path / "empty.tar"
+    empty_tar.write_bytes(b"\x00" * 10240)  # a valid, empty tar
+    with pytest.raises(ArchiveError, match="no manifest.json; not an edgeseg archive"):
+        with Archive.open(empty_tar):
+            pass
+    with pytest.raises(ArchiveError, match="no such archive"):
+        with Archive.open(tmp_path / "missing.tar.gz"):
+            pass
+
+
+def _evil_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        ok = tarfile.TarInfo("manifest.json")
+        payload = b'{"schema_version": 1, "files": {}}'
+        ok.size = len(payload)
+        tar.addfile(ok, io.BytesIO(payload))
+        if member.isfile():
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        else:
+            tar.addfile(member)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tarfile.TarInfo("../escape.txt"),
+        lambda: tarfile.TarInfo("/abs/escape.txt"),
+        lambda: tarfile.TarInfo("golden/../../escape.txt"),
+    ],
+    ids=["dotdot", "absolute", "nested-dotdot"],
+)
+def test_escaping_members_are_never_extracted(make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    extract_root = tmp_path / "tmp"
+    extract_root.mkdir()
+    monkeypatch.setenv("TMPDIR", str(extract_root))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    # keep the temporary folder after the failure, to see what (if anything) was extracted
+    monkeypatch.setattr("edgeseg_runtime.archive.shutil.rmtree", lambda *a, **k: None)
+    evil = _evil_tar(tmp_path / "evil.tar.gz", make())
+    with pytest.raises(ArchiveError, match="escapes the archive root"):
+        with Archive.open(evil):
+            pass
+    assert not (tmp_path / "escape.txt").exists() and not Path("/abs/escape.txt").exists()
+    assert list(extract_root.iterdir()), "the temporary extraction folder was created"
+    assert not any(p.is_file() for p in extract_root.rglob("*")), "nothing may be extracted, not even manifest.json"
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_are_refused(kind: bytes, tmp_path: Path) -> None:
+    member = tarfile.TarInfo("model.onnx")
+    member.type = kind
+    member.linkname = "/etc/passwd"
+    evil = _evil_tar(tmp_path / "link.tar.gz", member)
+    with pytest.raises(ArchiveError, match="is a link"):
+        with Archive.open(evil):
+            pass
+
+
+def test_pack_is_byte_identical_and_atomic(tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    (stage / "sub").mkdir(parents=True)
+    (stage / "b.txt").write_text("b")
+    (stage / "sub" / "a.txt").write_text("a")
+    write_manifest(stage, {"schema_version": 1})
+    one = pack(stage, tmp_path / "one.tar.gz").read_bytes()
+    (stage / "b.txt").touch()  # a newer mtime must not change the bytes
+    two = pack(stage, tmp_path / "two.tar.gz").read_bytes()
+    assert one == two
+    with tarfile.open(tmp_path / "one.tar.gz") as tar:
+        names = tar.getnames()
+        assert names == sorted(names) and all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+    assert not list(tmp_path.glob(".*partial"))
+    shutil.rmtree(stage)

@@ -1,0 +1,109 @@
+"""Image loading: conversions, refusals, limits (edgeseg_runtime.images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg_runtime import ImageError, load_image
+from edgeseg_runtime.images import iter_image_paths, overlay, save_label_map
+
+RNG = np.random.default_rng(7)
+
+
+def _save(img: Image.Image, path: Path) -> Path:
+    img.save(path)
+    return path
+
+
+def test_rgb_roundtrip(tmp_path: Path) -> None:
+    arr = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    out = load_image(_save(Image.fromarray(arr), tmp_path / "a.png"))
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3) and np.array_equal(out, arr)
+
+
+def test_grey_becomes_rgb(tmp_path: Path) -> None:
+    grey = RNG.integers(0, 256, (10, 12), dtype=np.uint8)
+    out = load_image(_save(Image.fromarray(grey, mode="L"), tmp_path / "g.png"))
+    assert out.shape == (10, 12, 3) and all(np.array_equal(out[..., c], grey) for c in range(3))
+
+
+def test_rgba_drops_alpha(tmp_path: Path) -> None:
+    rgba = RNG.integers(0, 256, (8, 9, 4), dtype=np.uint8)
+    out = load_image(_save(Image.fromarray(rgba, mode="RGBA"), tmp_path / "a.png"))
+    assert np.array_equal(out, rgba[..., :3])
+
+
+def test_16bit_grey_scaled_to_8bit(tmp_path: Path) -> None:
+    grey16 = np.array([[0, 256, 65535], [1000, 40000, 255]], dtype=np.uint16)
+    path = _save(Image.fromarray(grey16), tmp_path / "g16.png")
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")
+    out = load_image(path)
+    assert np.array_equal(out[..., 0], (grey16 >> 8).astype(np.uint8))
+
+
+def test_float_image_refused(tmp_path: Path) -> None:
+    path = _save(Image.fromarray(RNG.random((5, 5), dtype=np.float32), mode="F"), tmp_path / "f.tif")
+    with pytest.raises(ImageError, match="pixel format 'F' is not supported"):
+        load_image(path)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("hello, not a PNG")
+    with pytest.raises(ImageError, match="not an image file"):
+        load_image(path)
+
+
+def test_truncated_image(tmp_path: Path) -> None:
+    full = _save(Image.fromarray(RNG.integers(0, 256, (200, 200, 3), dtype=np.uint8)), tmp_path / "full.png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(full.read_bytes()[:3000])
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(cut)
+
+
+def test_pixel_limit_checked_before_decoding(tmp_path: Path) -> None:
+    path = _save(Image.new("RGB", (300, 200)), tmp_path / "big.png")
+    with pytest.raises(ImageError, match="over the limit"):
+        load_image(path, max_pixels=300 * 200 - 1)
+    assert load_image(path, max_pixels=300 * 200).shape == (200, 300, 3)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    img.save(tmp_path / "o.jpg", exif=exif)
+    assert load_image(tmp_path / "o.jpg").shape == (40, 20, 3)
+
+
+def test_missing_file_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="no such image file"):
+        load_image(tmp_path / "nope.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="holds no images"):
+        list(iter_image_paths([tmp_path / "empty"]))
+
+
+def test_label_map_png_keeps_ids_and_palette(tmp_path: Path) -> None:
+    labels = RNG.integers(0, 3, (7, 5), dtype=np.uint8)
+    save_label_map(labels, tmp_path / "l.png", [[0, 0, 0], [10, 20, 30], [40, 50, 60]])
+    with Image.open(tmp_path / "l.png") as img:
+        assert img.mode == "P" and img.getpalette()[:9] == [0, 0, 0, 10, 20, 30, 40, 50, 60]
+        assert np.array_equal(np.asarray(img), labels)
+    many = RNG.integers(0, 300, (4, 4)).astype(np.uint16)
+    save_label_map(many, tmp_path / "m.png", None)
+    with Image.open(tmp_path / "m.png") as img:
+        assert np.array_equal(np.asarray(img).astype(np.uint16), many)
+
+
+def test_overlay_blends_only_foreground() -> None:
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [1, 0]], np.uint8)
+    out = overlay(rgb, labels, [[0, 0, 0], [200, 0, 0]], alpha=0.5)
+    assert out[0, 0].tolist() == [100, 100, 100] and out[0, 1].tolist() == [150, 50, 50]

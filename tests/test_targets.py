@@ -1,0 +1,101 @@
+"""Target profiles: shipped ones load, the schema carries future targets, bad ones are refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import edgeseg
+from edgeseg import ConfigError, ToolchainError, load_target
+
+BASE = """
+schema_version = 1
+name = "{name}"
+backend = "{backend}"
+precision = "{precision}"
+{extra}
+[platform]
+os = "{os}"
+arch = "{arch}"
+[tolerance]
+atol = 0.05
+min_label_agreement = 0.98
+{tail}
+"""
+
+
+def _write(tmp_path: Path, name: str = "t", backend: str = "onnxruntime", precision: str = "fp32", os: str = "linux",
+           arch: str = "x86_64", extra: str = "", tail: str = "") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(BASE.format(name=name, backend=backend, precision=precision, os=os, arch=arch, extra=extra, tail=tail))
+    return path
+
+
+def test_shipped_targets_load() -> None:
+    assert {"cpu", "intel"} <= set(edgeseg.list_targets())
+    cpu, intel = load_target("cpu"), load_target("intel")
+    assert (cpu.backend, cpu.precision) == ("onnxruntime", "fp32")
+    assert (intel.backend, intel.precision) == ("openvino", "fp16")
+    assert intel.backend_options["inference_precision"] == "f32"
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "precision", "os", "arch", "extra", "tail"),
+    [
+        ("jetson", "tensorrt", "int8", "linux", "aarch64", 'build_on = "device"\nfallback_backend = "onnxruntime"',
+         "[quantization]\ncalibration_method = \"entropy\"\ncalib_count = 64\n[deploy]\nlatency_budget_ms = 20.0"),
+        ("arm", "ncnn", "fp16", "linux", "aarch64", "[input]\nshapes = [[512, 1024], [1024, 2048]]", ""),
+        ("apple", "coreml", "fp16", "macos", "arm64", "", ""),
+        ("tflite", "tflite", "int8", "linux", "aarch64", "", "[quantization]\nmax_miou_drop = 1.0\nmin_pixel_agreement = 0.98"),
+    ],
+)
+def test_schema_carries_future_targets(tmp_path: Path, name, backend, precision, os, arch, extra, tail) -> None:  # noqa: ANN001
+    t = load_target(_write(tmp_path, name, backend, precision, os, arch, extra, tail))
+    assert (t.backend, t.precision, t.platform.arch) == (backend, precision, arch)
+    with pytest.raises(ToolchainError, match="not implemented in this edgeseg version"):
+        edgeseg.build(target=t, out_dir=tmp_path / "dist", report=lambda _l: None)
+    assert not (tmp_path / "dist").exists()
+
+
+def test_unknown_target_lists_available() -> None:
+    with pytest.raises(ConfigError, match=r"unknown target 'nope'; available: .*cpu.*intel"):
+        load_target("nope")
+
+
+def test_unknown_key_rejected(tmp_path: Path) -> None:
+    p = _write(tmp_path)
+    p.write_text(p.read_text().replace('arch = "x86_64"', 'arch = "x86_64"\ncolour = "red"'))
+    with pytest.raises(ConfigError, match=r"platform\.colour: unknown key"):
+        load_target(p)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('precision = "fp32"', 'precision = "fp64"'), r"precision: Input should be 'fp32', 'fp16' or 'int8'"),
+        (("atol = 0.05", "atol = -1"), r"tolerance\.atol: Input should be greater than or equal to 0"),
+        (("min_label_agreement = 0.98", "min_label_agreement = 1.5"), r"tolerance\.min_label_agreement"),
+        (('backend = "onnxruntime"', 'backend = "tvm"'), r"backend: Input should be"),
+        (('name = "t"', 'name = "other"'), r"name = 'other' but the file is t\.toml"),
+        (("[tolerance]", "[tolerance"), r"not valid TOML"),
+    ],
+)
+def test_invalid_values(tmp_path: Path, change, message) -> None:  # noqa: ANN001
+    p = _write(tmp_path)
+    p.write_text(p.read_text().replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        load_target(p)
+
+
+def test_backend_options_checked_against_runner(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"backend_options\.device: unknown option for onnxruntime"):
+        load_target(_write(tmp_path, tail='[backend_options]\ndevice = "GPU"'))
+    with pytest.raises(ConfigError, match=r"backend_options\.intra_op_num_threads: expected int"):
+        load_target(_write(tmp_path, tail='[backend_options]\nintra_op_num_threads = "two"'))
+
+
+def test_precision_the_backend_cannot_build(tmp_path: Path) -> None:
+    t = load_target(_write(tmp_path, precision="int8"))
+    with pytest.raises(ConfigError, match="builds fp32 in this version, not int8"):
+        edgeseg.build(target=t, out_dir=tmp_path / "dist", report=lambda _l: None)
