@@ -83,7 +83,7 @@ class _Steps:
         if self.report is None:
             from rich.console import Console
 
-            console = Console(stderr=True)
+            console = Console(stderr=True, soft_wrap=True)
             with console.status(f"{title} ..."):
                 yield note
             console.print(f"[green]✓[/green] {title} ({time.perf_counter() - start:.1f} s) {note.get('detail', '')}")

@@ -70,3 +70,19 @@ def test_bench_reports_ratio(archives: dict[str, Path]) -> None:
     assert figures["runs"] == 5 and figures["bare_ms"] > 0
     assert figures["end_to_end_ms"] >= figures["infer_ms"]
     assert figures["overhead"] == pytest.approx(figures["end_to_end_ms"] / figures["bare_ms"] - 1)
+
+
+def test_run_full_disk_is_one_clear_line(archives: dict[str, Path], photos: dict[str, Path]) -> None:
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    # every write into this "folder" fails with ENOSPC: a file symlinked to /dev/full stands in for a full disk
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "rocket.png").symlink_to(full)
+        proc = edgeseg_cli("run", "--archive", archives["cpu"], photos["rocket"], "--out", out)
+    assert proc.returncode == 2
+    assert "No space left on device" in proc.stderr and "free space or choose another --out" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -82,3 +82,27 @@ def test_info_describes_archive(archives: dict[str, Path]) -> None:
     out = proc.stdout
     assert "selfie_segmentation 0.10.14" in out and "onnxruntime fp32" in out
     assert "[1, 3, 256, 256]" in out and "[1, 2, 256, 256]" in out and "installed here" in out
+
+
+def test_shipped_model_matches_its_sha256() -> None:
+    sums = (edgeseg.DEFAULT_MODEL.parent / "SHA256SUMS").read_text().split()
+    assert sums[1] == "selfie_segmentation.onnx"
+    assert hashlib.sha256(edgeseg.DEFAULT_MODEL.read_bytes()).hexdigest() == sums[0]
+    for name in ("LICENSE", "NOTICE", "spec.toml"):
+        assert (edgeseg.DEFAULT_MODEL.parent / name).is_file()
+
+
+def test_spec_given_as_flags_equals_spec_file(archives: dict[str, Path], tmp_path: Path) -> None:
+    flags = [
+        "--model", edgeseg.DEFAULT_MODEL, "--name", "selfie_flags", "--input-layout", "NHWC", "--input-size", "256x256",
+        "--std", "255,255,255", "--output-kind", "probability", "--output-layout", "NHWC", "--classes", "background,person",
+    ]
+    proc = edgeseg_cli("build", "--target", "cpu", *flags, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from edgeseg_runtime import Archive
+
+    with Archive.open(Path(proc.stdout.strip().splitlines()[-1])) as a, Archive.open(archives["cpu"]) as b:
+        tasks_a, tasks_b = a.pipeline["pipeline"]["tasks"], b.pipeline["pipeline"]["tasks"]
+        assert [t for t in tasks_a if t["module"] != "Net"] == [t for t in tasks_b if t["module"] != "Net"]
+        for entry in a.manifest["golden"]:
+            assert a.path(entry["output"]).read_bytes() == b.path(entry["output"]).read_bytes()

@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from ..errors import ToolchainError
+from edgeseg_runtime.runners import import_backend
+
 from ..targets import Target
 from . import ModelFiles
 
@@ -23,11 +24,7 @@ class OnnxRuntimeBackend:
     precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
 
     def versions(self) -> dict[str, str]:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ToolchainError("onnxruntime is not installed: pip install 'edgeseg[onnxruntime]'") from None
-        return {"onnxruntime": onnxruntime.__version__}
+        return {"onnxruntime": import_backend("onnxruntime", extra="onnxruntime").__version__}
 
     def convert(self, onnx_path: Path, target: Target, out_dir: Path) -> ModelFiles:
         """Copy the shared ONNX as ``end2end.onnx`` (MMDeploy's file name)."""

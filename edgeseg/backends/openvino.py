@@ -13,17 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ..errors import ConversionError, ToolchainError
+from edgeseg_runtime.runners import import_backend
+
+from ..errors import ConversionError
 from ..targets import Target
 from . import ModelFiles
 
 
 def _ov() -> Any:
-    try:
-        import openvino
-    except ImportError:
-        raise ToolchainError("OpenVINO is not installed: pip install 'edgeseg[openvino]'") from None
-    return openvino
+    return import_backend("openvino", extra="openvino")
 
 
 class OpenVINOBackend:

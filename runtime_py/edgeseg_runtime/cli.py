@@ -124,13 +124,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"skipped: {exc}", file=sys.stderr)
                 continue
             dest = args.out / f"{p.stem}.png"
-            save_label_map(result.labels, dest, seg.palette)
-            if args.overlay:
-                from PIL import Image
+            try:
+                save_label_map(result.labels, dest, seg.palette)
+                if args.overlay:
+                    from PIL import Image
 
-                Image.fromarray(overlay(rgb, result.labels, seg.palette)).save(args.out / f"{p.stem}_overlay.png")
-            if result.scores is not None:
-                np.save(args.out / f"{p.stem}_scores.npy", result.scores)
+                    Image.fromarray(overlay(rgb, result.labels, seg.palette)).save(args.out / f"{p.stem}_overlay.png")
+                if result.scores is not None:
+                    np.save(args.out / f"{p.stem}_scores.npy", result.scores)
+            except OSError as exc:
+                raise EdgesegError(
+                    f"cannot write results for {p.name} into {args.out} ({exc.strerror or exc}); "
+                    "free space or choose another --out (results written so far are kept)"
+                ) from None
             h, w = result.labels.shape
             print(f"{p} -> {dest}  {w}x{h}  {_describe(result.labels, seg.classes)}")
     done = len(paths) - failed
@@ -174,7 +180,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"platform    {target['platform']['os']}/{target['platform']['arch']} python {target['platform']['python']}",
         f"input       {model['input']['name']} {model['input']['dtype']} {model['input']['shape']} {model['input']['layout']}",
         f"output      {model['output']['name']} {model['output']['dtype']} {model['output']['shape']} ({model['output']['kind']})",
-        f"tolerance   " + ", ".join(f"{k}={v}" for k, v in target["tolerance"].items()),
+        "tolerance   " + ", ".join(f"{k}={v}" for k, v in target["tolerance"].items()),
         f"golden      {len(m['golden'])} images; build check: {m.get('build_check', {}).get('verdict', 'n/a')}",
         f"runtime     edgeseg_runtime {m['runtime']['version']}; requires {', '.join(m['runtime']['requirements'])}",
         "toolchain   " + ", ".join(f"{k} {v}" for k, v in sorted(m["toolchain"].items())),

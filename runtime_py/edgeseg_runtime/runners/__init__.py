@@ -12,6 +12,7 @@ A new backend adds one module here and one line in :data:`RUNNERS`.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import ToolchainError
 
-__all__ = ["Runner", "RUNNERS", "runner_class", "open_runner"]
+__all__ = ["Runner", "RUNNERS", "runner_class", "open_runner", "import_backend"]
 
 
 class Runner(Protocol):
@@ -43,6 +44,25 @@ RUNNERS: dict[str, str] = {
     "onnxruntime": "edgeseg_runtime.runners.onnxruntime:OnnxRuntimeRunner",
     "openvino": "edgeseg_runtime.runners.openvino:OpenVINORunner",
 }
+
+
+def import_backend(module: str, extra: str) -> ModuleType:
+    """Import a backend library lazily.
+
+    Args:
+        module: import name (``onnxruntime``, ``openvino``, ...).
+        extra: the edgeseg extra that installs it on the host.
+
+    Raises:
+        ToolchainError: not installed; says what to pip install.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ToolchainError(
+            f"{module} is not installed ({exc}); on a device: pip install {module}, on the host: "
+            f"pip install 'edgeseg[{extra}]'"
+        ) from None
 
 
 def runner_class(backend: str) -> type[Runner]:

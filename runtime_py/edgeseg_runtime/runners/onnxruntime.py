@@ -17,16 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
-
-_INSTALL = "pip install onnxruntime (host: pip install 'edgeseg[onnxruntime]')"
+from . import import_backend
 
 
 def _import() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ToolchainError(f"onnxruntime is not installed ({exc}); {_INSTALL}") from None
-    return onnxruntime
+    return import_backend("onnxruntime", extra="onnxruntime")
 
 
 class OnnxRuntimeRunner:

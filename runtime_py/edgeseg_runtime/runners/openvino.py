@@ -19,16 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
-
-_INSTALL = "pip install openvino (host: pip install 'edgeseg[openvino]')"
+from . import import_backend
 
 
 def _import() -> Any:
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ToolchainError(f"openvino is not installed ({exc}); {_INSTALL}") from None
-    return openvino
+    return import_backend("openvino", extra="openvino")
 
 
 class OpenVINORunner:
