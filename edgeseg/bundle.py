@@ -78,7 +78,7 @@ def runtime_pyproject(version: str, requirements: list[str]) -> str:
     deps = ", ".join(json.dumps(r) for r in requirements)
     return (
         "[build-system]\n"
-        'requires = ["setuptools>=68"]\n'
+        'requires = ["setuptools>=70.1"]\n'
         'build-backend = "setuptools.build_meta"\n\n'
         "[project]\n"
         'name = "edgeseg-runtime"\n'

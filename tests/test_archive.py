@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,3 +182,26 @@ def test_pack_is_byte_identical_and_atomic(tmp_path: Path) -> None:
         assert names == sorted(names) and all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
     assert not list(tmp_path.glob(".*partial"))
     shutil.rmtree(stage)
+
+
+@pytest.mark.slow
+def test_runtime_pip_installs_from_unpacked_archive(archives: dict[str, Path], tmp_path: Path) -> None:
+    """The device flow: unpack, pip install ./runtime (no host package), verify with its console command."""
+    pytest.importorskip("setuptools", minversion="70.1")  # offline build: the test interpreter's setuptools
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+         str(folder / "runtime")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr
+    assert (site / "bin" / "edgeseg").is_file()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    verify = [str(site / "bin" / "edgeseg"), "verify", "--archive", str(folder)]
+    proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(p.name.endswith(".egg-info") or p.name == "build" for p in (folder / "runtime").iterdir())
+    (folder / "runtime" / "edgeseg_runtime" / "sitecustomize.py").write_text("")  # not a byproduct: refused
+    proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "not listed in the manifest" in proc.stdout

@@ -134,7 +134,7 @@ class Archive:
         present = {
             p.relative_to(self.root).as_posix()
             for p in self.root.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME and "__pycache__" not in p.parts
+            if p.is_file() and p.name != MANIFEST_NAME and not _install_byproduct(p.relative_to(self.root))
         }
         present.discard("manifest.sig")
         extra = sorted(present - listed.keys())
@@ -168,6 +168,18 @@ class Archive:
     def name(self) -> str:
         """``<model>-<target>``, the archive's base name."""
         return f"{self.manifest['model']['name']}-{self.manifest['target']['name']}"
+
+
+def _install_byproduct(rel: Path) -> bool:
+    """Files that ``pip install ./runtime`` or Python itself leave in an unpacked archive.
+
+    ``__pycache__`` anywhere; ``runtime/build/`` and ``runtime/*.egg-info/``
+    (setuptools builds in the source folder). Everything else must be listed.
+    """
+    parts = rel.parts
+    if "__pycache__" in parts:
+        return True
+    return len(parts) > 2 and parts[0] == "runtime" and (parts[1] == "build" or parts[1].endswith(".egg-info"))
 
 
 def _extract(path: Path, dest: Path) -> None:
