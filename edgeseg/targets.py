@@ -165,7 +165,22 @@ def load_target(name_or_path: str | Path) -> Target:
     if path.stem != target.name:
         raise ConfigError(f"{path}: name = {target.name!r} but the file is {path.name}; make them the same")
     _check_backend_options(target, str(path))
+    _check_toolchain(target, str(path))
     return target
+
+
+def _check_toolchain(target: Target, source: str) -> None:
+    from .toolchains import load_toolchain
+
+    if target.platform.toolchain is None:
+        return
+    tc = load_toolchain(target.platform.toolchain)
+    plat = target.platform
+    for key in ("os", "arch", "python"):
+        if getattr(tc, key) != getattr(plat, key):
+            raise ConfigError(
+                f"{source}: platform.{key} = {getattr(plat, key)!r} but toolchain {tc.name!r} says {getattr(tc, key)!r}"
+            )
 
 
 def list_targets() -> list[str]:

@@ -99,3 +99,19 @@ def test_precision_the_backend_cannot_build(tmp_path: Path) -> None:
     t = load_target(_write(tmp_path, precision="int8"))
     with pytest.raises(ConfigError, match="builds fp32 in this version, not int8"):
         edgeseg.build(target=t, out_dir=tmp_path / "dist", report=lambda _l: None)
+
+
+def test_toolchain_named_by_a_profile_must_exist_and_agree(tmp_path: Path) -> None:
+    from edgeseg.toolchains import load_toolchain
+
+    tc = load_toolchain("linux-x86_64-py311")
+    assert (tc.os, tc.arch, tc.python) == ("linux", "x86_64", "3.11") and "manylinux2014_x86_64" in tc.pip_platforms
+    p = _write(tmp_path)
+    p.write_text(p.read_text().replace('arch = "x86_64"', 'arch = "x86_64"\ntoolchain = "linux-x86_64-py311"'))
+    assert load_target(p).platform.toolchain == "linux-x86_64-py311"
+    p.write_text(p.read_text().replace('arch = "x86_64"', 'arch = "aarch64"'))
+    with pytest.raises(ConfigError, match=r"platform\.arch = 'aarch64' but toolchain 'linux-x86_64-py311' says 'x86_64'"):
+        load_target(p)
+    p.write_text(p.read_text().replace('toolchain = "linux-x86_64-py311"', 'toolchain = "riscv"'))
+    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-x86_64-py311"):
+        load_target(p)
