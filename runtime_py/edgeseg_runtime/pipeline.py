@@ -129,23 +129,18 @@ class Postprocess:
                 labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
             return labels, None
         scores = output[0]
-        resize = scores.shape[1:] != (height, width)
-        resized: np.ndarray | None = None
+        same_size = scores.shape[1:] == (height, width)
+
+        def resized(planes: np.ndarray) -> np.ndarray:
+            return planes if same_size else np.stack([_resize_plane(p, width, height) for p in planes])
+
         if scores.shape[0] == 2:
             # Two classes: bilinear resizing is linear, so argmax of the resized scores equals
             # the sign of the resized margin s1 - s0: one plane to resize instead of two.
-            margin = scores[1] - scores[0]
-            if resize:
-                margin = _resize_plane(margin, width, height)
-            labels = np.greater(margin, 0).view(np.uint8)
-        else:
-            resized = np.stack([_resize_plane(ch, width, height) for ch in scores]) if resize else scores
-            labels = _argmax_channels(resized, self.label_dtype)
-        if not want_scores:
-            return labels, None
-        if resized is None:
-            resized = np.stack([_resize_plane(ch, width, height) for ch in scores]) if resize else scores
-        return labels, resized
+            labels = np.greater(resized((scores[1] - scores[0])[None])[0], 0).view(np.uint8)
+            return labels, (resized(scores) if want_scores else None)
+        all_scores = resized(scores)
+        return _argmax_channels(all_scores, self.label_dtype), (all_scores if want_scores else None)
 
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
