@@ -1,9 +1,10 @@
 """invoke tasks: thin wrappers over edgeseg's Python API.
 
     invoke build --target intel            # archive of the embedded default model
+    invoke build --target cpu --precision int8 [--calib DIR] [--eval DIR]
     invoke build --target cpu --model m.onnx --spec m.toml
     invoke test [--fast]                   # the test suite (CI runs it without --fast)
-    invoke bench                           # runtime overhead vs bare inference, cpu and intel
+    invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 """
 
@@ -21,13 +22,25 @@ from invoke import task
         "spec": "model spec TOML (needed with --model)",
         "out": "output folder (default: dist)",
         "with-argmax": "fold argmax into the shared ONNX",
+        "precision": "fp32 | fp16 | int8 (default: the profile's)",
+        "calib": "int8 calibration image folder (default: embedded photos)",
+        "calib-count": "calibration images to sample (default: the profile's)",
+        "eval": "evaluation set for the accuracy gate: DIR/images (+ DIR/masks)",
+        "recalibrate": "ignore the cached calibration result",
     }
 )
-def build(c, target, model=None, spec=None, out="dist", with_argmax=False):  # noqa: ANN001, ANN201
-    """Build <out>/<model>-<target>.tar.gz; prints its path on the last line."""
+def build(  # noqa: ANN201
+    c, target, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
+    precision=None, calib=None, calib_count=None, eval=None, recalibrate=False,  # noqa: ANN001, A002
+):
+    """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
     import edgeseg
 
-    result = edgeseg.build(model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax)
+    result = edgeseg.build(
+        model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax, precision=precision,
+        calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
+        eval_set=eval, recalibrate=recalibrate,
+    )
     print(result.archive)
 
 
@@ -44,8 +57,9 @@ def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
 
 @task(help={"runs": "timed iterations per case", "targets": "comma-separated targets"})
 def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
-    """Runtime end-to-end time per image vs the backend's bare inference (benchmarks/bench_runtime.py)."""
+    """Runtime overhead vs bare inference, then fp16/int8 vs fp32 latency and accuracy (benchmarks/)."""
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
+    c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {int(runs)} --targets {targets}", pty=False)
 
 
 @task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})

@@ -5,13 +5,20 @@ Steps, each writing into a fresh folder (inputs are never modified):
 1. **export** the shared fp32 ONNX (:mod:`edgeseg.export`);
 2. **reference**: run it with ONNX Runtime fp32 on the golden images (the
    outputs every target is measured against);
-3. **convert** with the target's backend (:mod:`edgeseg.backends`);
-4. **check**: run the converted model through the runtime on the golden
+3. **calibrate** (int8): the calibration set through the archive's own
+   pre-processing (:mod:`edgeseg.calibration`); the quantized result is cached
+   (:mod:`edgeseg.cache`), so a rebuild does not recalibrate;
+4. **convert** with the target's backend (:mod:`edgeseg.backends`) at the
+   profile's precision (or ``precision=`` / ``--precision``);
+5. **accuracy gate** (fp16/int8): the converted model and the reference over
+   an evaluation set held apart from calibration (:mod:`edgeseg.accuracy`);
+   a miss of the profile's budget stops the build with :class:`AccuracyError`;
+6. **golden check**: run the converted model through the runtime on the golden
    images and compare with the reference using the target's tolerances; a
    failure stops the build (no archive) with :class:`VerifyError`;
-5. **bundle**: ``pipeline.json``/``deploy.json``/``detail.json``, golden files,
-   the runtime, ``manifest.json``, then one deterministic
-   ``<out>/<model>-<target>.tar.gz``.
+7. **bundle**: ``pipeline.json``/``deploy.json``/``detail.json``, golden files,
+   the runtime, ``manifest.json`` (with the measured accuracy), then one
+   deterministic ``<out>/<model>-<target>-<precision>.tar.gz``.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +44,12 @@ from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
 
 from . import __version__
-from .backends import get_backend
+from ._progress import Reporter, Steps
+from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed
+from .backends import Backend, Calibration, ModelFiles, get_backend
 from .bundle import copy_runtime, pack, write_manifest
+from .cache import QuantCache, cache_key
+from .calibration import load_calibration
 from .errors import ConfigError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
 from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
@@ -52,7 +63,6 @@ DEFAULT_MODEL = DATA / "models" / "selfie_segmentation" / "selfie_segmentation.o
 #: real photos used as golden inputs when none are given
 SAMPLE_IMAGES = DATA / "images"
 
-Reporter = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -63,33 +73,16 @@ class BuildResult:
         archive: path of the ``.tar.gz``.
         manifest: the manifest written into it.
         check: the build-time golden check (None when the backend cannot run on this host).
+        accuracy: the accuracy gate's report (fp16/int8 builds that ran here), else None.
+        calibration_cache: int8: "hit" (cached calibration result reused) or "miss"; else "".
+            Not in the manifest, so a rebuild from the cache gives a byte-identical archive.
     """
 
     archive: Path
     manifest: dict[str, Any]
     check: VerifyReport | None
-
-
-class _Steps:
-    """Progress for the build steps: a spinner on a terminal, one line per finished step."""
-
-    def __init__(self, report: Reporter | None) -> None:
-        self.report = report
-
-    @contextmanager
-    def step(self, title: str) -> Iterator[dict[str, str]]:
-        note: dict[str, str] = {}
-        start = time.perf_counter()
-        if self.report is None:
-            from rich.console import Console
-
-            console = Console(stderr=True, soft_wrap=True)
-            with console.status(f"{title} ..."):
-                yield note
-            console.print(f"[green]✓[/green] {title} ({time.perf_counter() - start:.1f} s) {note.get('detail', '')}")
-        else:
-            yield note
-            self.report(f"{title} ({time.perf_counter() - start:.1f} s) {note.get('detail', '')}")
+    accuracy: AccuracyReport | None = None
+    calibration_cache: str = ""
 
 
 def _golden_paths(golden: Sequence[str | Path] | None) -> list[Path]:
@@ -152,6 +145,11 @@ def build(
     out_dir: str | Path = "dist",
     with_argmax: bool = False,
     golden: Sequence[str | Path] | None = None,
+    precision: str | None = None,
+    calib: Sequence[str | Path] | None = None,
+    calib_count: int | None = None,
+    eval_set: str | Path | None = None,
+    recalibrate: bool = False,
     report: Reporter | None = None,
 ) -> BuildResult:
     """Build one target's archive for a model.
@@ -165,40 +163,53 @@ def build(
         out_dir: folder for the archive.
         with_argmax: fold arg-max into the shared ONNX (labels output).
         golden: image files/folders for the golden set; None = edgeseg's sample photos.
-        report: callback for progress lines; None = rich status on stderr.
+        precision: ``fp32`` | ``fp16`` | ``int8``; None = the profile's.
+        calib: calibration images (files/folders) for int8; None = the embedded
+            calibration photos (:data:`edgeseg.calibration.DEFAULT_CALIBRATION`).
+        calib_count: calibration images to use; None = the profile's ``calib_count``.
+        eval_set: evaluation set for the accuracy gate: a folder with
+            ``images/`` (+ ``masks/``) or of images; None = the golden images.
+        recalibrate: ignore a cached calibration result.
+        report: callback for progress lines; None = rich progress on stderr.
 
     Returns:
         :class:`BuildResult` with the archive path.
 
     Raises:
-        ConfigError: unknown target, bad spec, spec/model contradiction.
+        ConfigError: unknown target, bad spec, spec/model contradiction,
+            calibration images that are also evaluation images.
         ToolchainError: backend not installed or not implemented.
-        ConversionError: export or conversion failed.
+        ConversionError: export, conversion or quantization failed.
+        AccuracyError: an fp16/int8 build misses the profile's accuracy budget (no archive).
         VerifyError: the converted model misses the target's tolerance on the golden set.
-        ImageError: a golden image cannot be read.
+        ImageError: a golden, calibration or evaluation image cannot be read.
     """
     t0 = time.perf_counter()
-    tgt = target if isinstance(target, Target) else load_target(target)
+    tgt = (target if isinstance(target, Target) else load_target(target)).with_precision(precision)
+    if calib_count is not None:
+        tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
     model_spec = _resolve_spec(model, spec, spec_overrides)
     source = DEFAULT_MODEL if model is None else model
     backend = get_backend(tgt)
     tool_versions = backend.versions()
     ref_version = runner_class("onnxruntime").version()  # the reference needs onnxruntime
     images = _golden_paths(golden)
-    steps = _Steps(report)
+    evalset = load_eval_set(eval_set, images) if tgt.precision != "fp32" else None
+    if tgt.precision == "fp32" and (calib is not None or eval_set is not None):
+        raise ConfigError("--calib/--eval apply to fp16/int8 builds; this build is fp32 (use --precision)")
     palette = model_spec.output.colours()
-    archive_path = Path(out_dir) / f"{model_spec.name}-{tgt.name}.tar.gz"
+    archive_path = Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz"
 
-    with tempfile.TemporaryDirectory(prefix="edgeseg-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeseg-build-") as tmp, Steps(report) as steps, ExitStack() as stack:
         work = Path(tmp)
         stage = work / "stage"
         stage.mkdir()
-        with steps.step("export shared fp32 ONNX") as note:
+        with steps.step("export shared fp32 ONNX") as step:
             shared = export_shared(source, model_spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic)
             _check_shapes(tgt, shared)
             pipeline = make_pipeline(model_spec, shared)
             check_pipeline(pipeline, shared, model_spec)
-            note["detail"] = f"input {shared.input_shape} -> output {shared.output_shape} {shared.output_dtype}"
+            step.detail = f"input {shared.input_shape} -> output {shared.output_shape} {shared.output_dtype}"
 
         model_section = {
             "name": model_spec.name,
@@ -219,7 +230,7 @@ def build(
         }
         target_section = tgt.manifest_dict()
 
-        with steps.step("reference run (ONNX Runtime fp32)") as note:
+        with steps.step("reference run (ONNX Runtime fp32)") as step:
             ref_dir = work / "reference"
             ref_dir.mkdir()
             shutil.copyfile(shared.path, ref_dir / "model.onnx")
@@ -229,13 +240,40 @@ def build(
                 "backend": {"name": "onnxruntime", "net": "model.onnx", "weights": ""},
             }
             ref_archive = Archive(root=ref_dir, manifest=ref_manifest, source=ref_dir, _pipeline=pipeline)
-            with Segmentor(ref_archive) as ref:
-                golden_entries = _write_golden(ref, images, stage, palette)
-            note["detail"] = f"{len(images)} golden images"
+            ref = stack.enter_context(Segmentor(ref_archive))
+            golden_entries = _write_golden(ref, images, stage, palette)
+            step.detail = f"{len(images)} golden images"
 
-        with steps.step(f"convert ({tgt.backend} {tgt.precision})") as note:
-            files = backend.convert(shared.path, tgt, stage)
-            note["detail"] = ", ".join(files.files)
+        quant_section: dict[str, Any] = {}
+        calibration = None
+        if tgt.precision == "int8":
+            assert evalset is not None
+            with steps.step("calibration set") as step:
+                cset = load_calibration(
+                    calib, pipeline, shared.input_shape, count=tgt.quantization.calib_count,
+                    seed=tgt.quantization.seed, exclude=evalset.images,
+                )
+                validation = tuple(_validation_pair(ref, path) for path in evalset.images)
+                calibration = Calibration(images=cset, validation=validation, num_classes=len(model_spec.output.classes), step=step)
+                quant_section["calibration"] = {
+                    "source": "edgeseg default set" if calib is None else ", ".join(str(c) for c in calib),
+                    "images": [p.name for p in cset.images],
+                    "count": len(cset),
+                    "requested": cset.requested,
+                    "seed": tgt.quantization.seed,
+                    "method": tgt.quantization.calibration_method,
+                    "sha256": cset.digest,
+                }
+                step.detail = f"{len(cset)} images ({quant_section['calibration']['source']}), sha256 {cset.digest[:12]}"
+                if getattr(backend, "device_calibration", False):  # calibrated on the device (TensorRT)
+                    (stage / "calibration").mkdir()
+                    quant_section["device_calibration"] = cset.save_compact(stage / "calibration" / "calibration.npz")
+
+        with steps.step(f"convert ({tgt.backend} {tgt.precision})") as step:
+            if calibration is not None:
+                calibration = Calibration(calibration.images, calibration.validation, calibration.num_classes, step)
+            files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions)
+            step.detail = ", ".join(files.files) + (f" (calibration cache {cache_state})" if cache_state else "")
 
         requirement = runner_class(tgt.backend).requirement if tgt.backend in RUNNERS else tgt.backend
         runtime_reqs = ["numpy>=1.24", "pillow>=10.0", requirement]
@@ -275,35 +313,109 @@ def build(
                 shutil.copyfile(src, stage / f"MODEL_{extra}")
         copy_runtime(stage / "runtime", edgeseg_runtime.__version__, runtime_reqs)
 
+        runnable = _runnable(tgt.backend)
+        staged = Archive(root=stage, manifest=manifest, source=archive_path, _pipeline=pipeline)
+        candidate = stack.enter_context(Segmentor(staged)) if runnable else None
+        accuracy: AccuracyReport | None = None
+        if evalset is not None:
+            with steps.step(f"accuracy gate ({tgt.precision} vs fp32)") as step:
+                if candidate is not None:
+                    accuracy = evaluate(
+                        ref, candidate, evalset, precision=tgt.precision, classes=list(model_spec.output.classes),
+                        budget=tgt.quantization.budget(), step=step,
+                    )
+                    quant_section["accuracy"] = accuracy.to_dict()
+                    step.detail = accuracy.verdict()
+                    raise_if_failed(accuracy, tgt.name)
+                else:
+                    quant_section["accuracy"] = {"passed": None, "verdict": f"pending: {tgt.backend} cannot run on this host"}
+                    step.detail = quant_section["accuracy"]["verdict"]
+            manifest["quantization"] = quant_section
+
         check: VerifyReport | None = None
-        with steps.step("golden check of the converted model") as note:
-            try:
-                runner_class(tgt.backend).version()
-                runnable = True
-            except ToolchainError:
-                runnable = False
-            if runnable:
-                staged = Archive(root=stage, manifest=manifest, source=archive_path, _pipeline=pipeline)
-                check = verify_archive(staged)
+        with steps.step("golden check of the converted model") as step:
+            if candidate is not None:
+                check = verify_archive(staged, candidate)
                 manifest["build_check"] = {
                     "passed": check.passed,
                     "verdict": check.verdict(),
                     "images": [vars(c) for c in check.images],
                 }
-                note["detail"] = check.verdict()
+                step.detail = check.verdict()
                 if not check.passed:
                     raise VerifyError(f"build stopped, no archive written: {check.verdict()}")
             else:
                 manifest["build_check"] = {"passed": None, "verdict": f"pending: {tgt.backend} cannot run on this host"}
-                note["detail"] = manifest["build_check"]["verdict"]
+                step.detail = manifest["build_check"]["verdict"]
 
-        with steps.step("bundle") as note:
+        with steps.step("bundle") as step:
             manifest = write_manifest(stage, manifest)
             pack(stage, archive_path)
-            note["detail"] = f"{archive_path} ({archive_path.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files)"
+            step.detail = f"{archive_path} ({archive_path.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files)"
     if report is not None:
         report(f"built in {time.perf_counter() - t0:.1f} s")
-    return BuildResult(archive=archive_path, manifest=manifest, check=check)
+    return BuildResult(archive=archive_path, manifest=manifest, check=check, accuracy=accuracy, calibration_cache=cache_state)
+
+
+def _runnable(backend: str) -> bool:
+    try:
+        runner_class(backend).version()
+        return True
+    except ToolchainError:
+        return False
+
+
+def _validation_pair(ref: Segmentor, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(network input, fp32 reference labels at the network's output size) for one evaluation image."""
+    tensor = ref.prepare(load_image(path))
+    out = ref.infer(tensor)
+    labels = out.reshape(out.shape[-2:]) if out.shape[1] == 1 else out[0].argmax(axis=0)
+    return tensor, labels
+
+
+def _convert(
+    backend: Backend,
+    tgt: Target,
+    shared: SharedModel,
+    stage: Path,
+    calibration: Calibration | None,
+    recalibrate: bool,
+    tool_versions: dict[str, str],
+) -> tuple[ModelFiles, str]:
+    """Run the backend; for int8, through the quantization cache. Returns the files and "hit"/"miss"/""."""
+    if calibration is None:
+        return backend.convert(shared.path, tgt, stage), ""
+    q = tgt.quantization
+    parts = {
+        "shared_onnx_sha256": shared.sha256,
+        "calibration_sha256": calibration.images.digest,
+        "backend": tgt.backend,
+        "versions": tool_versions,
+        "precision": tgt.precision,
+        "quantization": q.model_dump(mode="json", exclude={"min_pixel_agreement"}),
+        "validation": _digest_pairs(calibration.validation) if q.max_miou_drop is not None else None,
+    }
+    key = cache_key(parts)
+    cache = QuantCache()
+    if not recalibrate:
+        details = cache.fetch(key, stage)
+        if details is not None:
+            saved = details.pop("_model_files")
+            return ModelFiles(net=saved["net"], weights=saved["weights"], files=tuple(saved["files"]), details=details), "hit"
+    files = backend.convert(shared.path, tgt, stage, calibration)
+    model_files = {"net": files.net, "weights": files.weights, "files": list(files.files)}
+    cache.store(key, stage, files.files, {**files.details, "_model_files": model_files}, parts)
+    return files, "miss"
+
+
+def _digest_pairs(pairs: tuple[tuple[np.ndarray, np.ndarray], ...]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for tensor, labels in pairs:
+        h.update(tensor.tobytes())
+        h.update(labels.astype(np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _dumps(doc: Any) -> str:

@@ -68,6 +68,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         out_dir=args.out,
         with_argmax=args.with_argmax,
         golden=args.golden,
+        precision=args.precision,
+        calib=args.calib,
+        calib_count=args.calib_count,
+        eval_set=args.eval,
+        recalibrate=args.recalibrate,
     )
     print(result.archive)
     return 0
@@ -91,9 +96,10 @@ def _add_build(sub: Any) -> None:
         "build",
         help="build a deployable archive for a target",
         description="Export the shared fp32 ONNX, run the ONNX Runtime reference on golden images, convert for the "
-        "target, check the converted model against the reference, and write <out>/<model>-<target>.tar.gz. "
-        "The archive path is printed on the last line. Without --model, builds the embedded default model "
-        "(MediaPipe Selfie Segmentation).",
+        "target (fp16/int8: quantize, int8 calibrated on real images, then an accuracy gate against fp32 on an "
+        "evaluation set), check the converted model against the reference, and write "
+        "<out>/<model>-<target>-<precision>.tar.gz. The archive path is printed on the last line. Without --model, "
+        "builds the embedded default model (MediaPipe Selfie Segmentation).",
     )
     p.add_argument("--target", "-t", required=True, help="target profile name (see 'edgeseg targets') or .toml path")
     p.add_argument("--model", "-m", type=Path, help="ONNX or TorchScript file (default: the embedded default model)")
@@ -101,6 +107,16 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, default=Path("dist"), help="output folder (default: %(default)s)")
     p.add_argument("--with-argmax", action="store_true", help="fold argmax into the ONNX (outputs int64 labels)")
     p.add_argument("--golden", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="golden images (default: sample photos)")
+    q = p.add_argument_group("quantization (fp16/int8)")
+    q.add_argument("--precision", "-p", choices=["fp32", "fp16", "int8"], help="override the profile's precision")
+    q.add_argument("--calib", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="int8 calibration images (default: embedded photos)")
+    q.add_argument("--calib-count", type=int, metavar="N", help="calibration images to sample (default: the profile's calib_count)")
+    q.add_argument(
+        "--eval", type=Path, metavar="DIR",
+        help="evaluation set for the accuracy gate: DIR/images (+ DIR/masks/<stem>.png label maps) or a folder of "
+        "images (default: the golden images); must not overlap the calibration images",
+    )
+    q.add_argument("--recalibrate", action="store_true", help="ignore the cached calibration result")
     g = p.add_argument_group("model spec flags (override --spec)")
     g.add_argument("--name", help="model name used in the archive name")
     g.add_argument("--input-layout", choices=["NCHW", "NHWC"])

@@ -48,6 +48,7 @@ __all__ = [
     "Target",
     "Platform",
     "Tolerance",
+    "Limits",
     "Quantization",
     "InputShapes",
     "Deploy",
@@ -81,12 +82,25 @@ class Platform(Strict):
     offline: bool = False
 
 
-class Tolerance(Strict):
-    """Verification tolerances against the fp32 reference."""
+class Limits(Strict):
+    """Golden-check limits for one precision."""
 
     atol: NonNegative
     rtol: NonNegative = 0.0
     min_label_agreement: Fraction
+
+
+class Tolerance(Limits):
+    """Verification tolerances against the fp32 reference.
+
+    The top-level keys apply to the profile's own precision; ``[tolerance.fp16]``
+    / ``[tolerance.int8]`` (/ ``fp32``) give the limits when a build asks for
+    another precision (``--precision``).
+    """
+
+    fp32: Limits | None = None
+    fp16: Limits | None = None
+    int8: Limits | None = None
 
 
 class Quantization(Strict):
@@ -94,10 +108,16 @@ class Quantization(Strict):
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calib_count: PositiveInt = 32
+    seed: int = 0
     per_channel: bool = True
     keep_float: list[str] = Field(default_factory=list, description="node names or op types kept in float")
-    max_miou_drop: NonNegative | None = None
-    min_pixel_agreement: Fraction | None = None
+    max_miou_drop: NonNegative | None = Field(default=None, description="mIoU points; for OpenVINO also turns on NNCF accuracy control")
+    min_pixel_agreement: Fraction | None = 0.98
+    options: dict[str, OptionValue] = Field(default_factory=dict, description="backend quantizer options")
+
+    def budget(self) -> dict[str, float | None]:
+        """The accuracy gate's budget."""
+        return {"max_miou_drop": self.max_miou_drop, "min_pixel_agreement": self.min_pixel_agreement}
 
 
 class Deploy(Strict):
@@ -133,8 +153,28 @@ class Target(Strict):
         return self
 
     def manifest_dict(self) -> dict[str, Any]:
-        """The profile as stored in an archive's manifest (JSON-ready)."""
-        return self.model_dump(mode="json")
+        """The profile as stored in an archive's manifest (JSON-ready; flat tolerance of its precision)."""
+        return self.model_dump(mode="json", exclude={"tolerance": {"fp32", "fp16", "int8"}})
+
+    def with_precision(self, precision: str | None) -> Target:
+        """This profile built at ``precision`` (None = its own), with that precision's tolerance.
+
+        Raises:
+            ConfigError: unknown precision, or the profile has no ``[tolerance.<precision>]``
+                for a precision other than its own.
+        """
+        if precision is None:
+            precision = self.precision
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ConfigError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+        limits = getattr(self.tolerance, precision)
+        if limits is None and precision != self.precision:
+            raise ConfigError(
+                f"target {self.name!r} is {self.precision} and has no [tolerance.{precision}] for the golden check; "
+                f"add one to targets/{self.name}.toml"
+            )
+        flat = Tolerance(**(limits or self.tolerance).model_dump(include={"atol", "rtol", "min_label_agreement"}))
+        return self.model_copy(update={"precision": precision, "tolerance": flat})
 
 
 def _check_backend_options(target: Target, source: str) -> None:
@@ -142,15 +182,9 @@ def _check_backend_options(target: Target, source: str) -> None:
 
     if target.backend not in RUNNERS:
         return  # backend not implemented yet: build says so; nothing to check against
-    allowed: dict[str, type] = runner_class(target.backend).OPTIONS
-    for key, value in target.backend_options.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"{source}: backend_options.{key}: unknown option for {target.backend} "
-                f"(known: {', '.join(sorted(allowed))})"
-            )
-        if not isinstance(value, allowed[key]) or isinstance(value, bool) and allowed[key] is not bool:
-            raise ConfigError(f"{source}: backend_options.{key}: expected {allowed[key].__name__}, got {value!r}")
+    from .backends import check_option_types
+
+    check_option_types(target.backend_options, runner_class(target.backend).OPTIONS, f"{source}: backend_options")
 
 
 def load_target(name_or_path: str | Path) -> Target:

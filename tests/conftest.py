@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ HAS_OPENVINO = _has("openvino")
 HAS_TORCH = _has("torch")
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed (pip install 'edgeseg[openvino]')")
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (pip install 'edgeseg[torch]')")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Calibration cache in a fresh folder: tests never read or fill the user's ~/.cache/edgeseg."""
+    os.environ["EDGESEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeseg-cache"))
 
 
 @pytest.fixture(scope="session")

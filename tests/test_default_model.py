@@ -59,7 +59,7 @@ def test_build_cli_prints_archive_on_last_line(tmp_path: Path) -> None:
     proc = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "d")
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
-    assert Path(last) == tmp_path / "d" / "selfie_segmentation-cpu.tar.gz" and Path(last).is_file()
+    assert Path(last) == tmp_path / "d" / "selfie_segmentation-cpu-fp32.tar.gz" and Path(last).is_file()
     assert "golden check" in proc.stderr  # progress went to stderr
 
 

@@ -124,7 +124,7 @@ def test_nn_module_build_agrees_with_pytorch(tmp_path: Path, photos: dict[str, P
 
     net = _tiny_net()
     result = edgeseg.build(net, target="cpu", spec=load_spec(None, TINY_SPEC), out_dir=tmp_path, report=lambda _l: None)
-    assert result.archive.name == "tiny-cpu.tar.gz" and result.check is not None and result.check.passed
+    assert result.archive.name == "tiny-cpu-fp32.tar.gz" and result.check is not None and result.check.passed
     rgb = load_image(photos["astronaut"])
     with Archive.open(result.archive) as archive, Segmentor(archive) as seg:
         x = seg.prepare(rgb)

@@ -89,16 +89,34 @@ def test_invalid_values(tmp_path: Path, change, message) -> None:  # noqa: ANN00
 
 
 def test_backend_options_checked_against_runner(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"backend_options\.device: unknown option for onnxruntime"):
+    with pytest.raises(ConfigError, match=r"backend_options\.device: unknown option \(known: intra_op_num_threads"):
         load_target(_write(tmp_path, tail='[backend_options]\ndevice = "GPU"'))
     with pytest.raises(ConfigError, match=r"backend_options\.intra_op_num_threads: expected int"):
         load_target(_write(tmp_path, tail='[backend_options]\nintra_op_num_threads = "two"'))
 
 
-def test_precision_the_backend_cannot_build(tmp_path: Path) -> None:
-    t = load_target(_write(tmp_path, precision="int8"))
-    with pytest.raises(ConfigError, match="builds fp32 in this version, not int8"):
-        edgeseg.build(target=t, out_dir=tmp_path / "dist", report=lambda _l: None)
+def test_quantization_settings_the_backend_lacks(tmp_path: Path) -> None:
+    from edgeseg.backends import get_backend
+
+    t = load_target(_write(tmp_path, name="ov", backend="openvino", precision="int8", tail='[quantization]\ncalibration_method = "entropy"'))
+    with pytest.raises(ConfigError, match="openvino has no 'entropy' calibration; use one of minmax, percentile"):
+        get_backend(t)
+    t = load_target(_write(tmp_path, name="o2", precision="int8", tail="[quantization.options]\npreset = \"mixed\""))
+    with pytest.raises(ConfigError, match=r"quantization\.options\.preset: unknown option \(known: activation_type, reduce_range, weight_type\)"):
+        get_backend(t)
+    t = load_target(_write(tmp_path, name="o3", precision="int8", tail="[quantization.options]\nreduce_range = 1"))
+    with pytest.raises(ConfigError, match=r"reduce_range: expected bool, got 1"):
+        get_backend(t)
+
+
+def test_other_precision_needs_its_own_tolerance(tmp_path: Path) -> None:
+    t = load_target(_write(tmp_path))
+    with pytest.raises(ConfigError, match=r"is fp32 and has no \[tolerance.int8\] for the golden check; add one to targets/t.toml"):
+        t.with_precision("int8")
+    cpu8 = load_target("cpu").with_precision("int8")
+    assert (cpu8.precision, cpu8.tolerance.atol, cpu8.tolerance.min_label_agreement) == ("int8", 1.0, 0.95)
+    assert set(cpu8.manifest_dict()["tolerance"]) == {"atol", "rtol", "min_label_agreement"}
+    assert load_target("cpu").with_precision(None).tolerance.atol == 1e-4
 
 
 def test_toolchain_named_by_a_profile_must_exist_and_agree(tmp_path: Path) -> None:

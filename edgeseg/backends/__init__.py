@@ -8,14 +8,21 @@ matching on-device runner lives in ``edgeseg_runtime.runners``.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import numpy as np
 
 from ..errors import ConfigError, ToolchainError
 from ..targets import BACKENDS as PLANNED, Target
 
-__all__ = ["Backend", "ModelFiles", "BACKENDS", "get_backend"]
+if TYPE_CHECKING:
+    from .._progress import Step
+    from ..calibration import CalibrationSet
+
+__all__ = ["Backend", "ModelFiles", "Calibration", "BACKENDS", "get_backend", "check_option_types"]
 
 
 @dataclass(frozen=True)
@@ -35,21 +42,61 @@ class ModelFiles:
     details: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What an int8 quantizer gets from the build.
+
+    Attributes:
+        images: the calibration set (pre-processing included).
+        validation: ``(input, reference_labels)`` pairs from the evaluation set:
+            ``(1, 3, H, W)`` float32 inputs and the fp32 reference's ``(h, w)``
+            labels at the network's output size, for accuracy-controlled quantizers.
+        num_classes: C.
+        step: progress step (calibration passes advance it), or None.
+    """
+
+    images: CalibrationSet
+    validation: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    num_classes: int = 2
+    step: Step | None = None
+
+    def tensors(self) -> Iterator[np.ndarray]:
+        """The calibration inputs, advancing the progress bar."""
+        items = self.images.tensors()
+        return self.step.track(items, len(self.images), "calibration images") if self.step else items
+
+
 class Backend(Protocol):
-    """Convert the shared ONNX for one target."""
+    """Convert (and quantize) the shared ONNX for one target.
+
+    ``precisions`` lists what the backend builds; ``int8`` needs a
+    :class:`Calibration`. ``calibration_methods`` and ``quant_options`` (name →
+    type) say which ``[quantization]`` settings it understands.
+    """
 
     name: ClassVar[str]
     extra: ClassVar[str]  # pip extra that installs the toolchain
     build_on: ClassVar[Literal["host", "device"]]
     precisions: ClassVar[frozenset[str]]
+    calibration_methods: ClassVar[frozenset[str]]
+    quant_options: ClassVar[dict[str, type]]
 
     def versions(self) -> dict[str, str]:
         """Versions of the conversion toolchain. Raises ToolchainError when missing."""
         ...
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path) -> ModelFiles:
-        """Write the target's model files into ``out_dir``. Raises ConversionError."""
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+        """Write the target's model files into ``out_dir``. Raises ConversionError, ConfigError."""
         ...
+
+
+def check_option_types(options: dict[str, Any], allowed: dict[str, type], where: str) -> None:
+    """Check option names and value types against ``allowed``; raises ConfigError naming the key."""
+    for key, value in options.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown option (known: {', '.join(sorted(allowed)) or 'none'})")
+        if not isinstance(value, allowed[key]) or isinstance(value, bool) and allowed[key] is not bool:
+            raise ConfigError(f"{where}.{key}: expected {allowed[key].__name__}, got {value!r}")
 
 
 #: backend name -> "module:Class"
@@ -60,11 +107,12 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(target: Target) -> Backend:
-    """The backend for a target, checked against its precision.
+    """The backend for a target, checked against its precision and quantization settings.
 
     Raises:
         ToolchainError: backend not implemented in this version.
-        ConfigError: the backend does not build the profile's precision.
+        ConfigError: the backend does not build the profile's precision, or a
+            ``[quantization]`` method/option it does not have.
     """
     name = target.backend
     if name not in BACKENDS:
@@ -80,4 +128,11 @@ def get_backend(target: Target) -> Backend:
             f"target {target.name!r}: backend {name} builds {', '.join(sorted(backend.precisions))} in this "
             f"version, not {target.precision}; set precision in targets/{target.name}.toml"
         )
+    q = target.quantization
+    if target.precision == "int8" and q.calibration_method not in backend.calibration_methods:
+        raise ConfigError(
+            f"target {target.name!r}: {name} has no {q.calibration_method!r} calibration; use one of "
+            f"{', '.join(sorted(backend.calibration_methods))} ([quantization] calibration_method)"
+        )
+    check_option_types(q.options, backend.quant_options, f"target {target.name!r}: quantization.options")
     return backend

@@ -1,32 +1,178 @@
-"""ONNX Runtime backend: the shared fp32 ONNX is the model.
+"""ONNX Runtime backend: the shared ONNX as fp32, fp16, or int8 QDQ.
 
-Source: ONNX Runtime docs (https://onnxruntime.ai/docs/). fp16 and int8
-(QDQ static quantization) belong to the quantization work; this version
-builds fp32.
+Sources: ONNX Runtime docs (https://onnxruntime.ai/docs/), "Quantize ONNX
+models" (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)
+and ``onnxruntime.transformers.float16``.
+
+* **fp32**: the shared ONNX copied as ``end2end.onnx``.
+* **fp16**: ``onnxruntime.transformers.float16.convert_float_to_float16`` with
+  ``keep_io_types=True`` (fp32 input and output kept). ``onnxconverter-common``
+  broke on these graphs (Resize ops; fp16 outputs despite keep_io_types);
+  ORT's own converter works. ``keep_float`` names/op types stay fp32.
+* **int8**: ``quantize_static`` in QDQ format, uint8 activations, int8
+  weights, per-channel by default, calibrated on the build's calibration set
+  (minmax / entropy / percentile). On x86 CPUs without VNNI the u8·s8 kernels
+  can saturate (ORT docs: "reduce_range"); the accuracy gate measures what the
+  choice gave, and ``[quantization.options]`` can switch to
+  ``weight_type = "uint8"`` or ``reduce_range = true``. Unnamed nodes get
+  names (``<op>_<index>``) first, so ``keep_float`` can name them.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from edgeseg_runtime.runners import import_backend
 
+from ..errors import ConfigError, ConversionError, EdgesegError
 from ..targets import Target
-from . import ModelFiles
+from . import Calibration, ModelFiles
+
+NET = "end2end.onnx"
+
+
+def _ort() -> Any:
+    return import_backend("onnxruntime", extra="onnxruntime")
+
+
+def name_nodes(model: Any) -> Any:
+    """Give every unnamed node of an ONNX ``ModelProto`` the name ``<op_type>_<index>`` (in place)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
+def resolve_keep_float(model: Any, keep: list[str]) -> list[str]:
+    """Node names for ``keep_float`` entries (node names or ONNX op types such as ``Conv``).
+
+    Raises:
+        ConfigError: an entry that is neither a node name nor an op type of the graph.
+    """
+    names = [n.name for n in model.graph.node]
+    types = {n.op_type for n in model.graph.node}
+    out: list[str] = []
+    for entry in keep:
+        if entry in types:
+            out += [n.name for n in model.graph.node if n.op_type == entry]
+        elif entry in names:
+            out.append(entry)
+        else:
+            raise ConfigError(
+                f"[quantization] keep_float: {entry!r} is neither a node name nor an op type of the model "
+                f"(op types: {', '.join(sorted(types))}; first nodes: {', '.join(names[:5])})"
+            )
+    return sorted(set(out), key=names.index)
 
 
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     extra: ClassVar[str] = "onnxruntime"
     build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
+    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax", "entropy", "percentile"})
+    quant_options: ClassVar[dict[str, type]] = {"weight_type": str, "activation_type": str, "reduce_range": bool}
 
     def versions(self) -> dict[str, str]:
-        return {"onnxruntime": import_backend("onnxruntime", extra="onnxruntime").__version__}
+        return {"onnxruntime": _ort().__version__}
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path) -> ModelFiles:
-        """Copy the shared ONNX as ``end2end.onnx`` (MMDeploy's file name)."""
-        shutil.copyfile(onnx_path, out_dir / "end2end.onnx")
-        return ModelFiles(net="end2end.onnx", files=("end2end.onnx",))
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+        """Write ``end2end.onnx`` at the target's precision (see module doc).
+
+        Raises:
+            ConfigError: bad ``[quantization]`` options or ``keep_float`` entries; int8 without calibration.
+            ConversionError: the converter or quantizer failed.
+        """
+        if target.precision == "fp32":
+            shutil.copyfile(onnx_path, out_dir / NET)
+            return ModelFiles(net=NET, files=(NET,))
+        if target.precision == "fp16":
+            details = self._fp16(onnx_path, target, out_dir / NET)
+        else:
+            if calibration is None:
+                raise ConfigError("int8 needs a calibration set")
+            details = self._int8(onnx_path, target, out_dir / NET, calibration)
+        return ModelFiles(net=NET, files=(NET,), details=details)
+
+    def _fp16(self, onnx_path: Path, target: Target, dest: Path) -> dict[str, object]:
+        import onnx
+
+        _ort()
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = name_nodes(onnx.load(str(onnx_path)))
+        keep = resolve_keep_float(model, target.quantization.keep_float)
+        try:
+            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
+            onnx.save(half, str(dest))
+        except Exception as exc:  # the converter raises assorted errors
+            raise ConversionError(f"ONNX Runtime fp16 conversion failed: {str(exc).strip().splitlines()[0]}") from None
+        return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "kept_float": keep}
+
+    def _int8(self, onnx_path: Path, target: Target, dest: Path, calibration: Calibration) -> dict[str, object]:
+        import onnx
+
+        _ort()
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        q = target.quantization
+        opts = q.options
+        types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        weight, activation = str(opts.get("weight_type", "int8")), str(opts.get("activation_type", "uint8"))
+        for key, value in (("weight_type", weight), ("activation_type", activation)):
+            if value not in types:
+                raise ConfigError(f"[quantization.options] {key} = {value!r}; use 'int8' or 'uint8'")
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+        model = name_nodes(onnx.load(str(onnx_path)))
+        keep = resolve_keep_float(model, q.keep_float)
+        input_name = model.graph.input[0].name
+
+        class Reader(CalibrationDataReader):  # ORT pulls feeds until None
+            def __init__(self, tensors: Iterator[Any]) -> None:
+                self.tensors = tensors
+
+            def get_next(self) -> dict[str, Any] | None:
+                tensor = next(self.tensors, None)
+                return None if tensor is None else {input_name: tensor}
+
+        with tempfile.TemporaryDirectory(prefix="edgeseg-ort-q-") as tmp:
+            named, pre = Path(tmp) / "named.onnx", Path(tmp) / "pre.onnx"
+            onnx.save(model, str(named))
+            try:
+                quant_pre_process(str(named), str(pre), skip_symbolic_shape=False)
+                quantize_static(
+                    str(pre),
+                    str(dest),
+                    Reader(calibration.tensors()),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=types[activation],
+                    weight_type=types[weight],
+                    per_channel=q.per_channel,
+                    reduce_range=bool(opts.get("reduce_range", False)),
+                    calibrate_method=method[q.calibration_method],
+                    nodes_to_exclude=keep,
+                )
+            except EdgesegError:  # a calibration image or setting: already a one-line error
+                raise
+            except Exception as exc:  # the quantizer raises assorted errors
+                raise ConversionError(f"ONNX Runtime int8 quantization failed: {str(exc).strip().splitlines()[0]}") from None
+        return {
+            "quantizer": "onnxruntime.quantization.quantize_static",
+            "format": "QDQ",
+            "activation_type": activation,
+            "weight_type": weight,
+            "per_channel": q.per_channel,
+            "reduce_range": bool(opts.get("reduce_range", False)),
+            "calibration_method": q.calibration_method,
+            "kept_float": keep,
+        }

@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .archive import Archive
 from .bench import bench, format_result
-from .errors import EdgesegError, ImageError
+from .errors import EdgesegError, ImageError, VerifyError
 from .images import DEFAULT_MAX_PIXELS, iter_image_paths, load_image, overlay, save_label_map
 from .runners import runner_class
 from .segmentor import Segmentor
@@ -158,6 +158,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _quantization_lines(q: dict[str, Any] | None) -> list[str]:
+    """``info`` lines for an fp16/int8 archive: calibration set and the accuracy gate's verdict."""
+    if not q:
+        return []
+    lines = []
+    cal = q.get("calibration")
+    if cal:
+        lines.append(f"calibration {cal['count']} images ({cal['source']}), {cal['method']}, sha256 {cal['sha256'][:16]}")
+    lines.append(f"accuracy    {q.get('accuracy', {}).get('verdict', 'n/a')}")
+    return lines
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with Archive.open(args.archive) as archive:
         m = archive.manifest
@@ -182,6 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"output      {model['output']['name']} {model['output']['dtype']} {model['output']['shape']} ({model['output']['kind']})",
         "tolerance   " + ", ".join(f"{k}={v}" for k, v in target["tolerance"].items()),
         f"golden      {len(m['golden'])} images; build check: {m.get('build_check', {}).get('verdict', 'n/a')}",
+        *_quantization_lines(m.get("quantization")),
         f"runtime     edgeseg_runtime {m['runtime']['version']}; requires {', '.join(m['runtime']['requirements'])}",
         "toolchain   " + ", ".join(f"{k} {v}" for k, v in sorted(m["toolchain"].items())),
         "files",
@@ -205,11 +218,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse, dispatch, and turn edgeseg errors into one line on stderr and exit code 2."""
+    """Parse, dispatch, and turn edgeseg errors into one line on stderr.
+
+    Exit codes: 0 ok; 1 a measured check failed (:class:`VerifyError`, e.g. a
+    build's accuracy gate); 2 any other error; 130 interrupted.
+    """
     args = parser.parse_args(argv)
     handler: Handler = args.func
     try:
         return handler(args)
+    except VerifyError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     except EdgesegError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -63,7 +63,7 @@ class Preprocess:
         return int(width * scale + 0.5), int(height * scale + 0.5)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """Resize and normalize one image.
+        """Resize and normalize one image (:meth:`resize` then :meth:`normalize`).
 
         Args:
             rgb: ``(H, W, 3)`` uint8 RGB image.
@@ -71,10 +71,23 @@ class Preprocess:
         Returns:
             ``(1, 3, h, w)`` float32 C-contiguous NCHW tensor.
         """
+        return self.normalize(self.resize(rgb))
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """The Resize step alone: ``(H, W, 3)`` uint8 RGB → ``(h, w, 3)`` uint8 RGB at the network size."""
         height, width = rgb.shape[:2]
         w, h = self.target_size(width, height)
         if (w, h) != (width, height):
             rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+        return rgb
+
+    def normalize(self, rgb: np.ndarray) -> np.ndarray:
+        """The Normalize/ImageToTensor steps: ``(h, w, 3)`` uint8 RGB → ``(1, 3, h, w)`` float32 NCHW.
+
+        Channels are reordered to the network's order (``to_rgb``), then
+        ``(x - mean) / std`` is applied as one fused multiply-add.
+        """
+        h, w = rgb.shape[:2]
         chw = rgb.transpose(2, 0, 1)
         if not self.to_rgb:
             chw = chw[::-1]

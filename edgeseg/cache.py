@@ -1,0 +1,88 @@
+"""Cache of calibrated (quantized) models, so a rebuild does not recalibrate.
+
+An entry is the model files a backend wrote for an int8 build plus
+``entry.json`` (their sha256, the backend's details, the key's parts). The key
+is the sha256 of a JSON document of everything the result depends on: shared
+ONNX sha256, calibration set digest (pre-processing + image list and
+contents), method and options, backend and its version, precision.
+
+Location: ``$EDGESEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgeseg``, else
+``~/.cache/edgeseg`` (XDG Base Directory spec); entries live in
+``quantized/<key>/``. Entries are written to a temporary folder and renamed
+into place, so an interrupted build never leaves a half entry; an entry whose
+files no longer match their sha256 is ignored (and replaced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeseg_runtime.archive import sha256_file
+
+__all__ = ["cache_root", "cache_key", "QuantCache"]
+
+
+def cache_root() -> Path:
+    """The edgeseg cache folder (see module doc); not created here."""
+    if os.environ.get("EDGESEG_CACHE_DIR"):
+        return Path(os.environ["EDGESEG_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeseg"
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """sha256 hex of ``parts`` as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class QuantCache:
+    """Quantized-model entries under ``<root>/quantized/<key>/``.
+
+    Args:
+        root: cache folder; None = :func:`cache_root`.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.dir = (root or cache_root()) / "quantized"
+
+    def fetch(self, key: str, out_dir: Path) -> dict[str, Any] | None:
+        """Copy a cached entry's files into ``out_dir``.
+
+        Returns:
+            The entry's ``details`` dict, or None when there is no valid entry.
+        """
+        entry = self.dir / key
+        try:
+            meta = json.loads((entry / "entry.json").read_text(encoding="utf-8"))
+            files: dict[str, str] = meta["files"]
+            if any(sha256_file(entry / name) != digest for name, digest in files.items()):
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        for name in files:
+            shutil.copyfile(entry / name, out_dir / name)
+        return dict(meta.get("details", {}))
+
+    def store(self, key: str, out_dir: Path, files: tuple[str, ...], details: dict[str, Any], parts: dict[str, Any]) -> Path:
+        """Save ``files`` (relative to ``out_dir``) as the entry for ``key``; returns its folder."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.dir))
+        try:
+            for name in files:
+                shutil.copyfile(out_dir / name, tmp / name)
+            meta = {"files": {n: sha256_file(tmp / n) for n in files}, "details": details, "key_parts": parts}
+            (tmp / "entry.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
+            final = self.dir / key
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            return final
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""Segmentation metrics: confusion matrix, per-class IoU, mIoU, pixel accuracy.
+
+Definitions follow MMSegmentation's ``IoUMetric`` (``mmseg/evaluation/metrics/
+iou_metric.py``: ``intersect_and_union`` summed over the dataset, then
+``total_area_intersect / total_area_union``), which follows Long et al.,
+"Fully Convolutional Networks for Semantic Segmentation", CVPR 2015, §5:
+
+* pixels whose ground-truth label is ``ignore_index`` (255) are left out;
+* per-class IoU = TP / (TP + FP + FN), from counts summed over all images
+  (not a mean of per-image IoUs);
+* a class absent from both prediction and ground truth (union 0) has IoU NaN
+  and is excluded from mIoU (``nanmean``);
+* pixel accuracy = correctly labelled pixels / labelled pixels.
+
+"Agreement" of two label maps is the same computation with one of them (the
+fp32 reference) standing in as ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "confusion_matrix", "SegmentationScores", "scores_from_confusion"]
+
+#: label value excluded from every metric (MMSegmentation, Cityscapes, ADE20K and VOC convention)
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Count pixels per (true class, predicted class).
+
+    Args:
+        pred: ``(H, W)`` integer predicted labels.
+        truth: ``(H, W)`` integer ground-truth labels; ``ignore_index`` pixels are skipped.
+        num_classes: number of classes C.
+        ignore_index: label value to skip.
+
+    Returns:
+        ``(C, C)`` int64 matrix, rows = truth, columns = prediction.
+
+    Raises:
+        ValueError: shapes differ, or a label outside ``[0, C)`` (other than
+            ``ignore_index``) appears.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {truth.shape} differ in shape")
+    t = truth.reshape(-1).astype(np.int64)
+    p = pred.reshape(-1).astype(np.int64)
+    keep = t != ignore_index
+    t, p = t[keep], p[keep]
+    for name, arr in (("ground truth", t), ("prediction", p)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(f"{name} has label {int(arr.max())} outside 0..{num_classes - 1} (ignore index {ignore_index})")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Scores from one confusion matrix.
+
+    Attributes:
+        iou: per-class IoU in [0, 1], NaN for classes absent from both maps.
+        miou: mean of the non-NaN IoUs (NaN when every class is absent).
+        pixel_accuracy: correct / labelled pixels in [0, 1] (NaN when no pixel is labelled).
+        pixels: labelled pixel count.
+    """
+
+    iou: tuple[float, ...]
+    miou: float
+    pixel_accuracy: float
+    pixels: int
+
+    def to_dict(self, classes: list[str] | None = None) -> dict[str, object]:
+        """JSON-ready dict; NaN becomes None. IoUs keyed by class name when ``classes`` is given."""
+        names = classes or [str(i) for i in range(len(self.iou))]
+        return {
+            "miou": _json_float(self.miou),
+            "pixel_accuracy": _json_float(self.pixel_accuracy),
+            "iou": {n: _json_float(v) for n, v in zip(names, self.iou, strict=True)},
+            "pixels": self.pixels,
+        }
+
+
+def scores_from_confusion(cm: np.ndarray) -> SegmentationScores:
+    """IoU per class, mIoU and pixel accuracy of a ``(C, C)`` confusion matrix (see module doc)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - np.diag(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+    total = int(cm.sum())
+    present = iou[~np.isnan(iou)]
+    return SegmentationScores(
+        iou=tuple(float(v) for v in iou),
+        miou=float(present.mean()) if present.size else float("nan"),
+        pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
+        pixels=total,
+    )
+
+
+def _json_float(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)

