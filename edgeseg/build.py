@@ -390,7 +390,7 @@ def _convert(
         "shared_onnx_sha256": shared.sha256,
         "calibration_sha256": calibration.images.digest,
         "backend": tgt.backend,
-        "versions": tool_versions,
+        "versions": {**tool_versions, "edgeseg": __version__},
         "precision": tgt.precision,
         "quantization": q.model_dump(mode="json", exclude={"min_pixel_agreement"}),
         "validation": _digest_pairs(calibration.validation) if q.max_miou_drop is not None else None,
