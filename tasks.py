@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from invoke import task
+from invoke import Exit, task
 
 
 @task(
@@ -36,11 +36,14 @@ def build(  # noqa: ANN201
     """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
     import edgeseg
 
-    result = edgeseg.build(
-        model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax, precision=precision,
-        calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
-        eval_set=eval, recalibrate=recalibrate,
-    )
+    try:
+        result = edgeseg.build(
+            model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax, precision=precision,
+            calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
+            eval_set=eval, recalibrate=recalibrate,
+        )
+    except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback
+        raise Exit(f"edgeseg: error: {exc}", code=1 if isinstance(exc, edgeseg.VerifyError) else 2) from None
     print(result.archive)
 
 

@@ -149,7 +149,7 @@ class OnnxRuntimeBackend:
             named, pre = Path(tmp) / "named.onnx", Path(tmp) / "pre.onnx"
             onnx.save(model, str(named))
             try:
-                quant_pre_process(str(named), str(pre), skip_symbolic_shape=False)
+                quant_pre_process(str(named), str(pre), skip_symbolic_shape=True)  # ONNX shape inference is enough; sympy not needed
                 quantize_static(
                     str(pre),
                     str(dest),
