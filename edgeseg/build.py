@@ -39,6 +39,7 @@ from PIL import Image
 import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
+from edgeseg_runtime.pipeline import output_labels
 from edgeseg_runtime.runners import RUNNERS, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
@@ -245,7 +246,7 @@ def build(
             step.detail = f"{len(images)} golden images"
 
         quant_section: dict[str, Any] = {}
-        calibration = None
+        cset = None
         if tgt.precision == "int8":
             assert evalset is not None
             with steps.step("calibration set") as step:
@@ -253,8 +254,6 @@ def build(
                     calib, pipeline, shared.input_shape, count=tgt.quantization.calib_count,
                     seed=tgt.quantization.seed, exclude=evalset.images,
                 )
-                validation = tuple(_validation_pair(ref, path) for path in evalset.images)
-                calibration = Calibration(images=cset, validation=validation, num_classes=len(model_spec.output.classes), step=step)
                 quant_section["calibration"] = {
                     "source": "edgeseg default set" if calib is None else ", ".join(str(c) for c in calib),
                     "images": [p.name for p in cset.images],
@@ -270,8 +269,14 @@ def build(
                     quant_section["device_calibration"] = cset.save_compact(stage / "calibration" / "calibration.npz")
 
         with steps.step(f"convert ({tgt.backend} {tgt.precision})") as step:
-            if calibration is not None:
-                calibration = Calibration(calibration.images, calibration.validation, calibration.num_classes, step)
+            calibration = None
+            if cset is not None:
+                assert evalset is not None
+                # evaluation inputs and fp32 labels, for accuracy-controlled quantizers (only they read them)
+                validation = (
+                    tuple(_validation_pair(ref, p) for p in evalset.images) if tgt.quantization.max_miou_drop is not None else ()
+                )
+                calibration = Calibration(cset, validation, len(model_spec.output.classes), step)
             files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions)
             step.detail = ", ".join(files.files) + (f" (calibration cache {cache_state})" if cache_state else "")
 
@@ -368,9 +373,7 @@ def _runnable(backend: str) -> bool:
 def _validation_pair(ref: Segmentor, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(network input, fp32 reference labels at the network's output size) for one evaluation image."""
     tensor = ref.prepare(load_image(path))
-    out = ref.infer(tensor)
-    labels = out.reshape(out.shape[-2:]) if out.shape[1] == 1 else out[0].argmax(axis=0)
-    return tensor, labels
+    return tensor, output_labels(ref.infer(tensor))
 
 
 def _convert(
@@ -393,18 +396,15 @@ def _convert(
         "versions": {**tool_versions, "edgeseg": __version__},
         "precision": tgt.precision,
         "quantization": q.model_dump(mode="json", exclude={"min_pixel_agreement"}),
-        "validation": _digest_pairs(calibration.validation) if q.max_miou_drop is not None else None,
+        "validation": _digest_pairs(calibration.validation) if calibration.validation else None,
     }
     key = cache_key(parts)
     cache = QuantCache()
-    if not recalibrate:
-        details = cache.fetch(key, stage)
-        if details is not None:
-            saved = details.pop("_model_files")
-            return ModelFiles(net=saved["net"], weights=saved["weights"], files=tuple(saved["files"]), details=details), "hit"
+    cached = None if recalibrate else cache.fetch(key, stage)
+    if cached is not None:
+        return cached, "hit"
     files = backend.convert(shared.path, tgt, stage, calibration)
-    model_files = {"net": files.net, "weights": files.weights, "files": list(files.files)}
-    cache.store(key, stage, files.files, {**files.details, "_model_files": model_files}, parts)
+    cache.store(key, stage, files, parts)
     return files, "miss"
 
 

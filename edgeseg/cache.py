@@ -1,7 +1,8 @@
 """Cache of calibrated (quantized) models, so a rebuild does not recalibrate.
 
 An entry is the model files a backend wrote for an int8 build plus
-``entry.json`` (their sha256, the backend's details, the key's parts). The key
+``entry.json`` (the :class:`~edgeseg.backends.ModelFiles` record, the files'
+sha256 and the key's parts). The key
 is the sha256 of a JSON document of everything the result depends on: shared
 ONNX sha256, calibration set digest (pre-processing + image list and
 contents), method and options, backend and its version, precision.
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg_runtime.archive import sha256_file
+
+from .backends import ModelFiles
 
 __all__ = ["cache_root", "cache_key", "QuantCache"]
 
@@ -51,32 +54,40 @@ class QuantCache:
     def __init__(self, root: Path | None = None) -> None:
         self.dir = (root or cache_root()) / "quantized"
 
-    def fetch(self, key: str, out_dir: Path) -> dict[str, Any] | None:
+    def fetch(self, key: str, out_dir: Path) -> ModelFiles | None:
         """Copy a cached entry's files into ``out_dir``.
 
         Returns:
-            The entry's ``details`` dict, or None when there is no valid entry.
+            The entry's :class:`ModelFiles`, or None when there is no valid entry.
         """
         entry = self.dir / key
         try:
             meta = json.loads((entry / "entry.json").read_text(encoding="utf-8"))
-            files: dict[str, str] = meta["files"]
-            if any(sha256_file(entry / name) != digest for name, digest in files.items()):
+            digests: dict[str, str] = meta["sha256"]
+            files = ModelFiles(net=meta["net"], weights=meta["weights"], files=tuple(meta["files"]), details=meta["details"])
+            if set(digests) != set(files.files) or any(sha256_file(entry / n) != d for n, d in digests.items()):
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        for name in files:
+        for name in files.files:
             shutil.copyfile(entry / name, out_dir / name)
-        return dict(meta.get("details", {}))
+        return files
 
-    def store(self, key: str, out_dir: Path, files: tuple[str, ...], details: dict[str, Any], parts: dict[str, Any]) -> Path:
-        """Save ``files`` (relative to ``out_dir``) as the entry for ``key``; returns its folder."""
+    def store(self, key: str, out_dir: Path, files: ModelFiles, parts: dict[str, Any]) -> Path:
+        """Save the model files a backend wrote into ``out_dir`` as the entry for ``key``; returns its folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.dir))
         try:
-            for name in files:
+            for name in files.files:
                 shutil.copyfile(out_dir / name, tmp / name)
-            meta = {"files": {n: sha256_file(tmp / n) for n in files}, "details": details, "key_parts": parts}
+            meta = {
+                "net": files.net,
+                "weights": files.weights,
+                "files": list(files.files),
+                "details": files.details,
+                "sha256": {n: sha256_file(tmp / n) for n in files.files},
+                "key_parts": parts,
+            }
             (tmp / "entry.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
             final = self.dir / key
             if final.exists():

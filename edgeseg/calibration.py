@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeseg_runtime.archive import sha256_file
 from edgeseg_runtime.images import iter_image_paths, load_image
-from edgeseg_runtime.pipeline import Preprocess, parse_pipeline
+from edgeseg_runtime.pipeline import Preprocess, fits_input, parse_pipeline
 
 from .errors import ConfigError
 from .spec import DATA
@@ -103,12 +103,11 @@ class CalibrationSet:
         """
         for path, rgb in zip(self.images, self.resized(), strict=True):
             tensor = self.preprocess.normalize(rgb)
-            for got, want in zip(tensor.shape, self.input_shape, strict=True):
-                if isinstance(want, int) and got != want:
-                    raise ConfigError(
-                        f"calibration image {path.name} pre-processes to {list(tensor.shape)} but the model takes "
-                        f"{list(self.input_shape)}; use a fixed Resize size (no keep_ratio) for a static model"
-                    )
+            if not fits_input(tensor.shape, self.input_shape):
+                raise ConfigError(
+                    f"calibration image {path.name} pre-processes to {list(tensor.shape)} but the model takes "
+                    f"{list(self.input_shape)}; use a fixed Resize size (no keep_ratio) for a static model"
+                )
             yield tensor
 
     def save_compact(self, path: Path) -> dict[str, Any]:

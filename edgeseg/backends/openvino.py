@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from edgeseg_runtime.pipeline import output_labels
 from edgeseg_runtime.runners import import_backend
 
 from ..errors import ConfigError, ConversionError, EdgesegError
@@ -168,9 +169,7 @@ def _miou_validation(num_classes: int) -> Any:
     def validate(compiled: Any, data: Any) -> float:
         cm = np.zeros((num_classes, num_classes), np.int64)
         for tensor, ref_labels in data:
-            out = compiled(tensor)[0]
-            labels = out.reshape(out.shape[-2:]) if out.shape[1] == 1 else out[0].argmax(axis=0)
-            cm += confusion_matrix(labels, ref_labels, num_classes)
+            cm += confusion_matrix(output_labels(compiled(tensor)[0]), ref_labels, num_classes)
         return scores_from_confusion(cm).miou
 
     return validate

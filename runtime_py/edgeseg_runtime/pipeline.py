@@ -31,7 +31,7 @@ from PIL import Image
 
 from .errors import ArchiveError
 
-__all__ = ["Preprocess", "Postprocess", "parse_pipeline"]
+__all__ = ["Preprocess", "Postprocess", "parse_pipeline", "output_labels", "fits_input"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,24 @@ def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.
         labels[better] = c
         np.maximum(best, scores[c], out=best)
     return labels
+
+
+def output_labels(output: np.ndarray) -> np.ndarray:
+    """Labels at the network's output size: ``(1, 1, h, w)`` labels as they are, ``(1, C, h, w)`` scores arg-maxed.
+
+    Returns:
+        ``(h, w)`` labels (the output's integer dtype, or uint16 after arg-max; first index on ties).
+    """
+    if output.shape[1] == 1:
+        return output.reshape(output.shape[-2:])
+    return _argmax_channels(output[0], np.uint16)
+
+
+def fits_input(shape: tuple[int, ...], input_shape: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a tensor shape fits a network input shape (str entries are dynamic axes)."""
+    return len(shape) == len(input_shape) and all(
+        not isinstance(want, int) or got == want for got, want in zip(shape, input_shape, strict=True)
+    )
 
 
 def parse_pipeline(pipeline: dict[str, Any]) -> tuple[Preprocess, Postprocess]:

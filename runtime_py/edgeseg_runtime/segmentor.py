@@ -10,7 +10,7 @@ import numpy as np
 
 from .archive import Archive
 from .errors import ImageError
-from .pipeline import Postprocess, Preprocess, parse_pipeline
+from .pipeline import Postprocess, Preprocess, fits_input, parse_pipeline
 from .runners import Runner, open_runner
 
 __all__ = ["Segmentor", "Segmentation"]
@@ -81,12 +81,11 @@ class Segmentor:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
         tensor = self.preprocess(rgb)
-        for got, want in zip(tensor.shape, self.input_shape, strict=True):
-            if isinstance(want, int) and got != want:
-                raise ImageError(
-                    f"pre-processing gives {list(tensor.shape)} but the model takes {self.input_shape}; "
-                    "the archive's pipeline.json does not fit its model"
-                )
+        if not fits_input(tensor.shape, self.input_shape):
+            raise ImageError(
+                f"pre-processing gives {list(tensor.shape)} but the model takes {self.input_shape}; "
+                "the archive's pipeline.json does not fit its model"
+            )
         return tensor
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
