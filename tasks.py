@@ -4,6 +4,8 @@
     invoke build --target cpu --precision int8 [--calib DIR] [--eval DIR]
     invoke build --target cpu --model m.onnx --spec m.toml
     invoke test [--fast]                   # the test suite (CI runs it without --fast)
+    invoke deploy --target cpu --device cam-01   # build (signed with $EDGESEG_SIGNING_KEY) and deploy over SSH
+    invoke deploy --archive A.tar.gz --group lab
     invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 """
@@ -45,6 +47,40 @@ def build(  # noqa: ANN201
     except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback
         raise Exit(f"edgeseg: error: {exc}", code=1 if isinstance(exc, edgeseg.VerifyError) else 2) from None
     print(result.archive)
+
+
+@task(
+    help={
+        "target": "build the default model for this target first (with --archive: not needed)",
+        "archive": "deploy this archive instead of building one",
+        "device": "device name from the inventory",
+        "group": "deploy to a group, in waves",
+        "inventory": "device inventory (default: devices.toml)",
+        "waves": "cumulative wave sizes (default 1,50%,100%)",
+        "max-failure-rate": "stop when a wave's failed share is above this (default 0)",
+    }
+)
+def deploy(c, target=None, archive=None, device=None, group=None, inventory="devices.toml",  # noqa: ANN001, ANN201
+           waves="1,50%,100%", max_failure_rate=0.0):  # noqa: ANN001
+    """Deploy an archive (or build one for --target) to a device or group over SSH; prints the per-device table."""
+    import edgeseg
+    from edgeseg.deploy.cli import cmd_deploy
+
+    try:
+        if archive is None:
+            if target is None:
+                raise edgeseg.ConfigError("give --target (to build) or --archive")
+            archive = edgeseg.build(target=target).archive
+        import argparse
+
+        code = cmd_deploy(argparse.Namespace(
+            archive=archive, inventory=inventory, device=[device] if device else None, group=group, waves=waves,
+            max_failure_rate=float(max_failure_rate), allow_downgrade=False, stage_only=False, json=False,
+        ))
+    except edgeseg.EdgesegError as exc:
+        raise Exit(f"edgeseg: error: {exc}", code=2) from None
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"fast": "skip tests marked slow", "k": "pytest -k expression"})

@@ -22,8 +22,11 @@ from .errors import (
     ArchiveError,
     ConfigError,
     ConversionError,
+    DeployError,
     EdgesegError,
     ImageError,
+    InstallError,
+    SignatureError,
     ToolchainError,
     VerifyError,
 )
@@ -50,4 +53,7 @@ __all__ = [
     "AccuracyError",
     "ConfigError",
     "ConversionError",
+    "DeployError",
+    "InstallError",
+    "SignatureError",
 ]

@@ -23,7 +23,9 @@ Steps, each writing into a fresh folder (inputs are never modified):
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -40,6 +42,7 @@ import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
+from edgeseg_runtime.install import VERSION_PATTERN
 from edgeseg_runtime.runners import RUNNERS, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
@@ -53,6 +56,8 @@ from .cache import QuantCache, cache_key
 from .calibration import load_calibration
 from .errors import ConfigError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
+from .signing import load_private_key, sign_stage
+from .wheels import fetch_wheels
 from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
 from .spec import DATA, DEFAULT_SPEC, ModelSpec, load_spec
 from .targets import Target, load_target
@@ -151,6 +156,8 @@ def build(
     calib_count: int | None = None,
     eval_set: str | Path | None = None,
     recalibrate: bool = False,
+    release_version: str | None = None,
+    sign_key: str | Path | None = None,
     report: Reporter | None = None,
 ) -> BuildResult:
     """Build one target's archive for a model.
@@ -171,6 +178,11 @@ def build(
         eval_set: evaluation set for the accuracy gate: a folder with
             ``images/`` (+ ``masks/``) or of images; None = the golden images.
         recalibrate: ignore a cached calibration result.
+        release_version: the version devices compare for updates and anti-rollback
+            (dotted numbers, e.g. ``1.4.0``); None = the model spec's ``version``.
+        sign_key: Ed25519 private key (``edgeseg keys new``) that signs
+            ``manifest.json`` into ``manifest.sig``; None = ``$EDGESEG_SIGNING_KEY``,
+            else the archive is unsigned (devices refuse unsigned archives).
         report: callback for progress lines; None = rich progress on stderr.
 
     Returns:
@@ -178,7 +190,8 @@ def build(
 
     Raises:
         ConfigError: unknown target, bad spec, spec/model contradiction,
-            calibration images that are also evaluation images.
+            calibration images that are also evaluation images, a release
+            version that is not dotted numbers, an unreadable signing key.
         ToolchainError: backend not installed or not implemented.
         ConversionError: export, conversion or quantization failed.
         AccuracyError: an fp16/int8 build misses the profile's accuracy budget (no archive).
@@ -199,6 +212,15 @@ def build(
     if tgt.precision == "fp32" and (calib is not None or eval_set is not None):
         raise ConfigError("--calib/--eval apply to fp16/int8 builds; this build is fp32 (use --precision)")
     palette = model_spec.output.colours()
+    version = release_version or model_spec.version
+    if not re.match(VERSION_PATTERN, version):
+        raise ConfigError(
+            f"release version {version!r} must be dotted numbers like 1.4.0 (devices compare it for updates); "
+            "set version in the model spec or pass --release-version"
+        )
+    sign_key = sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None
+    if sign_key is not None:
+        load_private_key(sign_key)  # fail before the long steps, not at the end
     archive_path = Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz"
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-build-") as tmp, Steps(report) as steps, ExitStack() as stack:
@@ -284,6 +306,7 @@ def build(
         runtime_reqs = ["numpy>=1.24", "pillow>=10.0", requirement]
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
+            "release": {"version": version},
             "model": model_section,
             "target": target_section,
             "backend": {"name": tgt.backend, "net": files.net, "weights": files.weights, "requirement": requirement, **files.details},
@@ -317,6 +340,11 @@ def build(
             if src is not None and src.is_file():
                 shutil.copyfile(src, stage / f"MODEL_{extra}")
         copy_runtime(stage / "runtime", edgeseg_runtime.__version__, runtime_reqs)
+        if tgt.platform.offline:
+            with steps.step("offline wheels for the device") as step:
+                wheels = fetch_wheels(runtime_reqs, tgt, stage / "wheels")
+                manifest["runtime"]["wheels"] = [w.name for w in wheels]
+                step.detail = f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB"
 
         runnable = _runnable(tgt.backend)
         staged = Archive(root=stage, manifest=manifest, source=archive_path, _pipeline=pipeline)
@@ -355,8 +383,11 @@ def build(
 
         with steps.step("bundle") as step:
             manifest = write_manifest(stage, manifest)
+            signed = f"signed by key {sign_stage(stage, sign_key)}" if sign_key is not None else "UNSIGNED"
             pack(stage, archive_path)
-            step.detail = f"{archive_path} ({archive_path.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files)"
+            step.detail = (
+                f"{archive_path} ({archive_path.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files, {signed})"
+            )
     if report is not None:
         report(f"built in {time.perf_counter() - t0:.1f} s")
     return BuildResult(archive=archive_path, manifest=manifest, check=check, accuracy=accuracy, calibration_cache=cache_state)

@@ -73,6 +73,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         calib_count=args.calib_count,
         eval_set=args.eval,
         recalibrate=args.recalibrate,
+        release_version=args.release_version,
+        sign_key=args.sign_key,
     )
     print(result.archive)
     return 0
@@ -117,6 +119,10 @@ def _add_build(sub: Any) -> None:
         "images (default: the golden images); must not overlap the calibration images",
     )
     q.add_argument("--recalibrate", action="store_true", help="ignore the cached calibration result")
+    r = p.add_argument_group("release")
+    r.add_argument("--release-version", metavar="N.N.N", help="version devices compare on update (default: the spec's version)")
+    r.add_argument("--sign-key", type=Path, metavar="KEY",
+                   help="Ed25519 key that signs the manifest (default: $EDGESEG_SIGNING_KEY; else unsigned)")
     g = p.add_argument_group("model spec flags (override --spec)")
     g.add_argument("--name", help="model name used in the archive name")
     g.add_argument("--input-layout", choices=["NCHW", "NHWC"])
@@ -137,8 +143,11 @@ def _add_build(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the host ``edgeseg`` command."""
+    from .deploy.cli import add_commands
+
     parser, sub = runtime_parser()
     _add_build(sub)
+    add_commands(sub)
     return run_cli(parser, argv)
 
 

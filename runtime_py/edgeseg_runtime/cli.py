@@ -173,6 +173,13 @@ def _quantization_lines(q: dict[str, Any] | None) -> list[str]:
 def cmd_info(args: argparse.Namespace) -> int:
     with Archive.open(args.archive) as archive:
         m = archive.manifest
+        sig = archive.path("manifest.sig")
+        try:
+            signed = f"signed by key {json.loads(sig.read_bytes())['key_id']} (devices check it on install)"
+        except FileNotFoundError:
+            signed = "UNSIGNED (devices refuse it; build with --sign-key)"
+        except (ValueError, KeyError, TypeError):
+            signed = "unreadable manifest.sig"
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -185,6 +192,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"archive     {args.archive}",
         f"model       {model['name']} {model['version']}  ({len(model['classes'])} classes: {', '.join(model['classes'][:8])}"
         + (" ..." if len(model["classes"]) > 8 else "") + ")",
+        f"release     {m.get('release', {}).get('version', 'n/a')}; {signed}",
         f"target      {target['name']}: {target.get('description', '')}",
         f"backend     {backend['name']} {target['precision']}  net={backend['net']}"
         + (f" weights={backend['weights']}" if backend.get("weights") else "") + f"  requires {backend['requirement']}",

@@ -4,9 +4,11 @@ Every message is one line that says what went wrong and what to do::
 
     EdgesegError                 base of everything edgeseg raises on purpose
     ├── ArchiveError             archive missing, corrupt, truncated, unsafe or tampered
+    │   └── SignatureError       unsigned, untrusted or non-matching signature
     ├── ImageError               an input image that cannot be used as it is
     ├── ToolchainError           a backend library (or tool) missing or failing
-    └── VerifyError              golden outputs not reproduced within tolerance
+    ├── VerifyError              golden outputs not reproduced within tolerance
+    └── InstallError             an on-device install refused or failed (device kept its version)
 
 The host package (``edgeseg.errors``) adds ConfigError, ConversionError and
 AccuracyError under the same base.
@@ -14,7 +16,7 @@ AccuracyError under the same base.
 
 from __future__ import annotations
 
-__all__ = ["EdgesegError", "ArchiveError", "ImageError", "ToolchainError", "VerifyError"]
+__all__ = ["EdgesegError", "ArchiveError", "SignatureError", "ImageError", "ToolchainError", "VerifyError", "InstallError"]
 
 
 class EdgesegError(Exception):
@@ -23,6 +25,10 @@ class EdgesegError(Exception):
 
 class ArchiveError(EdgesegError):
     """The archive cannot be used: corrupt, truncated, unsafe member, checksum mismatch."""
+
+
+class SignatureError(ArchiveError):
+    """The archive's signature is missing, made by an untrusted key, or does not match its manifest."""
 
 
 class ImageError(EdgesegError):
@@ -35,3 +41,7 @@ class ToolchainError(EdgesegError):
 
 class VerifyError(EdgesegError):
     """Outputs do not match the golden reference within the target's tolerance."""
+
+
+class InstallError(EdgesegError):
+    """An on-device install was refused or failed; the device still runs its previous version."""

@@ -1,0 +1,164 @@
+"""Fleet rollouts in waves: canary first, then growing shares, stopping when a wave fails too often.
+
+``waves`` are cumulative sizes: ``"1,50%,100%"`` on 10 devices gives waves of
+1, 4 and 5 devices (1 canary, then up to half the fleet, then the rest).
+Devices go into waves in inventory order. Within a wave devices are updated
+in parallel (one SSH connection each, a thread pool, as fabric's
+``ThreadingGroup`` does for single commands). After each wave, when the
+share of failed devices is above ``max_failure_rate``, the rollout stops and
+later waves are not touched (their rows say ``skipped``). The model is the
+phased rollouts of Mender / AWS IoT jobs (abort on failure threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from .device import DeviceResult
+from .inventory import Device
+
+__all__ = ["parse_waves", "plan_waves", "Rollout", "rollout", "render_table"]
+
+
+def parse_waves(text: str) -> list[tuple[float, bool]]:
+    """``"1,50%,100%"`` → ``[(1, False), (50, True), (100, True)]`` (value, is_percent).
+
+    Raises:
+        ConfigError: empty, non-numeric, non-positive, or a percentage over 100.
+    """
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        pct = part.endswith("%")
+        try:
+            value = float(part[:-1] if pct else part)
+        except ValueError:
+            raise ConfigError(f"--waves: {part!r} is not a device count or a percentage like 25%") from None
+        if value <= 0 or (pct and value > 100) or (not pct and value != int(value)):
+            raise ConfigError(f"--waves: {part!r} must be a positive whole count or a percentage in (0, 100]")
+        out.append((value, pct))
+    if not out:
+        raise ConfigError("--waves is empty")
+    return out
+
+
+def plan_waves(devices: Sequence[Device], waves: str) -> list[list[Device]]:
+    """Split ``devices`` into waves (cumulative sizes; the last wave always reaches every device)."""
+    n = len(devices)
+    cuts = []
+    for value, pct in parse_waves(waves):
+        cuts.append(min(n, math.ceil(n * value / 100) if pct else int(value)))
+    cuts.append(n)
+    plan, start = [], 0
+    for cut in cuts:
+        if cut > start:
+            plan.append(list(devices[start:cut]))
+            start = cut
+    return plan
+
+
+@dataclass
+class Rollout:
+    """Outcome of :func:`rollout`.
+
+    Attributes:
+        results: one row per device, in wave order (``skipped`` for waves not run).
+        waves: device names per wave.
+        stopped_at: index of the wave that stopped the rollout (None = all ran).
+        reason: why it stopped.
+    """
+
+    results: list[DeviceResult] = field(default_factory=list)
+    waves: list[list[str]] = field(default_factory=list)
+    stopped_at: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped_at is None and all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "waves": self.waves, "stopped_at": self.stopped_at, "reason": self.reason,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def rollout(
+    devices: Sequence[Device],
+    action: Callable[[Device], DeviceResult],
+    *,
+    waves: str = "1,50%,100%",
+    max_failure_rate: float = 0.0,
+    parallel: int = 8,
+    report: Callable[[str], None] | None = None,
+) -> Rollout:
+    """Run ``action`` on every device, wave by wave.
+
+    Args:
+        devices: the fleet, in rollout order.
+        action: deploys to one device and returns its row (never raises).
+        waves: cumulative wave sizes (:func:`parse_waves`).
+        max_failure_rate: in [0, 1]; a wave whose failed share is above it stops the rollout.
+        parallel: devices updated at once within a wave.
+        report: progress lines.
+
+    Raises:
+        ConfigError: bad ``waves`` or ``max_failure_rate``.
+    """
+    if not 0.0 <= max_failure_rate <= 1.0:
+        raise ConfigError(f"--max-failure-rate must be in [0, 1], got {max_failure_rate}")
+    report = report or (lambda _line: None)
+    plan = plan_waves(devices, waves)
+    out = Rollout(waves=[[d.name for d in w] for w in plan])
+    for i, wave in enumerate(plan):
+        if out.stopped_at is not None:
+            out.results += [DeviceResult(d.name, "skipped", error="rollout stopped before this wave") for d in wave]
+            continue
+        report(f"wave {i + 1}/{len(plan)}: {', '.join(d.name for d in wave)}")
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(wave)))) as pool:
+            rows = list(pool.map(action, wave))
+        out.results += rows
+        failed = [r for r in rows if not r.ok]
+        rate = len(failed) / len(rows)
+        report(f"wave {i + 1}: {len(rows) - len(failed)}/{len(rows)} ok")
+        if rate > max_failure_rate:
+            out.stopped_at = i
+            out.reason = (
+                f"wave {i + 1} failed on {len(failed)}/{len(rows)} devices ({rate:.0%} > {max_failure_rate:.0%}): "
+                + "; ".join(r.error for r in failed)
+            )
+            report(f"rollout stopped: {out.reason}")
+    return out
+
+
+def render_table(results: Sequence[DeviceResult], title: str = "") -> Any:
+    """A rich Table: device, before → after, result, time, bytes sent (of a full transfer), reason."""
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    for col, justify in (("device", "left"), ("before", "left"), ("after", "left"), ("result", "left"),
+                         ("time", "right"), ("sent", "right"), ("note", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        sent = f"{r.bytes_sent / 1e6:.2f} MB" + (f" of {r.bytes_total / 1e6:.2f}" if r.bytes_total else "")
+        style = {"failed": "red", "skipped": "yellow"}.get(r.status, "green")
+        table.add_row(
+            r.device, r.before or "-", r.after or "-", f"[{style}]{r.status}[/{style}]",
+            f"{r.seconds:.1f} s", sent if r.bytes_total else "-", r.error or _health_note(r.details),
+        )
+    return table
+
+
+def _health_note(details: dict[str, Any]) -> str:
+    health = details.get("health")
+    if not health:
+        return ""
+    note = f"health {'PASS' if health.get('passed') else 'FAIL'} in {health.get('seconds', 0):.1f} s"
+    if health.get("latency_ms") is not None:
+        note += f", {health['latency_ms']:.1f} ms/image"
+    return note

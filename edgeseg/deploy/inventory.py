@@ -1,0 +1,135 @@
+"""Device inventory (``devices.toml``): which devices exist, how to reach them, what they run.
+
+Example::
+
+    known_hosts = "known_hosts"        # host keys of the devices (default ~/.ssh/known_hosts);
+                                       # an unknown host is refused: 'edgeseg devices trust NAME'
+
+    [defaults]                         # applies to every [[device]] unless it sets the key
+    user = "root"
+    key = "~/.ssh/id_ed25519"          # SSH private key
+    root = "/opt/edgeseg"              # install root on the device
+    python = "python3"                 # the device's Python (needs numpy, Pillow, cryptography)
+    timeout = 15.0                     # seconds without an answer before a link counts as dead
+    trusted_keys = ["keys/edgeseg-signing.pem"]   # signing keys the device accepts (provision)
+
+    [[device]]
+    name = "cam-01"
+    host = "192.168.1.20"
+    port = 22
+    target = "cpu"                     # target profile the device runs (archives must match)
+    groups = ["lab", "canary"]
+
+Relative paths are relative to the inventory file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PositiveFloat, model_validator
+
+from .._schema import Strict, load_toml, validate
+from ..errors import ConfigError
+
+__all__ = ["Device", "Inventory", "load_inventory", "DEFAULT_INVENTORY"]
+
+DEFAULT_INVENTORY = Path("devices.toml")
+_DEVICE_KEYS = ("user", "port", "key", "root", "python", "timeout", "connect_timeout", "trusted_keys", "target", "groups")
+
+
+class Device(Strict):
+    """One device reachable over SSH."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+    key: str | None = Field(default=None, description="SSH private key file; None = ~/.ssh/id_ed25519")
+    target: str = Field(description="target profile name the device runs")
+    root: str = "/opt/edgeseg"
+    python: str = "python3"
+    groups: list[str] = Field(default_factory=list)
+    timeout: PositiveFloat = Field(default=15.0, description="seconds without an answer before the link counts as dead")
+    connect_timeout: PositiveFloat = 10.0
+    trusted_keys: list[str] = Field(default_factory=list, description="PEM public keys the device accepts")
+
+    @property
+    def address(self) -> str:
+        """``user@host:port``."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class Inventory(Strict):
+    """A parsed ``devices.toml``."""
+
+    known_hosts: str = "~/.ssh/known_hosts"
+    devices: list[Device] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Inventory:
+        names = [d.name for d in self.devices]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"device names must be unique: {', '.join(sorted(dup))}")
+        return self
+
+    def get(self, name: str) -> Device:
+        """The device called ``name``.
+
+        Raises:
+            ConfigError: no such device (lists the known ones).
+        """
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no device {name!r} in the inventory; known: {', '.join(d.name for d in self.devices) or 'none'}")
+
+    def select(self, names: list[str] | None = None, group: str | None = None) -> list[Device]:
+        """Devices by name (in the given order) or by group (in inventory order).
+
+        Raises:
+            ConfigError: unknown device, empty group, or neither/both given.
+        """
+        if bool(names) == bool(group):
+            raise ConfigError("name devices with --device NAME (repeatable) or a group with --group G")
+        if names:
+            return [self.get(n) for n in names]
+        found = [d for d in self.devices if group in d.groups]
+        if not found:
+            groups = sorted({g for d in self.devices for g in d.groups})
+            raise ConfigError(f"no device in group {group!r}; groups: {', '.join(groups) or 'none'}")
+        return found
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_inventory(path: str | Path = DEFAULT_INVENTORY) -> Inventory:
+    """Read and validate ``devices.toml``.
+
+    Raises:
+        ConfigError: missing file, invalid TOML, unknown key, bad value, duplicate names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"device inventory {path} does not exist; write one (see edgeseg/deploy/inventory.py) or pass --inventory")
+    data = load_toml(path, "device inventory")
+    base = path.parent.resolve()
+    defaults: dict[str, Any] = data.pop("defaults", {})
+    unknown = set(defaults) - set(_DEVICE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: defaults.{sorted(unknown)[0]}: unknown key")
+    devices = []
+    for raw in data.pop("device", []):
+        merged = {**defaults, **raw}
+        if merged.get("key"):
+            merged["key"] = _resolve(base, merged["key"])
+        merged["trusted_keys"] = [_resolve(base, k) for k in merged.get("trusted_keys", [])]
+        devices.append(merged)
+    if "known_hosts" in data:
+        data["known_hosts"] = _resolve(base, data["known_hosts"])
+    return validate(Inventory, {**data, "devices": devices}, str(path))

@@ -1,0 +1,351 @@
+"""SSH to one device (fabric / paramiko): host-key checking, dead-link timeouts, resumable uploads.
+
+* **Host keys** are checked against the inventory's ``known_hosts`` file. An
+  unknown host is refused (never paramiko's ``AutoAddPolicy``, which fabric
+  sets by default); :func:`fetch_host_key` + :func:`trust_host` add one
+  explicitly (``edgeseg devices trust``). A changed key is refused as a
+  possible man-in-the-middle.
+* **Dead links**: paramiko waits forever on a link that drops every packet.
+  The socket edgeseg opens carries ``TCP_USER_TIMEOUT`` (Linux, RFC 5482:
+  unacknowledged data older than the timeout kills the connection) and TCP
+  keepalive; the SSH transport sends keepalives; the SFTP channel has a
+  timeout. Whichever fires first ends the wait with :class:`DeployError`.
+* **Uploads** append to ``incoming/<sha256>.part`` from its current size, so a
+  dropped link loses nothing already written; the device checks the sha256
+  before using the file.
+
+Sources: paramiko ``SSHClient``/``SFTPClient`` docs, fabric ``Connection``,
+``tcp(7)`` for ``TCP_USER_TIMEOUT``/``TCP_KEEPIDLE``.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import shlex
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeployError
+from .inventory import Device
+
+__all__ = ["DeviceLink", "AgentError", "fetch_host_key", "trust_host", "fingerprint"]
+
+Progress = Callable[[int], None]
+CHUNK = 64 * 1024
+
+
+def _link_errors() -> tuple[type[BaseException], ...]:
+    import paramiko
+
+    return (OSError, EOFError, socket.timeout, paramiko.SSHException)
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH-style ``SHA256:<base64>`` fingerprint of a paramiko public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _host_id(device: Device) -> str:
+    """The known_hosts name: ``host`` on port 22, ``[host]:port`` otherwise (OpenSSH's rule)."""
+    return device.host if device.port == 22 else f"[{device.host}]:{device.port}"
+
+
+class AgentError(DeployError):
+    """The device's agent refused or failed a command (its ``! {...}`` line)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open_socket(device: Device) -> socket.socket:
+    try:
+        sock = socket.create_connection((device.host, device.port), timeout=device.connect_timeout)
+    except OSError as exc:
+        raise DeployError(
+            f"{device.name} ({device.host}:{device.port}): cannot connect ({exc.strerror or exc}); is it on and reachable?"
+        ) from None
+    ms = int(device.timeout * 1000)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(device.timeout / 3)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    return sock
+
+
+def fetch_host_key(device: Device) -> Any:
+    """The device's SSH host key, read without authenticating (paramiko ``Transport``).
+
+    Raises:
+        DeployError: unreachable, or no SSH server there.
+    """
+    import paramiko
+
+    sock = _open_socket(device)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=device.connect_timeout)
+        return transport.get_remote_server_key()
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise DeployError(f"{device.name}: no SSH server answered at {device.host}:{device.port} ({exc})") from None
+    finally:
+        transport.close()
+
+
+def trust_host(device: Device, known_hosts: str | Path, key: Any) -> None:
+    """Add ``key`` as ``device``'s host key to the ``known_hosts`` file (created if missing)."""
+    import paramiko
+
+    path = Path(known_hosts).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hk = paramiko.HostKeys()
+    if path.is_file():
+        hk.load(str(path))
+    hk.add(_host_id(device), key.get_name(), key)
+    hk.save(str(path))
+
+
+class DeviceLink:
+    """An SSH connection to one device: ``with DeviceLink(device, known_hosts) as link: ...``.
+
+    Args:
+        device: the inventory entry.
+        known_hosts: OpenSSH known_hosts file holding the device's host key.
+    """
+
+    def __init__(self, device: Device, known_hosts: str | Path) -> None:
+        self.device = device
+        self.known_hosts = Path(known_hosts).expanduser()
+        self._conn: Any = None
+        self._sftp: Any = None
+
+    # -------------------------------------------------------------- connect
+    def __enter__(self) -> DeviceLink:
+        import paramiko
+        from fabric import Config, Connection
+
+        d = self.device
+        policy = _RefuseUnknown(d, self.known_hosts)
+        sock = _open_socket(d)
+        kwargs: dict[str, Any] = {
+            "sock": sock, "look_for_keys": False, "allow_agent": False, "banner_timeout": d.timeout,
+            "auth_timeout": d.timeout, "channel_timeout": d.timeout,
+            "key_filename": [str(Path(d.key or "~/.ssh/id_ed25519").expanduser())],
+        }
+        conn = Connection(d.host, user=d.user, port=d.port, connect_kwargs=kwargs, config=Config(ssh_config=paramiko.SSHConfig()))
+        client = paramiko.SSHClient()
+        if self.known_hosts.is_file():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(policy)
+        conn.client = client
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            sock.close()
+            raise DeployError(
+                f"{d.name} ({_host_id(d)}): host key CHANGED (now {fingerprint(exc.key)}, known_hosts has "
+                f"{fingerprint(exc.expected_key)}); refusing to connect: possible man-in-the-middle. If the device "
+                f"was reinstalled, remove its line from {self.known_hosts} and trust it again"
+            ) from None
+        except _UnknownHost as exc:
+            sock.close()
+            raise DeployError(str(exc)) from None
+        except paramiko.AuthenticationException as exc:
+            sock.close()
+            raise DeployError(f"{d.name} ({d.address}): SSH login refused ({exc}); check 'user' and 'key' in the inventory") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            sock.close()
+            raise DeployError(f"{d.name} ({d.address}): SSH failed ({exc})") from None
+        conn.transport.set_keepalive(max(1, int(d.timeout / 3)))
+        self._conn = conn
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close SFTP and SSH (never raises: the link may already be dead)."""
+        for obj in (self._sftp, self._conn):
+            try:
+                if obj is not None:
+                    obj.close()
+            except Exception:  # noqa: BLE001  closing a dead link may fail in many ways; nothing to save
+                pass
+        self._sftp = self._conn = None
+
+    def lost(self, doing: str, exc: BaseException) -> DeployError:
+        """The DeployError for a link that died while ``doing`` something."""
+        why = "no answer" if isinstance(exc, (socket.timeout, TimeoutError)) else (str(exc) or type(exc).__name__)
+        return DeployError(
+            f"{self.device.name}: link lost while {doing} ({why}; timeout {self.device.timeout:g} s); "
+            "the device keeps its installed version: run the command again to resume"
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self, argv: list[str], on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> Any:
+        """Run a command (argv, shell-quoted) on the device; stream stdout lines to ``on_line``.
+
+        Returns:
+            fabric's Result (``stdout``, ``stderr``, ``exited``).
+
+        Raises:
+            DeployError: the link died (or the command outlived ``timeout``).
+        """
+        from invoke.exceptions import CommandTimedOut
+
+        sink = _LineSink(on_line)
+        try:
+            result = self._conn.run(
+                shlex.join(argv), hide="stderr", warn=True, out_stream=sink, in_stream=False, timeout=timeout, pty=False
+            )
+        except CommandTimedOut:
+            raise DeployError(f"{self.device.name}: {argv[0]} did not finish within {timeout:g} s") from None
+        except _link_errors() as exc:
+            raise self.lost(f"running {shlex.join(argv[:3])} ...", exc) from None
+        sink.flush()
+        if result.exited == -1 or not self._conn.transport or not self._conn.transport.is_active():
+            raise self.lost(f"running {' '.join(argv[:3])} ...", EOFError("connection closed"))
+        return result
+
+    def agent(self, *args: str, on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Run ``edgeseg_runtime.agent`` on the device and return its result.
+
+        Raises:
+            AgentError: the agent refused or failed (its one-line message).
+            DeployError: the link died or the agent could not start.
+        """
+        d = self.device
+        argv = ["env", f"PYTHONPATH={d.root}/agent", "PYTHONDONTWRITEBYTECODE=1", d.python, "-m",
+                "edgeseg_runtime.agent", "--root", d.root, *args]
+
+        def line(text: str) -> None:
+            if text.startswith(". ") and on_line is not None:
+                on_line(text[2:])
+
+        result = self.run(argv, on_line=line, timeout=timeout)
+        for text in reversed(result.stdout.splitlines()):
+            if text.startswith("= "):
+                return json.loads(text[2:])
+            if text.startswith("! "):
+                err = json.loads(text[2:])
+                raise AgentError(f"{d.name}: {err['error']}", err.get("kind", ""))
+        tail = " | ".join(result.stderr.strip().splitlines()[-2:]) or f"exit {result.exited}"
+        raise DeployError(f"{d.name}: the edgeseg agent did not run with {d.python!r} ({tail})")
+
+    # ----------------------------------------------------------------- sftp
+    @property
+    def sftp(self) -> Any:
+        """The SFTP client, its channel bounded by the device's timeout."""
+        if self._sftp is None:
+            try:
+                self._sftp = self._conn.sftp()
+            except _link_errors() as exc:
+                raise self.lost("opening SFTP", exc) from None
+            self._sftp.get_channel().settimeout(self.device.timeout)
+        return self._sftp
+
+    def mkdirs(self, *paths: str) -> None:
+        """``mkdir -p`` on the device."""
+        self.run(["mkdir", "-p", *paths])
+
+    @contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Turn a dead link into DeployError; an OSError on a live link (a full disk) passes through."""
+        try:
+            yield
+        except (TimeoutError, EOFError) as exc:
+            raise self.lost(doing, exc) from None
+        except OSError as exc:
+            if self._conn is None or not self._conn.transport.is_active():
+                raise self.lost(doing, exc) from None
+            raise
+        except _link_errors() as exc:
+            raise self.lost(doing, exc) from None
+
+    def put_bytes(self, data: bytes, remote: str) -> None:
+        """Write a small file (written to ``remote.tmp`` and renamed).
+
+        Raises:
+            OSError: an SFTP failure such as a full disk.
+            DeployError: the link died.
+        """
+        with self._guard(f"writing {remote}"):
+            with self.sftp.open(remote + ".tmp", "wb") as fh:
+                fh.write(data)
+            self.sftp.posix_rename(remote + ".tmp", remote)
+
+    def read_text(self, remote: str) -> str | None:
+        """Content of a small remote file, None when missing."""
+        try:
+            with self._guard(f"reading {remote}"), self.sftp.open(remote, "rb") as fh:
+                return fh.read().decode()
+        except FileNotFoundError:
+            return None
+
+    def upload(self, local: Path, remote: str, offset: int, progress: Progress | None = None) -> int:
+        """Append ``local[offset:]`` to ``remote`` (resume); returns the bytes sent.
+
+        Raises:
+            OSError: an SFTP failure such as a full disk (SFTP says only "Failure").
+            DeployError: the link died (what was written stays for the next attempt).
+        """
+        sent = 0
+        with self._guard(f"uploading {local.name} (from byte {offset:,} of {local.stat().st_size:,})"):
+            with open(local, "rb") as src, self.sftp.open(remote, "ab" if offset else "wb") as dst:
+                dst.set_pipelined(True)
+                src.seek(offset)
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            # pipelined writes may fail without an error reaching us: the size on the device says
+            arrived = self.sftp.stat(remote).st_size
+            if arrived != offset + sent:
+                raise OSError(errno.EIO, f"only {arrived:,} of {offset + sent:,} bytes of {local.name} arrived")
+        return sent
+
+
+class _LineSink:
+    """File-like ``out_stream`` for fabric: calls back once per complete line."""
+
+    def __init__(self, on_line: Callable[[str], None] | None) -> None:
+        self.on_line = on_line
+        self._buf = ""
+
+    def write(self, data: str) -> int:
+        self._buf += data
+        while "\n" in self._buf:
+            text, self._buf = self._buf.split("\n", 1)
+            if self.on_line is not None:
+                self.on_line(text)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _UnknownHost(Exception):
+    pass
+
+
+class _RefuseUnknown:
+    """paramiko missing-host-key policy: refuse, naming the fingerprint and the command that trusts it."""
+
+    def __init__(self, device: Device, known_hosts: Path) -> None:
+        self.device, self.known_hosts = device, known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        raise _UnknownHost(
+            f"{self.device.name} ({hostname}): unknown host key {key.get_name()} {fingerprint(key)} (not in "
+            f"{self.known_hosts}); refusing to connect. Check the fingerprint on the device, then run "
+            f"'edgeseg devices trust {self.device.name}'"
+        )

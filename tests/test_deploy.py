@@ -1,0 +1,555 @@
+"""Deployment over SSH against real sshd devices (tests/sshd.py): happy path, delta, faults, fleets.
+
+Every fault case ends by checking the device runs a working version: the
+``current`` release passes ``edgeseg verify`` run on the device over SSH.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import edgeseg
+from conftest import edgeseg_cli
+from edgeseg.bundle import pack
+from edgeseg.deploy import (
+    deploy,
+    deploy_device,
+    device_status,
+    load_inventory,
+    provision_device,
+    recover_device,
+    rollback_device,
+)
+from edgeseg.deploy.ssh import DeviceLink
+from edgeseg_runtime.archive import sha256_file
+from edgeseg.signing import new_keypair, sign_stage
+from edgeseg.targets import load_target
+from sshd import SshDevice, require_sshd, ssh_keygen
+
+pytestmark = pytest.mark.device
+CHUNK = 64 * 1024
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    require_sshd()
+    d = tmp_path_factory.mktemp("keys")
+    signing, other = new_keypair(d), new_keypair(d, "other")
+    client = ssh_keygen(d / "client_key")
+    return {"sign": signing.private, "pub": signing.public, "other": other.private, "client": client}
+
+
+def _modified_model(dest: Path) -> Path:
+    """The default model with slightly changed weights: a 'model-only' update."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(edgeseg.DEFAULT_MODEL))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def releases(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Signed cpu archives of the default model: 1.0.0, 1.1.0 (changed weights), 0.9.0, unsigned, wrong key."""
+    out = tmp_path_factory.mktemp("releases")
+    quiet = {"report": lambda _line: None}
+    v11_model = _modified_model(out / "selfie_v11.onnx")
+    shutil.copyfile(edgeseg.DEFAULT_MODEL.parent / "LICENSE", out / "LICENSE")
+    spec = edgeseg.DEFAULT_SPEC
+
+    def build(name: str, version: str, model: Path | None = None, key: Path | None = keys["sign"], target: object = "cpu") -> Path:
+        a = edgeseg.build(model, spec=spec if model else None, target=target, out_dir=out / name,
+                          release_version=version, sign_key=key, **quiet).archive
+        return a
+
+    return {
+        "1.0.0": build("v100", "1.0.0"),
+        "1.1.0": build("v110", "1.1.0", v11_model),
+        "0.9.0": build("v090", "0.9.0"),
+        "unsigned": build("unsigned", "1.2.0", key=None),
+        "other-key": build("other", "1.2.0", key=keys["other"]),
+    }
+
+
+class Fleet:
+    """Devices plus their inventory file and known_hosts."""
+
+    def __init__(self, root: Path, keys: dict[str, Path]) -> None:
+        self.root, self.keys = root, keys
+        self.devices: dict[str, SshDevice] = {}
+        self.extra: dict[str, dict[str, object]] = {}
+
+    def add(self, name: str, groups: tuple[str, ...] = ("lab",), **kw: object) -> SshDevice:
+        extra = {k: kw.pop(k) for k in list(kw) if k in ("timeout", "target")}
+        dev = SshDevice(self.root / name, Path(f"{self.keys['client']}.pub"), **kw)  # type: ignore[arg-type]
+        self.devices[name] = dev
+        self.extra[name] = {"groups": groups, **extra}
+        self.write()
+        return dev
+
+    def write(self, trust: bool = True) -> Path:
+        text = (f'known_hosts = "known_hosts"\n[defaults]\nkey = "{self.keys["client"]}"\n'
+                f'trusted_keys = ["{self.keys["pub"]}"]\ntimeout = 5.0\n')
+        for name, dev in self.devices.items():
+            e = dict(self.extra[name])
+            text += dev.toml(name, groups=e.pop("groups"), **e)  # type: ignore[arg-type]
+        (self.root / "devices.toml").write_text(text)
+        if trust:
+            (self.root / "known_hosts").write_text("".join(d.known_hosts_line() for d in self.devices.values()))
+        return self.root / "devices.toml"
+
+    @property
+    def inventory(self):  # noqa: ANN201
+        return load_inventory(self.root / "devices.toml")
+
+    def close(self) -> None:
+        for d in self.devices.values():
+            d.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, keys: dict[str, Path]) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, keys)
+    yield f
+    f.close()
+
+
+def _provisioned(fleet: Fleet, name: str = "d1", **kw: object) -> SshDevice:
+    dev = fleet.add(name, **kw)
+    inv = fleet.inventory
+    res = provision_device(inv.get(name), inv)
+    assert res.ok, res.error
+    return dev
+
+
+def _on_device(fleet: Fleet, name: str, *argv: str) -> subprocess.CompletedProcess:
+    """Run the device's own ``R/bin/edgeseg ARGS`` over SSH (exit code and output)."""
+    inv = fleet.inventory
+    dev = inv.get(name)
+    with DeviceLink(dev, inv.known_hosts) as link:
+        r = link.run([f"{dev.root}/bin/edgeseg", *argv])
+    return subprocess.CompletedProcess(argv, r.exited, r.stdout, r.stderr)
+
+
+def _current(fleet: Fleet, name: str) -> str | None:
+    res = device_status(fleet.inventory.get(name), fleet.inventory)
+    assert res.ok, res.error
+    cur = res.details["current"]
+    return cur["version"] if cur else None
+
+
+def _assert_working(fleet: Fleet, name: str, version: str | None) -> None:
+    """The device runs ``version`` and its current release passes verify on the device."""
+    assert _current(fleet, name) == version
+    if version is not None:
+        root = fleet.inventory.get(name).root
+        proc = _on_device(fleet, name, "verify", "--archive", f"{root}/current")
+        assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
+
+
+def _deploy(fleet: Fleet, archive: Path, name: str = "d1", **kw: object):  # noqa: ANN202
+    inv = fleet.inventory
+    return deploy_device(archive, inv.get(name), inv, **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ happy path
+def test_deploy_update_rollback(fleet: Fleet, releases: dict[str, Path]) -> None:
+    _provisioned(fleet)
+    first = _deploy(fleet, releases["1.0.0"])
+    assert (first.status, first.before, first.after) == ("installed", None, "1.0.0"), first.error
+    assert first.bytes_sent == first.bytes_total > 0
+    assert first.details["health"]["passed"]
+    _assert_working(fleet, "d1", "1.0.0")
+
+    again = _deploy(fleet, releases["1.0.0"])
+    assert (again.status, again.bytes_sent) == ("unchanged", 0)
+
+    update = _deploy(fleet, releases["1.1.0"])
+    assert (update.status, update.before, update.after) == ("installed", "1.0.0", "1.1.0"), update.error
+    assert 0 < update.bytes_sent < update.bytes_total
+    _assert_working(fleet, "d1", "1.1.0")
+    # the device segments a photo with the new release (the command users run there)
+    root = fleet.inventory.get("d1").root
+    golden = json.loads(Path(f"{root}/current/manifest.json").read_text())["golden"][0]["image"]
+    proc = _on_device(fleet, "d1", "run", "--archive", f"{root}/current", f"{root}/current/{golden}", "--out", f"{root}/../out")
+    assert proc.returncode == 0 and "person" in proc.stdout, proc.stdout + proc.stderr
+
+    back = rollback_device(fleet.inventory.get("d1"), fleet.inventory)
+    assert (back.status, back.before, back.after) == ("rolled back", "1.1.0", "1.0.0"), back.error
+    _assert_working(fleet, "d1", "1.0.0")
+    forth = rollback_device(fleet.inventory.get("d1"), fleet.inventory)
+    assert forth.after == "1.1.0"
+
+
+def test_releases_are_pruned_to_the_profile_limit(fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path) -> None:
+    _provisioned(fleet)
+    target = load_target("cpu")
+    target = target.model_copy(update={"deploy": target.deploy.model_copy(update={"keep_releases": 2})})
+    for v in ("2.0.0", "2.1.0", "2.2.0"):
+        a = edgeseg.build(target=target, out_dir=tmp_path / v, release_version=v, sign_key=keys["sign"], report=lambda _l: None).archive
+        assert _deploy(fleet, a).status == "installed"
+    state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+    assert state["releases"] == ["2.1.0", "2.2.0"]
+    assert (state["current"]["version"], state["previous"]["version"]) == ("2.2.0", "2.1.0")
+    # the store keeps only files the kept releases use
+    root = Path(fleet.inventory.get("d1").root)
+    used = set()
+    for v in state["releases"]:
+        m = json.loads((root / "releases" / v / "manifest.json").read_text())
+        used |= {f["sha256"] for f in m["files"].values()}
+    assert {p.name for p in (root / "store").iterdir()} - used <= {
+        subprocess.run(["sha256sum", str(root / "releases" / v / "manifest.json")], capture_output=True, text=True).stdout.split()[0]
+        for v in state["releases"]
+    }
+
+
+@pytest.mark.slow
+def test_offline_wheels_full_vs_delta(fleet: Fleet, keys: dict[str, Path], tmp_path: Path) -> None:
+    """An offline archive carries its wheels; a model-only update sends under 10% of a full transfer."""
+    target = load_target("cpu")
+    target = target.model_copy(update={"platform": target.platform.model_copy(update={"offline": True})})
+    quiet = {"report": lambda _l: None, "sign_key": keys["sign"], "target": target}
+    v1 = edgeseg.build(out_dir=tmp_path / "a", release_version="3.0.0", **quiet).archive
+    model = _modified_model(tmp_path / "m.onnx")
+    v2 = edgeseg.build(model, spec=edgeseg.DEFAULT_SPEC, out_dir=tmp_path / "b", release_version="3.1.0", **quiet).archive
+    _provisioned(fleet)
+    full = _deploy(fleet, v1)
+    assert full.status == "installed", full.error
+    delta = _deploy(fleet, v2)
+    assert delta.status == "installed", delta.error
+    print(f"\nfull: {full.bytes_sent / 1e6:.2f} MB in {full.seconds:.1f} s; "
+          f"delta: {delta.bytes_sent / 1e6:.2f} MB in {delta.seconds:.1f} s "
+          f"({delta.bytes_sent / full.bytes_sent:.1%})")
+    assert full.bytes_sent == full.bytes_total > 30e6  # numpy, Pillow, onnxruntime wheels
+    assert delta.bytes_sent < 0.10 * full.bytes_sent
+    root = Path(fleet.inventory.get("d1").root)
+    sites = [p for p in (root / "sites").iterdir() if not p.name.startswith(".")]
+    assert len(sites) == 1 and (sites[0] / "onnxruntime").is_dir()  # installed once, shared by both releases
+    # the health check ran on the bundled wheels: numpy comes from the site, not the test venv
+    proc = _on_device(fleet, "d1", "info", "--archive", f"{root}/current")
+    assert proc.returncode == 0 and "installed here (onnxruntime" in proc.stdout
+
+
+# ------------------------------------------------------------------ refusals
+def test_unsigned_and_untrusted_archives_are_refused_before_upload(fleet: Fleet, releases: dict[str, Path]) -> None:
+    _provisioned(fleet)
+    unsigned = _deploy(fleet, releases["unsigned"])
+    assert unsigned.status == "failed" and "unsigned" in unsigned.error
+    other = _deploy(fleet, releases["other-key"])
+    assert other.status == "failed" and "does not trust signing key" in other.error and other.bytes_sent == 0
+    _assert_working(fleet, "d1", None)
+
+
+def _unpacked(archive: Path, dest: Path, edit: Callable[[dict], None], key: Path | None) -> Path:
+    """Unpack, edit the manifest, and (with ``key``) sign it again."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    manifest = json.loads((dest / "manifest.json").read_text())
+    edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if key is not None:
+        sign_stage(dest, key)
+    return dest
+
+
+def test_device_refuses_altered_manifest_bad_paths_and_downgrade(
+    fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    _provisioned(fleet)
+    assert _deploy(fleet, releases["1.1.0"]).status == "installed"
+
+    # manifest changed after signing (a higher version): the device's signature check fails
+    def bump(manifest: dict) -> None:
+        manifest["release"]["version"] = "9.0.0"
+
+    altered = _deploy(fleet, pack(_unpacked(releases["1.0.0"], tmp_path / "altered", bump, None), tmp_path / "a.tar.gz"))
+    assert altered.status == "failed" and "altered after signing" in altered.error, altered.error
+
+    # signed by the trusted key, but a manifest path leaves the slot: the host refuses such an
+    # archive (its files do not match), so it is sent by hand; the device must refuse it on its own
+    def escape(manifest: dict) -> None:
+        manifest["release"]["version"] = "9.1.0"
+        manifest["files"]["../../evil.py"] = manifest["files"].pop("deploy.json")
+
+    folder = _unpacked(releases["1.0.0"], tmp_path / "evil", escape, keys["sign"])
+    inv = fleet.inventory
+    dev = inv.get("d1")
+    with DeviceLink(dev, inv.known_hosts) as link:
+        msha = sha256_file(folder / "manifest.json")
+        link.upload(folder / "manifest.json", f"{dev.root}/incoming/{msha}.part", 0)
+        link.put_bytes((folder / "manifest.sig").read_bytes(), f"{dev.root}/incoming/{msha}.sig")
+        with pytest.raises(edgeseg.DeployError, match="escapes the release slot"):
+            link.agent("install", "--manifest", msha)
+    assert not (Path(dev.root).parent / "evil.py").exists()
+
+    down = _deploy(fleet, releases["1.0.0"])
+    assert down.status == "failed" and "older than the installed 1.1.0" in down.error
+    _assert_working(fleet, "d1", "1.1.0")
+    allowed = _deploy(fleet, releases["1.0.0"], allow_downgrade=True)
+    assert (allowed.status, allowed.after) == ("installed", "1.0.0"), allowed.error
+    _assert_working(fleet, "d1", "1.0.0")
+
+
+def test_tampered_archive_and_escaping_tar_members_never_reach_the_device(
+    fleet: Fleet, releases: dict[str, Path], tmp_path: Path
+) -> None:
+    _provisioned(fleet)
+    folder = tmp_path / "t"
+    with tarfile.open(releases["1.0.0"]) as tar:
+        tar.extractall(folder, filter="data")
+    model = folder / "end2end.onnx"
+    model.write_bytes(model.read_bytes()[:-8] + b"\0" * 8)
+    tampered = _deploy(fleet, pack(folder, tmp_path / "tampered.tar.gz"))
+    assert tampered.status == "failed" and "does not match its sha256" in tampered.error
+    for name, member in (("dotdot", tarfile.TarInfo("../escape.txt")), ("link", tarfile.TarInfo("end2end.onnx"))):
+        if name == "link":
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        evil = tmp_path / f"{name}.tar.gz"
+        with tarfile.open(evil, "w:gz") as tar:
+            ok = tarfile.TarInfo("manifest.json")
+            ok.size = 2
+            tar.addfile(ok, io.BytesIO(b"{}"))
+            if member.isfile():
+                member.size = 1
+                tar.addfile(member, io.BytesIO(b"x"))
+            else:
+                tar.addfile(member)
+        res = _deploy(fleet, evil)
+        assert res.status == "failed" and ("escapes the archive root" in res.error or "is a link" in res.error)
+        assert res.bytes_sent == 0
+    state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+    assert state["store"] == [] and state["partials"] == {} and state["current"] is None
+
+
+def test_corrupt_file_on_the_device_is_detected_and_resent(fleet: Fleet, releases: dict[str, Path]) -> None:
+    _provisioned(fleet)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    root = Path(fleet.inventory.get("d1").root)
+    m11 = json.loads(subprocess.run(["tar", "-xOzf", str(releases["1.1.0"]), "manifest.json"], capture_output=True, text=True).stdout)
+    # bit rot in a stored file the update reuses (the runtime is the same in both releases)
+    blob = root / "store" / m11["files"]["runtime/edgeseg_runtime/cli.py"]["sha256"]
+    blob.chmod(0o644)
+    # break the hard-link sharing first so the installed release stays intact, then corrupt the store copy
+    data = blob.read_bytes()
+    blob.unlink()
+    blob.write_bytes(data.replace(b"def ", b"dEf ", 1))
+    bad = _deploy(fleet, releases["1.1.0"])
+    assert bad.status == "failed" and "does not match the manifest" in bad.error, bad.error
+    _assert_working(fleet, "d1", "1.0.0")
+    good = _deploy(fleet, releases["1.1.0"])
+    assert good.status == "installed", good.error
+    assert good.bytes_sent > 0
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+def test_unknown_and_changed_host_keys_are_refused(fleet: Fleet, releases: dict[str, Path], tmp_path: Path) -> None:
+    dev = fleet.add("d1")
+    fleet.write(trust=False)
+    (fleet.root / "known_hosts").write_text("")
+    inv = fleet.inventory
+    res = provision_device(inv.get("d1"), inv)
+    assert res.status == "failed" and "unknown host key" in res.error and "edgeseg devices trust d1" in res.error
+    assert not (dev.root / "agent").exists()
+    # explicit trust through the CLI, checked against the fingerprint
+    fp = subprocess.run(["ssh-keygen", "-lf", str(dev.host_key) + ".pub"], capture_output=True, text=True).stdout.split()[1]
+    wrong = edgeseg_cli("devices", "trust", "d1", "-i", fleet.root / "devices.toml", "--fingerprint", "SHA256:nope")
+    assert wrong.returncode == 2 and "not trusted" in wrong.stderr
+    right = edgeseg_cli("devices", "trust", "d1", "-i", fleet.root / "devices.toml", "--fingerprint", fp)
+    assert right.returncode == 0, right.stderr
+    assert provision_device(inv.get("d1"), inv).ok
+    # the device is reinstalled with a new host key: refused as a possible man-in-the-middle
+    dev.power_off()
+    dev.host_key.unlink()
+    Path(str(dev.host_key) + ".pub").unlink()
+    ssh_keygen(dev.host_key)
+    dev.start()
+    res = _deploy(fleet, releases["1.0.0"])
+    assert res.status == "failed" and "host key CHANGED" in res.error
+
+
+def test_failed_health_check_keeps_the_running_version(fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path) -> None:
+    _provisioned(fleet)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    target = load_target("cpu")
+    target = target.model_copy(update={"deploy": target.deploy.model_copy(update={"latency_budget_ms": 0.001})})
+    slow = edgeseg.build(target=target, out_dir=tmp_path, release_version="1.5.0", sign_key=keys["sign"], report=lambda _l: None).archive
+    res = _deploy(fleet, slow)
+    assert res.status == "failed" and "health check failed" in res.error and "over the profile's budget" in res.error
+    _assert_working(fleet, "d1", "1.0.0")
+    assert device_status(fleet.inventory.get("d1"), fleet.inventory).details["releases"] == ["1.0.0"]
+
+
+# ------------------------------------------------------------------ disks and links
+def test_full_disk_is_refused_before_upload(fleet: Fleet, releases: dict[str, Path]) -> None:
+    dev = _provisioned(fleet, disk_mb=2)
+    res = _deploy(fleet, releases["1.0.0"])
+    assert res.status == "failed" and "disk full" in res.error and res.bytes_sent == 0
+    assert not any((dev.root / "incoming").iterdir())
+
+
+def _fill(root: Path) -> Path:
+    """Fill the device's disk (another program writing) and return the filler file."""
+    filler = root / "filler.bin"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (CHUNK, 4096, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler
+
+
+def test_full_disk_during_upload_then_resume(fleet: Fleet, releases: dict[str, Path]) -> None:
+    dev = _provisioned(fleet, disk_mb=8)
+    filler: list[Path] = []
+
+    def fill_once(_n: int) -> None:
+        if not filler:
+            filler.append(_fill(dev.root))
+
+    res = _deploy(fleet, releases["1.0.0"], on_bytes=fill_once)
+    assert res.status == "failed" and "disk full during upload" in res.error, res.error
+    filler[0].unlink()
+    again = _deploy(fleet, releases["1.0.0"])
+    assert again.status == "installed", again.error
+    assert again.bytes_sent + res.bytes_sent >= again.bytes_total
+    _assert_working(fleet, "d1", "1.0.0")
+
+
+def test_full_disk_during_install_keeps_the_version(fleet: Fleet, releases: dict[str, Path]) -> None:
+    dev = _provisioned(fleet, disk_mb=12)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    staged = _deploy(fleet, releases["1.1.0"], stage_only=True)  # upload now, install later
+    assert (staged.status, staged.after) == ("staged", "1.0.0") and staged.bytes_sent > 0, staged.error
+    filler = _fill(dev.root)  # another program fills the disk before the install unpacks anything
+    res = _deploy(fleet, releases["1.1.0"])
+    assert res.status == "failed" and "disk full" in res.error and res.bytes_sent == 0, res.error
+    filler.unlink()
+    _assert_working(fleet, "d1", "1.0.0")
+    state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+    assert state["journal"] is None and not any(p.name.startswith(".staging") for p in (dev.root / "releases").iterdir())
+    done = _deploy(fleet, releases["1.1.0"])
+    assert (done.status, done.bytes_sent) == ("installed", 0), done.error
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+@pytest.mark.slow
+def test_dead_link_times_out_then_the_upload_resumes(fleet: Fleet, releases: dict[str, Path]) -> None:
+    dev = _provisioned(fleet, netns=True, timeout=2.0)
+    sent = {"n": 0}
+
+    def cut_midway(n: int) -> None:
+        sent["n"] += n
+        if sent["n"] >= 6 * CHUNK and not getattr(dev, "_cut", False):
+            dev._cut = True  # type: ignore[attr-defined]
+            dev.cut_link()
+
+    t0 = time.monotonic()
+    res = _deploy(fleet, releases["1.0.0"], on_bytes=cut_midway)
+    waited = time.monotonic() - t0
+    assert res.status == "failed" and "link lost" in res.error, res.error
+    assert waited < 30, f"a dead link must time out, it took {waited:.0f} s"
+    print(f"\ndead link noticed after {waited:.1f} s (timeout 2 s); {sent['n'] / 1e6:.2f} MB had been queued")
+    dev.mend_link()
+    partial = device_status(fleet.inventory.get("d1"), fleet.inventory).details["partials"]
+    assert sum(partial.values()) > 0
+    again = _deploy(fleet, releases["1.0.0"])
+    assert again.status == "installed", again.error
+    assert again.bytes_sent < again.bytes_total - sum(partial.values()) + 1
+    _assert_working(fleet, "d1", "1.0.0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["checked", "assembled", "health check: verify", "switched"])
+def test_power_loss_during_install(fleet: Fleet, releases: dict[str, Path], when: str) -> None:
+    dev = _provisioned(fleet)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+
+    def cut_power(line: str) -> None:
+        if line.startswith(f"d1: {when}") and dev.proc is not None:
+            dev.power_off()
+
+    res = _deploy(fleet, releases["1.1.0"], report=cut_power)
+    assert dev.proc is None, f"the install never printed {when!r}"
+    assert res.status in ("failed", "installed")
+    dev.start()  # power back on; the boot script runs recover
+    rec = recover_device(fleet.inventory.get("d1"), fleet.inventory)
+    assert rec.ok, rec.error
+    assert rec.after in ("1.0.0", "1.1.0")
+    _assert_working(fleet, "d1", rec.after)
+    state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+    assert state["journal"] is None
+    final = _deploy(fleet, releases["1.1.0"])
+    assert final.status in ("installed", "unchanged"), final.error
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+# ------------------------------------------------------------------ fleets
+def test_fleet_rollout_stops_at_the_wave_with_a_broken_device(fleet: Fleet, releases: dict[str, Path]) -> None:
+    for i in range(1, 7):
+        fleet.add(f"d{i}", groups=("fleet",), disk_mb=2 if i == 3 else None)
+    inv = fleet.inventory
+    for d in inv.devices:
+        assert provision_device(d, inv).ok
+    t0 = time.monotonic()
+    out = deploy(releases["1.0.0"], inv, group="fleet", waves="1,50%,100%", max_failure_rate=0.2)
+    took = time.monotonic() - t0
+    assert out.waves == [["d1"], ["d2", "d3"], ["d4", "d5", "d6"]]
+    assert out.stopped_at == 1 and "1/2 devices" in out.reason and "disk full" in out.reason
+    rows = {r.device: r for r in out.results}
+    assert [rows[f"d{i}"].status for i in range(1, 7)] == ["installed", "installed", "failed", "skipped", "skipped", "skipped"]
+    for i in (1, 2):
+        _assert_working(fleet, f"d{i}", "1.0.0")
+    for i in (3, 4, 5, 6):
+        _assert_working(fleet, f"d{i}", None)
+    # with a tolerant threshold the same fleet finishes, updating the later waves in parallel
+    out2 = deploy(releases["1.0.0"], inv, group="fleet", waves="1,50%,100%", max_failure_rate=0.5)
+    rows2 = {r.device: r.status for r in out2.results}
+    assert rows2 == {"d1": "unchanged", "d2": "unchanged", "d3": "failed", "d4": "installed", "d5": "installed", "d6": "installed"}
+    print(f"\nfirst rollout over 6 devices took {took:.1f} s")
+    proc = edgeseg_cli("status", "-i", fleet.root / "devices.toml", "--group", "fleet", "--json")
+    assert proc.returncode == 0, proc.stderr
+    versions = {r["device"]: r["after"] for r in json.loads(proc.stdout)}
+    assert versions == {"d1": "1.0.0", "d2": "1.0.0", "d3": None, "d4": "1.0.0", "d5": "1.0.0", "d6": "1.0.0"}
+
+
+def test_cli_keys_build_deploy_status(fleet: Fleet, keys: dict[str, Path], tmp_path: Path) -> None:
+    _provisioned(fleet)
+    proc = edgeseg_cli("keys", "new", "--out", tmp_path / "k")
+    assert proc.returncode == 0 and (tmp_path / "k" / "edgeseg-signing.key").stat().st_mode & 0o777 == 0o600
+    proc = edgeseg_cli("keys", "new", "--out", tmp_path / "k")
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    proc = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "dist", "--release-version", "4.0.0", "--sign-key", keys["sign"])
+    assert proc.returncode == 0, proc.stderr
+    archive = Path(proc.stdout.strip().splitlines()[-1])
+    info = edgeseg_cli("info", "--archive", archive)
+    assert "release     4.0.0; signed by key" in info.stdout
+    bad = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "x", "--release-version", "v4")
+    assert bad.returncode == 2 and "dotted numbers" in bad.stderr
+    dep = edgeseg_cli("deploy", archive, "-i", fleet.root / "devices.toml", "--device", "d1")
+    assert dep.returncode == 0, dep.stdout + dep.stderr
+    assert "installed" in dep.stdout and "4.0.0" in dep.stdout
+    down = edgeseg_cli("deploy", archive, "-i", fleet.root / "devices.toml", "--group", "nope")
+    assert down.returncode == 2 and "no device in group 'nope'" in down.stderr
+    # tasks.py front-end
+    task = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--archive", str(archive), "--device", "d1",
+         "--inventory", str(fleet.root / "devices.toml")],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120,
+    )
+    assert task.returncode == 0 and "unchanged" in task.stdout, task.stdout + task.stderr
