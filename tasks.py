@@ -29,11 +29,14 @@ from invoke import Exit, task
         "calib-count": "calibration images to sample (default: the profile's)",
         "eval": "evaluation set for the accuracy gate: DIR/images (+ DIR/masks)",
         "recalibrate": "ignore the cached calibration result",
+        "release-version": "version devices compare on update (default: the spec's)",
+        "sign-key": "Ed25519 signing key (default: $EDGESEG_SIGNING_KEY)",
     }
 )
 def build(  # noqa: ANN201
     c, target, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
     precision=None, calib=None, calib_count=None, eval=None, recalibrate=False,  # noqa: ANN001, A002
+    release_version=None, sign_key=None,  # noqa: ANN001
 ):
     """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
     import edgeseg
@@ -42,7 +45,7 @@ def build(  # noqa: ANN201
         result = edgeseg.build(
             model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax, precision=precision,
             calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
-            eval_set=eval, recalibrate=recalibrate,
+            eval_set=eval, recalibrate=recalibrate, release_version=release_version, sign_key=sign_key,
         )
     except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback
         raise Exit(f"edgeseg: error: {exc}", code=1 if isinstance(exc, edgeseg.VerifyError) else 2) from None

@@ -17,8 +17,10 @@ Steps, each writing into a fresh folder (inputs are never modified):
    images and compare with the reference using the target's tolerances; a
    failure stops the build (no archive) with :class:`VerifyError`;
 7. **bundle**: ``pipeline.json``/``deploy.json``/``detail.json``, golden files,
-   the runtime, ``manifest.json`` (with the measured accuracy), then one
-   deterministic ``<out>/<model>-<target>-<precision>.tar.gz``.
+   the runtime (and, for ``offline = true`` profiles, the device's wheels),
+   ``manifest.json`` (with the measured accuracy and the release version),
+   its Ed25519 signature ``manifest.sig`` when a signing key is given, then
+   one deterministic ``<out>/<model>-<target>-<precision>.tar.gz``.
 """
 
 from __future__ import annotations

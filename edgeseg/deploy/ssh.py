@@ -31,13 +31,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeployError
+from ..errors import DeployError, ToolchainError
 from .inventory import Device
 
 __all__ = ["DeviceLink", "AgentError", "fetch_host_key", "trust_host", "fingerprint"]
 
 Progress = Callable[[int], None]
 CHUNK = 64 * 1024
+
+
+def _paramiko() -> Any:
+    try:
+        import fabric  # noqa: F401
+        import paramiko
+    except ImportError:
+        raise ToolchainError("deploying over SSH needs fabric and paramiko: pip install 'edgeseg[deploy]'") from None
+    return paramiko
 
 
 def _link_errors() -> tuple[type[BaseException], ...]:
@@ -87,8 +96,7 @@ def fetch_host_key(device: Device) -> Any:
     Raises:
         DeployError: unreachable, or no SSH server there.
     """
-    import paramiko
-
+    paramiko = _paramiko()
     sock = _open_socket(device)
     transport = paramiko.Transport(sock)
     try:
@@ -129,7 +137,7 @@ class DeviceLink:
 
     # -------------------------------------------------------------- connect
     def __enter__(self) -> DeviceLink:
-        import paramiko
+        paramiko = _paramiko()
         from fabric import Config, Connection
 
         d = self.device
