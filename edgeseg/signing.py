@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,13 @@ def _crypto() -> Any:
     return serialization, ed25519
 
 
+@dataclass(frozen=True)
 class KeyPair:
-    """Paths of a key pair written by :func:`new_keypair`."""
+    """A key pair written by :func:`new_keypair`: private and public key files, and the key id."""
 
-    def __init__(self, private: Path, public: Path, key_id: str) -> None:
-        self.private, self.public, self.key_id = private, public, key_id
+    private: Path
+    public: Path
+    key_id: str
 
 
 def new_keypair(out_dir: str | Path, name: str = "edgeseg-signing", *, overwrite: bool = False) -> KeyPair:

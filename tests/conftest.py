@@ -65,6 +65,18 @@ def edgeseg_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] 
     )
 
 
+def scale_weights(src: Path, dest: Path, factor: float) -> Path:
+    """Write ``src`` ONNX to ``dest`` with its largest initializer multiplied by ``factor``: changed but valid weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    biggest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(biggest) * factor, biggest.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
 def reference_mask(name: str) -> np.ndarray:
     """LiteRT label map of a photo written by scripts/convert_default_model.py (0/1 uint8)."""
     return np.asarray(Image.open(REFERENCE_MASKS / f"{name}.png")).astype(np.uint8)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import edgeseg_cli
+from conftest import edgeseg_cli, scale_weights
 from edgeseg.bundle import pack, write_manifest
 from edgeseg_runtime import Archive, ArchiveError
 
@@ -33,22 +33,10 @@ def _repack(folder: Path, dest: Path, *, update_manifest: bool) -> Path:
     return pack(folder, dest)
 
 
-def _flip_weights(onnx_path: Path) -> None:
-    """Change the model's weights in a valid way (negate the largest initializer)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-    arr = numpy_helper.to_array(biggest)
-    biggest.CopyFrom(numpy_helper.from_array(-arr, biggest.name))
-    onnx.save(model, str(onnx_path))
-
-
 @pytest.mark.slow
 def test_altered_model_fails_verify_by_checksum(archives: dict[str, Path], tmp_path: Path) -> None:
     folder = _unpack(archives["cpu"], tmp_path / "x")
-    _flip_weights(folder / "end2end.onnx")
+    scale_weights(folder / "end2end.onnx", folder / "end2end.onnx", -1.0)  # negate the largest initializer
     bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=False)
     proc = edgeseg_cli("verify", "--archive", bad)
     assert proc.returncode == 1
@@ -58,7 +46,7 @@ def test_altered_model_fails_verify_by_checksum(archives: dict[str, Path], tmp_p
 @pytest.mark.slow
 def test_altered_model_with_rewritten_manifest_fails_numerically(archives: dict[str, Path], tmp_path: Path) -> None:
     folder = _unpack(archives["cpu"], tmp_path / "x")
-    _flip_weights(folder / "end2end.onnx")
+    scale_weights(folder / "end2end.onnx", folder / "end2end.onnx", -1.0)  # negate the largest initializer
     bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=True)
     proc = edgeseg_cli("verify", "--archive", bad, "--json")
     assert proc.returncode == 1

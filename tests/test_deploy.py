@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import edgeseg
-from conftest import edgeseg_cli
+from conftest import edgeseg_cli, scale_weights
 from edgeseg.bundle import pack
 from edgeseg.deploy import (
     deploy,
@@ -52,14 +52,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _modified_model(dest: Path) -> Path:
     """The default model with slightly changed weights: a 'model-only' update."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(edgeseg.DEFAULT_MODEL))
-    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
-    onnx.save(model, str(dest))
-    return dest
+    return scale_weights(edgeseg.DEFAULT_MODEL, dest, 1.01)
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +205,7 @@ def test_releases_are_pruned_to_the_profile_limit(fleet: Fleet, releases: dict[s
         m = json.loads((root / "releases" / v / "manifest.json").read_text())
         used |= {f["sha256"] for f in m["files"].values()}
     assert {p.name for p in (root / "store").iterdir()} - used <= {
-        subprocess.run(["sha256sum", str(root / "releases" / v / "manifest.json")], capture_output=True, text=True).stdout.split()[0]
-        for v in state["releases"]
+        sha256_file(root / "releases" / v / "manifest.json") for v in state["releases"]
     }
 
 

@@ -28,13 +28,12 @@ from typing import Any
 
 import edgeseg_runtime
 from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
-from edgeseg_runtime.install import wheels_digest
 from edgeseg_runtime.signing import SIGNATURE_NAME
 
 from ..errors import DeployError, EdgesegError
 from ..signing import public_key_id, signature_key_id
 from .inventory import Device, Inventory
-from .ssh import AgentError, DeviceLink
+from .ssh import DeviceLink
 
 __all__ = ["DeviceResult", "deploy_device", "rollback_device", "device_status", "recover_device", "provision_device"]
 
@@ -141,13 +140,17 @@ def provision_device(device: Device, inventory: Inventory, report: Report | None
     except (EdgesegError, OSError) as exc:
         return DeviceResult(device.name, "failed", seconds=time.perf_counter() - t0, error=str(exc))
     if state["trusted_keys"] is None:
-        return DeviceResult(
-            device.name, "failed", seconds=time.perf_counter() - t0,
-            error=f"{device.name}: {device.python} lacks the 'cryptography' package (pip install cryptography, or "
-            "apt install python3-cryptography); the device could not check signatures",
-        )
+        return DeviceResult(device.name, "failed", seconds=time.perf_counter() - t0, error=_no_crypto(device))
     cur = state["current"]["version"] if state["current"] else None
     return DeviceResult(device.name, "ok", cur, cur, time.perf_counter() - t0, details=state)
+
+
+def _no_crypto(device: Device) -> str:
+    """The device's agent reported no ``cryptography`` (``trusted_keys`` is None in its state)."""
+    return (
+        f"{device.name}: {device.python} lacks the 'cryptography' package, so it cannot check signatures: "
+        "pip install cryptography (or apt install python3-cryptography) on the device"
+    )
 
 
 def _payload(archive: Archive) -> tuple[dict[str, tuple[Path, int]], str]:
@@ -172,10 +175,7 @@ def _fits(manifest: dict[str, Any], device: Device, state: dict[str, Any], sig: 
     if _ARCH_ALIASES.get(want, want) != _ARCH_ALIASES.get(have, have):
         raise DeployError(f"{name} is {have}; this archive is built for {want}")
     if state["trusted_keys"] is None:
-        raise DeployError(
-            f"{name}: {device.python} lacks the 'cryptography' package, so it cannot check signatures: "
-            "pip install cryptography (or apt install python3-cryptography) on the device"
-        )
+        raise DeployError(_no_crypto(device))
     key_id = signature_key_id(sig)
     if not state["trusted_keys"]:
         raise DeployError(f"{name} trusts no signing key yet; run 'edgeseg devices provision {name}'")
@@ -189,10 +189,8 @@ def _fits(manifest: dict[str, Any], device: Device, state: dict[str, Any], sig: 
 def _needed_bytes(manifest: dict[str, Any], missing: dict[str, int], sizes: dict[str, int]) -> int:
     """Bytes the device must have free: what is left to upload, installed wheels, a margin."""
     upload = sum(sizes[sha] - offset for sha, offset in missing.items())
-    wheels = 0
-    if wheels_digest(manifest["files"]) is not None:
-        wheels = WHEEL_EXPANSION * sum(m["size"] for rel, m in manifest["files"].items() if rel.startswith("wheels/"))
-    return upload + wheels + SPACE_MARGIN
+    wheels = sum(m["size"] for rel, m in manifest["files"].items() if rel.startswith("wheels/"))
+    return upload + WHEEL_EXPANSION * wheels + SPACE_MARGIN
 
 
 def deploy_device(
@@ -321,9 +319,7 @@ def _simple(device: Device, inventory: Inventory, command: str, report: Report |
             if command == "state":
                 return DeviceResult(device.name, "ok", prev, prev, time.perf_counter() - t0, details=before)
             done = link.agent(command, on_line=lambda text: report(f"{device.name}: {text}"))
-    except AgentError as exc:
-        return DeviceResult(device.name, "failed", seconds=time.perf_counter() - t0, error=str(exc))
-    except (EdgesegError, OSError) as exc:
+    except (EdgesegError, OSError) as exc:  # AgentError (a refusal) included
         return DeviceResult(device.name, "failed", seconds=time.perf_counter() - t0, error=str(exc))
     status = {"rollback": "rolled back", "recover": done.get("status", "ok")}.get(command, "ok")
     return DeviceResult(device.name, status, prev, done.get("version"), time.perf_counter() - t0, details=done)

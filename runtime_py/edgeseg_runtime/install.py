@@ -41,6 +41,7 @@ already happened and discards any other half-done one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -117,8 +118,6 @@ def _symlink_atomic(link: Path, target: str) -> None:
 
 
 def _disk_full(exc: OSError, where: Path) -> InstallError:
-    import errno
-
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InstallError(f"disk full on the device while writing {where}; free space and deploy again")
     return InstallError(f"cannot write {where}: {exc.strerror or exc}")
@@ -235,8 +234,10 @@ class Device:
     def _journal(self, **doc: Any) -> None:
         _write_atomic(self.root / "journal.json", json.dumps(doc, sort_keys=True))
 
-    def _check(self, manifest_sha: str, allow_downgrade: bool) -> tuple[dict[str, Any], str, str]:
-        """Signature, paths and version of the manifest stored under ``manifest_sha``."""
+    def _check(
+        self, manifest_sha: str, current: dict[str, Any] | None, allow_downgrade: bool
+    ) -> tuple[dict[str, Any], str, str]:
+        """Signature, paths and version (against ``current``) of the manifest stored under ``manifest_sha``."""
         mbytes = self._blob(manifest_sha).read_bytes()
         if hashlib.sha256(mbytes).hexdigest() != manifest_sha:
             self._blob(manifest_sha).unlink()
@@ -261,7 +262,6 @@ class Device:
                 raise InstallError(f"manifest entry {rel!r} is not a file with a sha256")
         version = str(manifest.get("release", {}).get("version", ""))
         new = parse_version(version)
-        current = self._release("current")
         if current and current.get("version"):
             old = parse_version(current["version"])
             if new == old and current["manifest_sha256"] != manifest_sha:
@@ -301,9 +301,9 @@ class Device:
             self.ingest()
         except OSError as exc:
             raise _disk_full(exc, self.root / "store") from None
-        manifest, version, key_id = self._check(manifest_sha, allow_downgrade)
-        self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest['files'])} files")
         current = self._release("current")
+        manifest, version, key_id = self._check(manifest_sha, current, allow_downgrade)
+        self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest['files'])} files")
         if current and current["manifest_sha256"] == manifest_sha:
             self.report(f"version {version} is already current")
             return {"status": "unchanged", "version": version, "previous": current["version"], "key_id": key_id}
@@ -316,17 +316,14 @@ class Device:
             site = self._dependencies(manifest, staging)
             self._journal(phase="health", version=version, manifest=manifest_sha)
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            self._clear_journal()
+            self._discard(staging)
             raise _disk_full(exc, staging) from None
         except EdgesegError:
-            shutil.rmtree(staging, ignore_errors=True)
-            self._clear_journal()
+            self._discard(staging)
             raise
         health = self._health(staging, site, manifest, health_timeout)
         if not health["passed"]:
-            shutil.rmtree(staging, ignore_errors=True)
-            self._clear_journal()
+            self._discard(staging)
             raise InstallError(f"health check failed, kept version {current['version'] if current else 'none'}: "
                                f"{health['verdict']}")
         self._journal(phase="switch", version=version, manifest=manifest_sha, old=current["version"] if current else None)
@@ -365,7 +362,7 @@ class Device:
             try:
                 os.link(blob, dest)
             except OSError as exc:
-                if exc.errno not in (18, 1, 31):  # EXDEV, EPERM, EMLINK: copy instead
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):  # no hard link possible: copy instead
                     raise
                 shutil.copyfile(blob, dest)
         shutil.copyfile(self._blob(manifest_sha), tmp / MANIFEST_NAME)
@@ -446,6 +443,11 @@ class Device:
 
     def _clear_journal(self) -> None:
         (self.root / "journal.json").unlink(missing_ok=True)
+
+    def _discard(self, staging: Path) -> None:
+        """Abandon an install before its switch: the half-built slot and the journal go, ``current`` stays."""
+        shutil.rmtree(staging, ignore_errors=True)
+        self._clear_journal()
 
     def _finish(self, manifest: dict[str, Any]) -> None:
         """Launcher, pruning of old slots, sites and store files; then the journal goes."""
