@@ -6,6 +6,7 @@
     invoke test [--fast]                   # the test suite (CI runs it without --fast)
     invoke deploy --target cpu --device cam-01   # build (signed with $EDGESEG_SIGNING_KEY) and deploy over SSH
     invoke deploy --archive A.tar.gz --group lab
+    invoke compare --images DIR [--masks DIR] [--max-drop 1 --max-gain 0.5]   # cpu vs intel report
     invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 """
@@ -79,6 +80,47 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
         code = cmd_deploy(argparse.Namespace(
             archive=archive, inventory=inventory, device=[device] if device else None, group=group, waves=waves,
             max_failure_rate=float(max_failure_rate), allow_downgrade=False, stage_only=False, json=False,
+        ))
+    except edgeseg.EdgesegError as exc:
+        raise Exit(f"edgeseg: error: {exc}", code=2) from None
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "images": "image folder or dataset root (images/+masks/, Cityscapes, ADE20K, VOC)",
+        "archives": "comma-separated archives (default: build the default model for --targets)",
+        "targets": "targets to build when no --archives (default cpu,intel; cpu fp32 is the reference)",
+        "masks": "ground-truth mask folder",
+        "label-map": "dataset id -> model id, e.g. 15=1,*=0",
+        "limit": "only the first N images",
+        "device": "NAME[=ARCHIVE]: run that archive on the device over SSH",
+        "inventory": "device inventory (default: devices.toml)",
+        "max-drop": "fail when mIoU drops more than this many points vs fp32",
+        "max-gain": "fail when mIoU gains more than this many points vs fp32",
+        "out": "report folder (default: report)",
+    }
+)
+def compare(c, images, archives=None, targets="cpu,intel", masks=None, label_map=None, limit=None,  # noqa: ANN001, ANN201
+            device=None, inventory="devices.toml", max_drop=None, max_gain=None, out="report"):  # noqa: ANN001
+    """Run archives on the same images; write report.json/.md/.html with accuracy vs fp32, latency, memory, size."""
+    import argparse
+
+    import edgeseg
+    from edgeseg.cli import cmd_compare
+
+    try:
+        if archives:
+            paths = archives.split(",")
+        else:
+            names = [t for t in targets.split(",") if t]
+            paths = [edgeseg.build(target="cpu", precision="fp32").archive]
+            paths += [edgeseg.build(target=t).archive for t in names if t != "cpu"]
+        code = cmd_compare(argparse.Namespace(
+            archives=paths, images=images, masks=masks, reference=None, layout="auto", split=None, label_map=label_map,
+            limit=int(limit) if limit else None, device=[device] if device else None, inventory=inventory, runs=20,
+            warmup=3, max_drop=float(max_drop) if max_drop else None, max_gain=float(max_gain) if max_gain else None, out=out,
         ))
     except edgeseg.EdgesegError as exc:
         raise Exit(f"edgeseg: error: {exc}", code=2) from None

@@ -30,12 +30,19 @@ class Step:
 
     def track(self, items: Iterable[T], total: int, what: str) -> Iterator[T]:
         """Yield ``items``, advancing the step's bar (``total`` items called ``what``)."""
-        if self._progress is None:
-            yield from items
-            return
-        self._progress.update(self._task, total=total, completed=0, what=what)
+        self.start(total, what)
         for item in items:
             yield item
+            self.advance()
+
+    def start(self, total: int, what: str) -> None:
+        """Show a bar of ``total`` items called ``what`` (then call :meth:`advance` per item)."""
+        if self._progress is not None:
+            self._progress.update(self._task, total=total, completed=0, what=what)
+
+    def advance(self) -> None:
+        """One more item done."""
+        if self._progress is not None:
             self._progress.advance(self._task)
 
 

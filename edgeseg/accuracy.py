@@ -22,109 +22,38 @@ max_miou_drop``, ``min_pixel_agreement``); a miss raises
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from edgeseg_runtime.archive import sha256_file
-from edgeseg_runtime.images import iter_image_paths, load_image
+from edgeseg_runtime.images import load_image
 from edgeseg_runtime.segmentor import Segmentor
 
 from ._progress import Step
-from .errors import AccuracyError, ConfigError
-from .metrics import IGNORE_INDEX, SegmentationScores, confusion_matrix, scores_from_confusion
+from .datasets import Dataset, load_dataset
+from .errors import AccuracyError
+from .metrics import SegmentationScores, confusion_matrix, scores_from_confusion
 
-__all__ = ["EvalSet", "load_eval_set", "read_mask", "AccuracyReport", "evaluate", "check_budget", "raise_if_failed"]
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Evaluation images, with ground-truth masks when the set has them.
-
-    Attributes:
-        images: image files, sorted.
-        masks: the matching mask files (None where the set has no masks).
-        source: where the set came from, for reports.
-        digest: sha256 hex over the images' and masks' contents.
-    """
-
-    images: tuple[Path, ...]
-    masks: tuple[Path | None, ...]
-    source: str
-    digest: str
-
-    @property
-    def has_masks(self) -> bool:
-        return bool(self.masks) and all(m is not None for m in self.masks)
+__all__ = ["load_eval_set", "AccuracyReport", "evaluate", "check_budget", "raise_if_failed"]
 
 
-def load_eval_set(source: str | Path | None, default_images: list[Path]) -> EvalSet:
+def load_eval_set(source: str | Path | None, default_images: list[Path]) -> Dataset:
     """Read an evaluation set.
 
     Args:
-        source: a folder with ``images/`` and optionally ``masks/`` (``<stem>.png``
-            label maps: class ids, 255 = ignore), or a plain folder of images;
-            None = ``default_images`` (the golden photos).
-        default_images: images used when ``source`` is None.
+        source: a dataset folder (``images/`` + ``masks/`` or another layout of
+            :mod:`edgeseg.datasets`) or a plain folder of images; None = ``default_images``.
+        default_images: images used when ``source`` is None (the golden photos).
 
     Raises:
-        ConfigError: ``masks/`` exists but an image has no mask.
+        ConfigError: an image without its mask.
         ImageError: no images found.
     """
-    masks: list[Path | None]
     if source is None:
-        images, masks, label = list(default_images), [None] * len(default_images), "golden images"
-    else:
-        root = Path(source)
-        img_dir = root / "images" if (root / "images").is_dir() else root
-        images = sorted(iter_image_paths([img_dir]), key=lambda p: p.as_posix())
-        mask_dir = root / "masks"
-        if mask_dir.is_dir():
-            masks = [mask_dir / f"{p.stem}.png" for p in images]
-            missing = [p.name for p, m in zip(images, masks, strict=True) if m is None or not m.is_file()]
-            if missing:
-                raise ConfigError(
-                    f"{mask_dir}: no mask <stem>.png for {len(missing)} image(s), e.g. {missing[0]}; every image needs one"
-                )
-        else:
-            masks = [None] * len(images)
-        label = str(root)
-    h = hashlib.sha256()
-    for img, mask in zip(images, masks, strict=True):
-        h.update(f"{sha256_file(img)} {sha256_file(mask) if mask else '-'}\n".encode())
-    return EvalSet(images=tuple(images), masks=tuple(masks), source=label, digest=h.hexdigest())
-
-
-def read_mask(path: Path, num_classes: int, size: tuple[int, int]) -> np.ndarray:
-    """Read a ground-truth label map.
-
-    Args:
-        path: single-channel PNG (mode L, P or I;16): class ids, 255 = ignore.
-        num_classes: valid ids are ``0..num_classes-1``.
-        size: the image's ``(H, W)``; the mask must match it.
-
-    Returns:
-        ``(H, W)`` int64 label map.
-
-    Raises:
-        ConfigError: colour mask, wrong size, or ids outside the classes.
-    """
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ConfigError(f"{path.name}: mask mode {img.mode}; masks must be single-channel class-id PNGs (255 = ignore)")
-        mask = np.asarray(img).astype(np.int64)
-    if mask.shape != size:
-        raise ConfigError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}")
-    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
-    if bad.any():
-        raise ConfigError(
-            f"{path.name}: class id {int(mask[bad].max())} but the model has {num_classes} classes (ids 0..{num_classes - 1}, 255 = ignore)"
-        )
-    return mask
+        return Dataset.of(list(default_images), source="golden images")
+    return load_dataset(source)
 
 
 @dataclass
@@ -195,7 +124,7 @@ class AccuracyReport:
 def evaluate(
     reference: Segmentor,
     candidate: Segmentor,
-    evalset: EvalSet,
+    evalset: Dataset,
     *,
     precision: str,
     classes: list[str],
@@ -220,14 +149,14 @@ def evaluate(
     agree = np.zeros((n, n), np.int64)
     gt_ref = np.zeros((n, n), np.int64)
     gt_q = np.zeros((n, n), np.int64)
-    pairs = list(zip(evalset.images, evalset.masks, strict=True))
-    for image, mask in step.track(pairs, len(pairs), "images") if step else pairs:
-        rgb = load_image(image)
+    indices = range(len(evalset))
+    for i in step.track(indices, len(evalset), "images") if step else indices:
+        rgb = load_image(evalset.images[i])
         ref_labels = reference.segment(rgb).labels
         labels = candidate.segment(rgb).labels
         agree += confusion_matrix(labels, ref_labels, n)
-        if mask is not None:
-            truth = read_mask(mask, n, rgb.shape[:2])
+        truth = evalset.read_mask(i, n, rgb.shape[:2])
+        if truth is not None:
             gt_ref += confusion_matrix(ref_labels, truth, n)
             gt_q += confusion_matrix(labels, truth, n)
     vs_ref = scores_from_confusion(agree)
@@ -241,7 +170,7 @@ def evaluate(
         precision=precision,
         eval_source=evalset.source,
         eval_digest=evalset.digest,
-        images=len(pairs),
+        images=len(evalset),
         classes=list(classes),
         vs_reference=vs_ref,
         vs_ground_truth=gt,

