@@ -157,8 +157,8 @@ def voc(voc_person: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_voc_ground_truth_miou_is_the_hand_computed_one(archives: dict[str, Path], quantized: dict, voc: Path, tmp_path: Path) -> None:
-    targets = [archives["cpu"], quantized[("cpu", "fp16")].archive]
+def test_voc_ground_truth_miou_is_the_hand_computed_one(every_archive: list[Path], voc: Path, tmp_path: Path) -> None:
+    targets = every_archive
     c = compare(targets, voc, label_map="15=1,*=0", runs=2, warmup=0, out_dir=tmp_path, **QUIET)
     assert c.dataset.layout == "voc" and c.dataset.has_masks
     truth = np.asarray(Image.open(voc / "SegmentationClass" / "2011_000001.png")).astype(np.int64)
@@ -172,6 +172,13 @@ def test_voc_ground_truth_miou_is_the_hand_computed_one(archives: dict[str, Path
         assert r.delta_basis == "ground truth"
     assert c.results[1].delta_miou == pytest.approx(100 * (c.results[1].vs_ground_truth.miou - c.results[0].vs_ground_truth.miou))
     assert 0.5 < c.results[0].vs_ground_truth.iou[1] < 1.0  # the model finds the people, not perfectly
+    paths = write_report(c)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["dataset"]["layout"] == "voc" and doc["dataset"]["label_map"] == {"15": 1, "*": 0}
+    assert doc["targets"][1]["vs_ground_truth"]["iou"]["person"] == pytest.approx(c.results[1].vs_ground_truth.iou[1], abs=1e-6)
+    assert "| Target (IoU vs ground truth) | background | person |" in paths["md"].read_text()
+    # IoU bars, latency vs mIoU, and each non-reference target's worst images
+    assert paths["html"].read_text().count("data:image/png;base64,") == 2 + len(targets) - 1
 
 
 def test_gate_fails_on_wrong_weights_and_passes_on_the_real_archives(
@@ -217,3 +224,5 @@ def test_limit_reference_and_device_errors(archives: dict[str, Path], quantized:
         compare([archives["cpu"]], images, devices=["cam"], inventory=inv, out_dir=tmp_path, **QUIET)
     r = edgeseg_cli("compare", archives["cpu"], "--images", tmp_path / "nope")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+    r = edgeseg_cli("measure", "--archive", archives["cpu"], images, "--out", tmp_path / "m", "--runs", "0")
+    assert r.returncode == 2 and "--runs must be >= 1" in r.stderr and "Traceback" not in r.stderr

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .archive import Archive, sha256_file
-from .errors import ImageError
+from .errors import EdgesegError, ImageError
 from .images import load_image, save_label_map
 from .runners import runner_class
 from .segmentor import Segmentor
@@ -86,11 +86,14 @@ def measure(
         The ``measure.json`` document (see module doc).
 
     Raises:
-        ImageError: an image cannot be read, or two images share a stem.
+        EdgesegError: ``runs`` < 1 or ``warmup`` < 0.
+        ImageError: no images, an image cannot be read, or two images share a stem.
         ArchiveError, ToolchainError: the archive cannot be opened or its backend is missing.
     """
     if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs} and {warmup}")
+        raise EdgesegError(f"--runs must be >= 1 and --warmup >= 0 (got {runs} and {warmup})")
+    if not images:
+        raise ImageError("no images to measure")
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         raise ImageError("images must have distinct file names (stems)")
