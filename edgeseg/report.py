@@ -74,23 +74,20 @@ def summary_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in c.results:
         i = r.info
-        lat = r.latency
-        shape = "x".join(str(v) for v in i.input_shape[2:])
+        diff = r.score_diff
         if r.error:
-            perf = ["n/a", "n/a", "n/a", "n/a", "n/a"]
+            latency = miou = delta = agreement = max_diff = "n/a"
         else:
-            diff = r.score_diff
-            perf = [
-                _f(r.miou),
-                "ref" if r.is_reference else _f(r.delta_miou, "+.2f"),
-                _f(100 * r.vs_reference.pixel_accuracy) + "%" if r.vs_reference else "n/a",
-                _f(diff.max_abs, ".2g") if diff is not None and diff.count else r.score_note or "n/a",
-            ]
-            perf.insert(0, f"{_f(lat.p50)} / {_f(lat.fps, '.1f')}")
+            latency = f"{_f(r.latency.p50)} / {_f(r.latency.fps, '.1f')}"
+            miou = _f(r.miou)
+            delta = "ref" if r.is_reference else _f(r.delta_miou, "+.2f")
+            agreement = _f(100 * r.vs_reference.pixel_accuracy) + "%" if r.vs_reference else "n/a"
+            max_diff = _f(diff.max_abs, ".2g") if diff is not None and diff.count else r.score_note or "n/a"
         gate = "ref" if r.is_reference else ("pass" if r.passed else "FAIL")
         device = r.device if r.device != "host" else f"host ({r.run['machine']})" if r.run else "host"
+        shape = "x".join(str(v) for v in i.input_shape[2:])
         rows.append([i.model, f"{i.backend} ({r.label})", i.precision, shape, _mb(i.model_bytes), _mb(r.peak_memory_bytes),
-                     perf[0], device, *perf[1:], gate])
+                     latency, device, miou, delta, agreement, max_diff, gate])
     return head, rows
 
 
