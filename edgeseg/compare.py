@@ -177,7 +177,8 @@ class TargetResult:
     def passed(self) -> bool:
         return not self.failures
 
-    def to_dict(self, classes: list[str]) -> dict[str, Any]:
+    def to_dict(self, classes: list[str], base: Path) -> dict[str, Any]:
+        """JSON-ready row; ``labels_dir`` relative to ``base`` (the report folder)."""
         i = self.info
         return {
             "label": self.label,
@@ -211,7 +212,7 @@ class TargetResult:
             "passed": self.passed,
             "failures": self.failures,
             "error": self.error or None,
-            "labels_dir": self.run_dir.as_posix() if self.run_dir else None,
+            "labels_dir": Path(os.path.relpath(self.run_dir, base)).as_posix() if self.run_dir else None,
         }
 
 
@@ -252,7 +253,7 @@ class Comparison:
         return [f"{r.label}: {why}" for r in self.results for why in r.failures]
 
     def to_dict(self) -> dict[str, Any]:
-        """The canonical ``report.json`` document."""
+        """The canonical ``report.json`` document (label folders relative to ``out_dir``)."""
         d = self.dataset
         return {
             "schema": SCHEMA,
@@ -270,7 +271,7 @@ class Comparison:
                         "path": "pre-processing + inference + post-processing of a decoded image"},
             "gate": {"max_drop": self.max_drop, "max_gain": self.max_gain, "passed": self.passed,
                      "failures": self.failures()},
-            "targets": [r.to_dict(self.classes) for r in self.results],
+            "targets": [r.to_dict(self.classes, self.out_dir) for r in self.results],
         }
 
 

@@ -18,7 +18,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ TILE_HEIGHT = 200
 
 
 def write_report(comparison: Comparison, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` into ``out_dir`` (default: the comparison's folder).
+    """Write ``report.json``, ``report.md`` and ``report.html`` into ``out_dir`` (default: the comparison's folder,
+    which ``report.json``'s ``labels_dir`` paths are relative to).
 
     Returns:
         ``{"json": path, "md": path, "html": path}``.
@@ -48,9 +48,6 @@ def write_report(comparison: Comparison, out_dir: str | Path | None = None) -> d
     out = Path(out_dir) if out_dir is not None else comparison.out_dir
     out.mkdir(parents=True, exist_ok=True)
     doc = comparison.to_dict()
-    for t in doc["targets"]:
-        if t["labels_dir"]:
-            t["labels_dir"] = Path(os.path.relpath(t["labels_dir"], out)).as_posix()
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     paths["md"].write_text(render_markdown(comparison), encoding="utf-8")
