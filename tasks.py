@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from invoke import Exit, task
 
@@ -32,14 +33,18 @@ from invoke import Exit, task
         "recalibrate": "ignore the cached calibration result",
         "release-version": "version devices compare on update (default: the spec's)",
         "sign-key": "Ed25519 signing key (default: $EDGESEG_SIGNING_KEY)",
+        "device": "TensorRT targets: build the engine on this device over SSH into <archive>-<device>.tar.gz",
+        "inventory": "device inventory for --device (default: devices.toml)",
     }
 )
 def build(  # noqa: ANN201
     c, target, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
     precision=None, calib=None, calib_count=None, eval=None, recalibrate=False,  # noqa: ANN001, A002
-    release_version=None, sign_key=None,  # noqa: ANN001
+    release_version=None, sign_key=None, device=None, inventory="devices.toml",  # noqa: ANN001
 ):
     """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
+    import os
+
     import edgeseg
 
     try:
@@ -48,6 +53,15 @@ def build(  # noqa: ANN201
             calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
             eval_set=eval, recalibrate=recalibrate, release_version=release_version, sign_key=sign_key,
         )
+        if device:
+            from edgeseg.deploy import load_inventory
+            from edgeseg.deploy.engine import build_engine_on_device
+
+            inv = load_inventory(inventory)
+            archive = build_engine_on_device(result.archive, inv.get(device), inv, Path(out), report=print,
+                                             sign_key=sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None)
+            print(archive)
+            return
     except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback
         raise Exit(f"edgeseg: error: {exc}", code=1 if isinstance(exc, edgeseg.VerifyError) else 2) from None
     print(result.archive)

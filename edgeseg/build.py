@@ -301,17 +301,20 @@ def build(
                     tuple(_validation_pair(ref, p) for p in evalset.images) if tgt.quantization.max_miou_drop is not None else ()
                 )
                 calibration = Calibration(cset, validation, len(model_spec.output.classes), step)
-            files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions)
+            files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions, model_spec)
             step.detail = ", ".join(files.files) + (f" (calibration cache {cache_state})" if cache_state else "")
 
-        requirement = runner_class(tgt.backend).requirement if tgt.backend in RUNNERS else tgt.backend
-        runtime_reqs = ["numpy>=1.24", "pillow>=10.0", requirement]
+        requirement, runtime_reqs = _requirements(tgt)
+        fallback = _fallback(tgt, files, shared, stage)
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "release": {"version": version},
             "model": model_section,
             "target": target_section,
-            "backend": {"name": tgt.backend, "net": files.net, "weights": files.weights, "requirement": requirement, **files.details},
+            "backend": {
+                "name": tgt.backend, "net": files.net, "weights": files.weights, "requirement": requirement,
+                **files.details, **({"fallback": fallback} if fallback else {}),
+            },
             "golden": golden_entries,
             "runtime": {"version": edgeseg_runtime.__version__, "requirements": runtime_reqs},
             "toolchain": {
@@ -348,9 +351,9 @@ def build(
                 manifest["runtime"]["wheels"] = [w.name for w in wheels]
                 step.detail = f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB"
 
-        runnable = _runnable(tgt.backend)
+        pending = _not_runnable(tgt.backend)
         staged = Archive(root=stage, manifest=manifest, source=archive_path, _pipeline=pipeline)
-        candidate = stack.enter_context(Segmentor(staged)) if runnable else None
+        candidate = stack.enter_context(Segmentor(staged)) if not pending else None
         accuracy: AccuracyReport | None = None
         if evalset is not None:
             with steps.step(f"accuracy gate ({tgt.precision} vs fp32)") as step:
@@ -363,7 +366,7 @@ def build(
                     step.detail = accuracy.verdict()
                     raise_if_failed(accuracy, tgt.name)
                 else:
-                    quant_section["accuracy"] = {"passed": None, "verdict": f"pending: {tgt.backend} cannot run on this host"}
+                    quant_section["accuracy"] = {"passed": None, "verdict": pending}
                     step.detail = quant_section["accuracy"]["verdict"]
             manifest["quantization"] = quant_section
 
@@ -380,7 +383,7 @@ def build(
                 if not check.passed:
                     raise VerifyError(f"build stopped, no archive written: {check.verdict()}")
             else:
-                manifest["build_check"] = {"passed": None, "verdict": f"pending: {tgt.backend} cannot run on this host"}
+                manifest["build_check"] = {"passed": None, "verdict": pending}
                 step.detail = manifest["build_check"]["verdict"]
 
         with steps.step("bundle") as step:
@@ -395,12 +398,49 @@ def build(
     return BuildResult(archive=archive_path, manifest=manifest, check=check, accuracy=accuracy, calibration_cache=cache_state)
 
 
-def _runnable(backend: str) -> bool:
+def _requirements(tgt: Target) -> tuple[str, list[str]]:
+    """The backend's requirement line and the runtime's pip requirements (what offline archives bundle).
+
+    A backend the device's system provides (TensorRT from JetPack) is named but not pip-installed.
+    """
+    base = ["numpy>=1.24", "pillow>=10.0"]
+    if tgt.backend not in RUNNERS:
+        return tgt.backend, [*base, tgt.backend]
+    runner = runner_class(tgt.backend)
+    system = getattr(runner, "system_requirement", "")
+    reqs = base if system else [*base, runner.requirement]
+    if tgt.fallback_backend:
+        reqs = [*reqs, runner_class(tgt.fallback_backend).requirement]
+    return system or runner.requirement, reqs
+
+
+def _fallback(tgt: Target, files: ModelFiles, shared: SharedModel, stage: Path) -> dict[str, Any] | None:
+    """The manifest's ``backend.fallback`` for a profile with ``fallback_backend`` (ONNX Runtime on the fp32 ONNX).
+
+    Raises:
+        ConfigError: a fallback other than onnxruntime (not in this version).
+    """
+    if tgt.fallback_backend is None:
+        return None
+    if tgt.fallback_backend != "onnxruntime":
+        raise ConfigError(
+            f"target {tgt.name!r}: fallback_backend = {tgt.fallback_backend!r}; this version falls back to onnxruntime only"
+        )
+    net = files.net if files.net.endswith(".onnx") else "fallback/end2end.onnx"
+    if net not in files.files:
+        (stage / "fallback").mkdir(exist_ok=True)
+        shutil.copyfile(shared.path, stage / net)
+    return {"name": "onnxruntime", "net": net, "weights": "", "options": dict(tgt.fallback_options),
+            "requirement": runner_class("onnxruntime").requirement}
+
+
+def _not_runnable(backend: str) -> str:
+    """Why the target's backend cannot run on this host ("" when it can): the runner's own message."""
     try:
         runner_class(backend).version()
-        return True
-    except ToolchainError:
-        return False
+        return ""
+    except ToolchainError as exc:
+        return f"pending: {backend} does not run on this host ({exc})"
 
 
 def _validation_pair(ref: Segmentor, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -417,10 +457,12 @@ def _convert(
     calibration: Calibration | None,
     recalibrate: bool,
     tool_versions: dict[str, str],
+    spec: ModelSpec | None = None,
 ) -> tuple[ModelFiles, str]:
     """Run the backend; for int8, through the quantization cache. Returns the files and "hit"/"miss"/""."""
+    extra = {"spec": spec} if getattr(backend, "wants_spec", False) else {}
     if calibration is None:
-        return backend.convert(shared.path, tgt, stage), ""
+        return backend.convert(shared.path, tgt, stage, **extra), ""
     q = tgt.quantization
     parts = {
         "shared_onnx_sha256": shared.sha256,
@@ -436,7 +478,7 @@ def _convert(
     cached = None if recalibrate else cache.fetch(key, stage)
     if cached is not None:
         return cached, "hit"
-    files = backend.convert(shared.path, tgt, stage, calibration)
+    files = backend.convert(shared.path, tgt, stage, calibration, **extra)
     cache.store(key, stage, files, parts)
     return files, "miss"
 

@@ -70,6 +70,7 @@ class QuantCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         for name in files.files:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(entry / name, out_dir / name)
         return files
 
@@ -79,6 +80,7 @@ class QuantCache:
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=self.dir))
         try:
             for name in files.files:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(out_dir / name, tmp / name)
             meta = {
                 "net": files.net,

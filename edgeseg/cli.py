@@ -58,8 +58,21 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import os
+
     from .build import build
 
+    device = inventory = None
+    if args.device:
+        from .backends import get_backend
+        from .deploy import load_inventory
+        from .errors import ConfigError
+        from .targets import load_target
+
+        if get_backend(load_target(args.target)).build_on != "device":
+            raise ConfigError(f"--device: target {args.target!r} is built here, not on a device (only TensorRT targets are)")
+        inventory = load_inventory(args.inventory)
+        device = inventory.get(args.device)  # fail on an unknown device before the build
     result = build(
         args.model,
         target=args.target,
@@ -76,6 +89,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         release_version=args.release_version,
         sign_key=args.sign_key,
     )
+    if device is not None and inventory is not None:
+        from .deploy.engine import build_engine_on_device
+
+        print(f"generic archive (engine built on each device): {result.archive}", file=sys.stderr)
+        out = build_engine_on_device(result.archive, device, inventory, args.out,
+                                     sign_key=args.sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None,
+                                     report=lambda line: print(line, file=sys.stderr, flush=True))
+        print(out)
+        return 0
     print(result.archive)
     return 0
 
@@ -181,6 +203,11 @@ def _add_build(sub: Any) -> None:
     r.add_argument("--release-version", metavar="N.N.N", help="version devices compare on update (default: the spec's version)")
     r.add_argument("--sign-key", type=Path, metavar="KEY",
                    help="Ed25519 key that signs the manifest (default: $EDGESEG_SIGNING_KEY; else unsigned)")
+    e = p.add_argument_group("engine on a device (TensorRT targets)")
+    e.add_argument("--device", "-d", metavar="NAME",
+                   help="after the build, build the TensorRT engine on this device over SSH, run the golden check there, "
+                   "and write <archive>-<NAME>.tar.gz carrying the engine (for a fleet of identical devices)")
+    e.add_argument("--inventory", "-i", type=Path, default=Path("devices.toml"), help="device inventory (default: %(default)s)")
     g = p.add_argument_group("model spec flags (override --spec)")
     g.add_argument("--name", help="model name used in the archive name")
     g.add_argument("--input-layout", choices=["NCHW", "NHWC"])

@@ -142,12 +142,15 @@ class Target(Strict):
     tolerance: Tolerance
     quantization: Quantization = Quantization()
     backend_options: dict[str, OptionValue] = Field(default_factory=dict)
+    fallback_options: dict[str, OptionValue] = Field(default_factory=dict, description="options of the fallback_backend's runner")
     deploy: Deploy = Deploy()
 
     @model_validator(mode="after")
     def _consistent(self) -> Target:
         if self.fallback_backend == self.backend:
             raise ValueError("fallback_backend must differ from backend")
+        if self.fallback_options and self.fallback_backend is None:
+            raise ValueError("fallback_options without a fallback_backend")
         if self.input.dynamic and len(self.input.shapes) > 1:
             raise ValueError("input: several static shapes and dynamic = true exclude each other")
         return self
@@ -185,6 +188,8 @@ def _check_backend_options(target: Target, source: str) -> None:
     from .backends import check_option_types
 
     check_option_types(target.backend_options, runner_class(target.backend).OPTIONS, f"{source}: backend_options")
+    if target.fallback_backend in RUNNERS:
+        check_option_types(target.fallback_options, runner_class(target.fallback_backend).OPTIONS, f"{source}: fallback_options")
 
 
 def load_target(name_or_path: str | Path) -> Target:

@@ -579,3 +579,47 @@ def test_compare_measures_the_installed_release_on_the_device(
                     inventory=fleet.root / "devices.toml", runs=1, warmup=0, out_dir=tmp_path / "s", **quiet)
     assert not stale.passed and stale.results[1].error.startswith("d1 runs release 1.1.0, not ")
     assert "edgeseg deploy" in stale.results[1].error
+
+
+# ------------------------------------------------------------------ Jetson / TensorRT devices
+def _x86_jetson(fallback: bool) -> object:
+    """The jetson profile for this x86_64 test device (an x86 box with an NVIDIA GPU would use the same)."""
+    t = load_target("jetson")
+    update: dict[str, object] = {"platform": t.platform.model_copy(update={"arch": "x86_64", "python": "3.11", "toolchain": None})}
+    if fallback:
+        update |= {"fallback_backend": "onnxruntime", "fallback_options": {"providers": ["CPUExecutionProvider"]}}
+    return t.model_copy(update=update)
+
+
+def test_remote_engine_build_reports_a_device_without_tensorrt(fleet: Fleet, keys: dict[str, Path], tmp_path: Path) -> None:
+    """``edgeseg build --target jetson --device j1``: the device says it has no TensorRT; nothing else is written."""
+    _provisioned(fleet, "j1", target="jetson")
+    proc = edgeseg_cli("build", "--target", "jetson", "--device", "j1", "--inventory", fleet.root / "devices.toml",
+                       "--out", tmp_path / "dist", "--sign-key", keys["sign"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeseg: error: j1: TensorRT is not installed here (No module named 'tensorrt')"), proc.stderr
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["selfie_segmentation-jetson-fp16.tar.gz"]
+    root = Path(fleet.inventory.get("j1").root)
+    assert list((root / "engine-build").iterdir()) == []  # the scratch upload is gone
+    # a non-TensorRT target is refused before anything is built
+    proc = edgeseg_cli("build", "--target", "cpu", "--device", "j1", "--inventory", fleet.root / "devices.toml",
+                       "--out", tmp_path / "cpu")
+    assert proc.returncode == 2 and "only TensorRT targets are" in proc.stderr and not (tmp_path / "cpu").exists()
+
+
+def test_jetson_health_check_is_honest_and_fallback_explicit(fleet: Fleet, keys: dict[str, Path], tmp_path: Path) -> None:
+    _provisioned(fleet, "j1", target="jetson")
+    quiet = {"report": lambda _l: None, "sign_key": keys["sign"]}
+    plain = edgeseg.build(target=_x86_jetson(False), out_dir=tmp_path / "a", release_version="1.0.0", **quiet).archive
+    res = _deploy(fleet, plain, "j1")
+    assert res.status == "failed" and "health check failed" in res.error and "TensorRT is not installed here" in res.error, res.error
+    assert _current(fleet, "j1") is None  # nothing half-installed
+    fb = edgeseg.build(target=_x86_jetson(True), out_dir=tmp_path / "b", release_version="1.0.1", **quiet).archive
+    res = _deploy(fleet, fb, "j1")
+    assert res.status == "installed", res.error
+    assert "(onnxruntime, fallback for tensorrt fp16)" in res.details["health"]["verdict"]
+    root = fleet.inventory.get("j1").root
+    proc = _on_device(fleet, "j1", "verify", "--archive", f"{root}/current")
+    assert proc.returncode == 0 and proc.stdout.startswith("PASS")
+    assert "running the profile's fallback_backend onnxruntime" in proc.stderr

@@ -11,9 +11,11 @@ import edgeseg_runtime
 
 RUNTIME = Path(edgeseg_runtime.__file__).parent
 STDLIB = set(sys.stdlib_module_names)
-BACKEND_OF_RUNNER = {"onnxruntime.py": "onnxruntime", "openvino.py": "openvino"}
-#: the on-device installer checks Ed25519 signatures with cryptography (imported only there, lazily)
-EXTRA_OF_MODULE = {"signing.py": "cryptography"}
+BACKEND_OF_RUNNER = {"onnxruntime.py": {"onnxruntime"}, "openvino.py": {"openvino"}, "tensorrt.py": {"tensorrt"},
+                     "coreml.py": {"coremltools"}}
+#: the on-device installer checks Ed25519 signatures with cryptography (imported only there, lazily);
+#: the TensorRT engine builder takes CUDA memory from cuda-python
+EXTRA_OF_MODULE = {"signing.py": {"cryptography"}, "engine.py": {"cuda"}}
 
 
 def test_runtime_imports_only_stdlib_numpy_pillow_and_its_backend() -> None:
@@ -21,9 +23,9 @@ def test_runtime_imports_only_stdlib_numpy_pillow_and_its_backend() -> None:
     for path in RUNTIME.rglob("*.py"):
         allowed = STDLIB | {"numpy", "PIL", "edgeseg_runtime"}
         if path.parent.name == "runners" and path.name in BACKEND_OF_RUNNER:
-            allowed.add(BACKEND_OF_RUNNER[path.name])
+            allowed |= BACKEND_OF_RUNNER[path.name]
         if path.parent == RUNTIME and path.name in EXTRA_OF_MODULE:
-            allowed.add(EXTRA_OF_MODULE[path.name])
+            allowed |= EXTRA_OF_MODULE[path.name]
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

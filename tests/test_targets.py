@@ -33,7 +33,10 @@ def _write(tmp_path: Path, name: str = "t", backend: str = "onnxruntime", precis
 
 
 def test_shipped_targets_load() -> None:
-    assert {"cpu", "intel"} <= set(edgeseg.list_targets())
+    assert {"cpu", "intel", "jetson", "apple"} <= set(edgeseg.list_targets())
+    jetson, apple = load_target("jetson"), load_target("apple")
+    assert (jetson.backend, jetson.build_on, jetson.platform.arch, jetson.platform.python) == ("tensorrt", "device", "aarch64", "3.10")
+    assert (apple.backend, apple.precision, apple.platform.os) == ("coreml", "fp16", "macos")
     cpu, intel = load_target("cpu"), load_target("intel")
     assert (cpu.backend, cpu.precision) == ("onnxruntime", "fp32")
     assert (intel.backend, intel.precision) == ("openvino", "fp16")
@@ -43,10 +46,7 @@ def test_shipped_targets_load() -> None:
 @pytest.mark.parametrize(
     ("name", "backend", "precision", "os", "arch", "extra", "tail"),
     [
-        ("jetson", "tensorrt", "int8", "linux", "aarch64", 'build_on = "device"\nfallback_backend = "onnxruntime"',
-         "[quantization]\ncalibration_method = \"entropy\"\ncalib_count = 64\n[deploy]\nlatency_budget_ms = 20.0"),
         ("arm", "ncnn", "fp16", "linux", "aarch64", "[input]\nshapes = [[512, 1024], [1024, 2048]]", ""),
-        ("apple", "coreml", "fp16", "macos", "arm64", "", ""),
         ("tflite", "tflite", "int8", "linux", "aarch64", "", "[quantization]\nmax_miou_drop = 1.0\nmin_pixel_agreement = 0.98"),
     ],
 )
@@ -131,5 +131,5 @@ def test_toolchain_named_by_a_profile_must_exist_and_agree(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"platform\.arch = 'aarch64' but toolchain 'linux-x86_64-py311' says 'x86_64'"):
         load_target(p)
     p.write_text(p.read_text().replace('toolchain = "linux-x86_64-py311"', 'toolchain = "riscv"'))
-    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-x86_64-py311"):
+    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-aarch64-jetpack6-py310, linux-x86_64-py311, macos-arm64-py311"):
         load_target(p)

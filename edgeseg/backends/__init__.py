@@ -103,6 +103,8 @@ def check_option_types(options: dict[str, Any], allowed: dict[str, type], where:
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgeseg.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgeseg.backends.openvino:OpenVINOBackend",
+    "tensorrt": "edgeseg.backends.tensorrt:TensorRTBackend",
+    "coreml": "edgeseg.backends.coreml:CoreMLBackend",
 }
 
 

@@ -10,7 +10,9 @@ line each on stdout so the host can stream progress:
 Commands: ``state``, ``install --manifest SHA256 [--allow-downgrade]
 [--health-timeout S]``, ``rollback``, ``recover`` (run it at boot: it finishes
 or discards a half-done install), ``prune --keep N``, and ``exec -- ARGS``
-(the ``edgeseg`` runtime command of the current release; what ``R/bin/edgeseg`` calls).
+(the ``edgeseg`` runtime command of the current release; what ``R/bin/edgeseg`` calls),
+``engine --archive A --out DIR`` (build this device's TensorRT engine for an
+uploaded archive and verify it: ``edgeseg build --device``).
 See :mod:`edgeseg_runtime.install` for what each does on disk.
 """
 
@@ -46,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("recover", help="finish or discard a half-done install (run at boot)")
     p = sub.add_parser("prune", help="keep only the N newest releases (and current/previous)")
     p.add_argument("--keep", type=int, required=True)
+    p = sub.add_parser("engine", help="build this device's TensorRT engine for an archive, verify it (JSON)")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("exec", help="run the current release's edgeseg runtime command")
     p.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -64,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = device.rollback()
         elif args.command == "recover":
             result = device.recover()
+        elif args.command == "engine":
+            from pathlib import Path
+
+            from .engine import build_on_device
+
+            _say("building the TensorRT engine (first build on a device takes minutes)")
+            result = build_on_device(Path(args.archive), Path(args.out))
         else:
             result = {"removed": device.prune(args.keep)}
     except EdgesegError as exc:

@@ -184,6 +184,22 @@ def _quantization_lines(q: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _plan_lines(backend: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    """Backend-specific ``info`` lines (the runner's ``plan``), plus the fallback when the profile names one."""
+    lines: list[str] = []
+    try:
+        plan = getattr(runner_class(backend["name"]), "plan", None)
+    except EdgesegError:
+        plan = None
+    if plan is not None:
+        lines += plan(backend, options)
+    fb = backend.get("fallback")
+    if fb:
+        lines.append(f"fallback    {fb['name']} on {fb['net']} when {backend['name']} is missing on the device "
+                     "(profile's fallback_backend; said on stderr when used)")
+    return lines
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with Archive.open(args.archive) as archive:
         m = archive.manifest
@@ -211,6 +227,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"backend     {backend['name']} {target['precision']}  net={backend['net']}"
         + (f" weights={backend['weights']}" if backend.get("weights") else "") + f"  requires {backend['requirement']}",
         f"            {here}",
+        *_plan_lines(backend, target.get("backend_options", {})),
         f"platform    {target['platform']['os']}/{target['platform']['arch']} python {target['platform']['python']}",
         f"input       {model['input']['name']} {model['input']['dtype']} {model['input']['shape']} {model['input']['layout']}",
         f"output      {model['output']['name']} {model['output']['dtype']} {model['output']['shape']} ({model['output']['kind']})",

@@ -12,6 +12,8 @@ install one manifest. Layout under the install root ``R``::
     releases/.staging-<v>/   a slot being assembled
     sites/<sha256>/          dependencies installed from an archive's wheels/ (shared by
                              every slot with the same wheels)
+    engines/<key>.engine     TensorRT engines the health check built here, keyed by
+                             TensorRT + GPU + precision + shapes + ONNX (edgeseg_runtime.engine)
     current  -> releases/<v> the version in use (symbolic link, switched by rename(2))
     previous -> releases/<v> the version before it (``rollback`` target)
     journal.json             the install in progress and its phase
@@ -405,7 +407,9 @@ class Device:
 
     def _runtime_env(self, slot: Path, site: Path | None) -> dict[str, str]:
         paths = [str(slot / "runtime")] + ([str(site)] if site else [])
-        return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
+        # device-built TensorRT engines live next to the releases (edgeseg_runtime.engine)
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1",
+                "EDGESEG_ENGINE_CACHE": str(self.root / "engines")}
 
     def _health(self, slot: Path, site: Path | None, manifest: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Golden ``verify`` (and ``bench`` against the latency budget) with the slot's own runtime."""

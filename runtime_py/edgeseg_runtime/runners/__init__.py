@@ -12,8 +12,9 @@ A new backend adds one module here and one line in :data:`RUNNERS`.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,8 @@ class Runner(Protocol):
 RUNNERS: dict[str, str] = {
     "onnxruntime": "edgeseg_runtime.runners.onnxruntime:OnnxRuntimeRunner",
     "openvino": "edgeseg_runtime.runners.openvino:OpenVINORunner",
+    "tensorrt": "edgeseg_runtime.runners.tensorrt:TensorRTRunner",
+    "coreml": "edgeseg_runtime.runners.coreml:CoreMLRunner",
 }
 
 
@@ -81,12 +84,37 @@ def runner_class(backend: str) -> type[Runner]:
     return getattr(importlib.import_module(module), cls)
 
 
-def open_runner(root: Path, backend: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Runner:
+def open_runner(
+    root: Path,
+    backend: Mapping[str, Any],
+    options: Mapping[str, Any] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> Runner:
     """Build (not yet activate) the runner for an archive's ``backend`` manifest section.
+
+    When the backend is not usable here and the section names a ``fallback``
+    (the profile's ``fallback_backend``, e.g. ONNX Runtime for a TensorRT
+    target), the fallback runner is returned instead and ``report`` (default:
+    stderr) gets one line saying so: a fallback is never silent. The runner's
+    ``backend`` attribute says which one runs.
 
     Args:
         root: the archive folder.
-        backend: ``{"name": ..., "net": ..., "weights": ...}`` from the manifest.
+        backend: ``{"name": ..., "net": ..., "weights": ..., "fallback": {...}}`` from the manifest.
         options: backend options from the target profile, optionally overridden.
+        report: where the fallback line goes.
+
+    Raises:
+        ToolchainError: the backend is missing here and there is no fallback (or it is missing too).
     """
+    fallback = backend.get("fallback")
+    if fallback:
+        try:
+            runner_class(backend["name"]).version()
+        except ToolchainError as exc:
+            cls = runner_class(fallback["name"])
+            cls.version()  # raises when the fallback is missing too
+            say = report or (lambda line: print(line, file=sys.stderr, flush=True))
+            say(f"edgeseg: {exc}; running the profile's fallback_backend {fallback['name']} instead")
+            return cls(root, fallback, dict(fallback.get("options", {})))
     return runner_class(backend["name"])(root, backend, dict(options or {}))

@@ -1,0 +1,106 @@
+"""CoreML runner (``.mlpackage``, ML Program) on macOS.
+
+Source: coremltools, ``coremltools.models.MLModel(path, compute_units=...)``
+and ``MLModel.predict`` (https://apple.github.io/coremltools/docs-guides/source/model-prediction.html):
+"Prediction is only supported on macOS". On any other OS :meth:`version`
+raises, so ``verify``/``run`` say that clearly and the build records that the
+numeric check is pending until the archive runs on a Mac.
+
+Options (target profile ``[backend_options]``):
+    compute_units (str: ``ALL`` | ``CPU_ONLY`` | ``CPU_AND_GPU`` | ``CPU_AND_NE``; default ``ALL``)
+    input_type (str: ``tensor`` | ``image``; read by the host build: an image
+        input folds the pipeline's Normalize into the model)
+    deployment_target (str: ``iOS16`` ... ``macOS15``; read by the host build; default ``iOS16``)
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ToolchainError
+from . import import_backend
+
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+def _import() -> Any:
+    if platform.system() != "Darwin":  # checked first: importing coremltools on Linux prints a page of warnings
+        try:
+            have = f"coremltools {metadata.version('coremltools')} is installed"
+        except metadata.PackageNotFoundError:
+            have = "coremltools is not installed either"
+        raise ToolchainError(
+            f"CoreML prediction is only supported on macOS ({have}, this is {platform.system()}); "
+            "run this archive on a Mac or iOS device"
+        )
+    return import_backend("coremltools", extra="coreml")
+
+
+class CoreMLRunner:
+    """Runs an ML Program ``.mlpackage`` with ``coremltools`` prediction."""
+
+    backend = "coreml"
+    requirement = "coremltools>=8.0"
+    OPTIONS = {"compute_units": str, "input_type": str, "deployment_target": str}
+
+    def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.path = Path(root) / model["net"]
+        self.image = dict(model.get("image_input") or {})  # mean/std/color when the input is an image
+        self.options = dict(options)
+        self._model: Any = None
+
+    @staticmethod
+    def version() -> str:
+        """Installed coremltools version. Raises ToolchainError when missing or not on macOS."""
+        return str(_import().__version__)
+
+    @staticmethod
+    def plan(model: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+        """``edgeseg info`` lines: what the package is and what happens on the device."""
+        v = model.get("validation", {})
+        io = "; ".join(
+            f"{f['name']} {f['kind']} {f.get('dtype', f.get('color', ''))} {f['shape']}" for f in v.get("inputs", []) + v.get("outputs", [])
+        )
+        comp = model.get("weight_compression", {}).get("mode")
+        return [
+            f"package     CoreML {model.get('format', 'mlprogram')} for {model.get('deployment_target', '?')}+, "
+            f"{model.get('compute_precision', '?')} compute" + (f", weights {comp}" if comp else ""),
+            f"validated   on the build host: {io or 'n/a'}",
+            f"on device   coremltools prediction, compute units {options.get('compute_units', 'ALL')} (macOS only); "
+            f"{model.get('numeric_check', '')}",
+        ]
+
+    def __enter__(self) -> CoreMLRunner:
+        ct = _import()
+        units = str(self.options.get("compute_units", "ALL"))
+        if units not in COMPUTE_UNITS:
+            raise ToolchainError(f"compute_units = {units!r}; use one of {', '.join(COMPUTE_UNITS)}")
+        try:
+            self._model = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, units))
+        except Exception as exc:  # coremltools raises assorted errors
+            raise ToolchainError(f"CoreML cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+        return self
+
+    def _as_image(self, tensor: np.ndarray) -> Any:
+        """The pre-processed ``(1, 3, H, W)`` tensor back to the RGB/BGR image an image-input model takes."""
+        from PIL import Image
+
+        mean = np.asarray(self.image["mean"], np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.image["std"], np.float32).reshape(3, 1, 1)
+        pixels = np.clip(np.rint(tensor[0] * std + mean), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        return Image.fromarray(np.ascontiguousarray(pixels if self.image.get("color", "RGB") == "RGB" else pixels[..., ::-1]))
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns output name -> float32/int array."""
+        inputs = {k: (self._as_image(v) if self.image else np.ascontiguousarray(v, np.float32)) for k, v in feed.items()}
+        result = self._model.predict(inputs)
+        return {k: np.asarray(v) for k, v in result.items()}
+
+    def __exit__(self, *exc: object) -> None:
+        self._model = None
