@@ -408,7 +408,7 @@ def _requirements(tgt: Target) -> tuple[str, list[str]]:
         return tgt.backend, [*base, tgt.backend]
     runner = runner_class(tgt.backend)
     system = getattr(runner, "system_requirement", "")
-    reqs = base if system else [*base, runner.requirement]
+    reqs = base if system else [*base, runner.requirement, *getattr(runner, "constraints", ())]
     if tgt.fallback_backend:
         reqs = [*reqs, runner_class(tgt.fallback_backend).requirement]
     return system or runner.requirement, reqs

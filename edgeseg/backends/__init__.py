@@ -72,6 +72,11 @@ class Backend(Protocol):
     ``precisions`` lists what the backend builds; ``int8`` needs a
     :class:`Calibration`. ``calibration_methods`` and ``quant_options`` (name →
     type) say which ``[quantization]`` settings it understands.
+
+    Optional class attributes: ``device_calibration = True`` (the build stores
+    the calibration images as ``calibration/calibration.npz`` for the device to
+    calibrate with: TensorRT) and ``wants_spec = True`` (``convert`` also takes
+    ``spec=``, the model spec: CoreML image inputs).
     """
 
     name: ClassVar[str]

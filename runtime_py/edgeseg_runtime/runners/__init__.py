@@ -39,6 +39,10 @@ class Runner(Protocol):
     @staticmethod
     def version() -> str: ...
 
+    # optional: ``plan(model, options) -> list[str]`` (``edgeseg info`` lines on what happens on the
+    # device), ``system_requirement`` (the device's system provides the library: not pip-installed) and
+    # ``constraints`` (extra pip requirements the backend needs on the device, e.g. ``numpy<2.4``)
+
 
 #: backend name -> "module:Class" of its runner
 RUNNERS: dict[str, str] = {

@@ -47,6 +47,8 @@ class CoreMLRunner:
 
     backend = "coreml"
     requirement = "coremltools>=8.0"
+    #: coremltools 9.0 crashes with numpy 2.4 (measured): offline archives must not bundle it
+    constraints = ("numpy<2.4",)
     OPTIONS = {"compute_units": str, "input_type": str, "deployment_target": str}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
