@@ -43,8 +43,6 @@ def build(  # noqa: ANN201
     release_version=None, sign_key=None, device=None, inventory="devices.toml",  # noqa: ANN001
 ):
     """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
-    import os
-
     import edgeseg
 
     try:
@@ -56,10 +54,11 @@ def build(  # noqa: ANN201
         if device:
             from edgeseg.deploy import load_inventory
             from edgeseg.deploy.engine import build_engine_on_device
+            from edgeseg.signing import default_sign_key
 
             inv = load_inventory(inventory)
             archive = build_engine_on_device(result.archive, inv.get(device), inv, Path(out), report=print,
-                                             sign_key=sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None)
+                                             sign_key=default_sign_key(sign_key))
             print(archive)
             return
     except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback

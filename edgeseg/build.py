@@ -25,7 +25,6 @@ Steps, each writing into a fresh folder (inputs are never modified):
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import shutil
@@ -58,7 +57,7 @@ from .cache import QuantCache, cache_key
 from .calibration import load_calibration
 from .errors import ConfigError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
-from .signing import load_private_key, sign_stage
+from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
 from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
 from .spec import DATA, DEFAULT_SPEC, ModelSpec, load_spec
@@ -220,7 +219,7 @@ def build(
             f"release version {version!r} must be dotted numbers like 1.4.0 (devices compare it for updates); "
             "set version in the model spec or pass --release-version"
         )
-    sign_key = sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None
+    sign_key = default_sign_key(sign_key)
     if sign_key is not None:
         load_private_key(sign_key)  # fail before the long steps, not at the end
     archive_path = Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz"

@@ -58,8 +58,6 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    import os
-
     from .build import build
 
     device = inventory = None
@@ -91,10 +89,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     if device is not None and inventory is not None:
         from .deploy.engine import build_engine_on_device
+        from .signing import default_sign_key
 
         print(f"generic archive (engine built on each device): {result.archive}", file=sys.stderr)
         out = build_engine_on_device(result.archive, device, inventory, args.out,
-                                     sign_key=args.sign_key or os.environ.get("EDGESEG_SIGNING_KEY") or None,
+                                     sign_key=default_sign_key(args.sign_key),
                                      report=lambda line: print(line, file=sys.stderr, flush=True))
         print(out)
         return 0

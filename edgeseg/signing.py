@@ -27,7 +27,16 @@ from edgeseg_runtime.signing import ALGORITHM, SIGNATURE_NAME, key_id_of, load_p
 
 from .errors import ConfigError, ToolchainError
 
-__all__ = ["KeyPair", "new_keypair", "load_private_key", "sign_bytes", "sign_stage", "signature_key_id", "public_key_id"]
+__all__ = ["KeyPair", "SIGNING_KEY_ENV", "default_sign_key", "new_keypair", "load_private_key", "sign_bytes", "sign_stage", "signature_key_id", "public_key_id"]
+
+
+#: environment variable naming the signing key when none is given
+SIGNING_KEY_ENV = "EDGESEG_SIGNING_KEY"
+
+
+def default_sign_key(key: str | Path | None) -> str | Path | None:
+    """``key``, else ``$EDGESEG_SIGNING_KEY``, else None (unsigned)."""
+    return key or os.environ.get(SIGNING_KEY_ENV) or None
 
 
 def _crypto() -> Any:

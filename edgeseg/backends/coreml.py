@@ -85,15 +85,25 @@ def _onnx2torch() -> Any:
     try:
         import torchvision  # noqa: F401
 
-        usable = True
+        saved = None
     except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
-        usable = False
-    if usable:
-        try:
-            import onnx2torch
-        except ImportError as exc:
-            raise ToolchainError(f"onnx2torch is not installed ({exc}); pip install 'edgeseg[coreml]'") from None
-        return onnx2torch
+        saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.ops")}
+        sys.modules.update(_torchvision_stand_in())
+    try:
+        import onnx2torch
+    except ImportError as exc:
+        raise ToolchainError(f"onnx2torch is not installed ({exc}); pip install 'edgeseg[coreml]'") from None
+    finally:
+        for k, v in (saved or {}).items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return onnx2torch
+
+
+def _torchvision_stand_in() -> dict[str, types.ModuleType]:
+    """``torchvision`` and ``torchvision.ops`` modules whose NMS/RoiAlign raise a clear ConversionError."""
 
     def missing(*_a: Any, **_k: Any) -> Any:
         raise ConversionError("this model has NonMaxSuppression/RoiAlign, which onnx2torch converts with torchvision; "
@@ -105,19 +115,7 @@ def _onnx2torch() -> Any:
     ops.__spec__ = importlib.machinery.ModuleSpec("torchvision.ops", None)
     ops.nms = ops.roi_align = ops.box_convert = missing  # type: ignore[attr-defined]
     stub.ops = ops  # type: ignore[attr-defined]
-    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.ops")}
-    sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
-    try:
-        import onnx2torch
-    except ImportError as exc:
-        raise ToolchainError(f"onnx2torch is not installed ({exc}); pip install 'edgeseg[coreml]'") from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return onnx2torch
+    return {"torchvision": stub, "torchvision.ops": ops}
 
 
 def package_files(package: Path, root: Path) -> tuple[str, ...]:
