@@ -55,8 +55,9 @@ from .backends import Backend, Calibration, ModelFiles, get_backend
 from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
 from .calibration import load_calibration
-from .errors import ConfigError, ToolchainError, VerifyError
+from .errors import ConfigError, ConversionError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
+from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
 from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
@@ -114,16 +115,63 @@ def _resolve_spec(model: Any, spec: ModelSpec | str | Path | None, overrides: di
     return load_spec(spec, overrides)
 
 
-def _check_shapes(target: Target, shared: SharedModel) -> None:
-    h, w = shared.input_shape[2], shared.input_shape[3]
-    for shape in target.input.shapes:
-        if [shape[0], shape[1]] != [h, w]:
-            raise ConfigError(
-                f"target {target.name!r} asks for input shape {list(shape)} but the model takes {[h, w]}; "
-                "static-shape variants at other sizes are not available in this version"
-            )
-    if target.input.batch != 1:
-        raise ConfigError(f"target {target.name!r}: batch = {target.input.batch}; this version builds batch 1")
+def _variant_shapes(tgt: Target, backend: Backend) -> list[tuple[int, int]]:
+    """The profile's static-shape variants (``[input] shapes``); [] = the model's own size.
+
+    Raises:
+        ConfigError: batch other than 1; several shapes with what this version
+            cannot combine with them (int8, a fallback, an engine built on the device).
+    """
+    if tgt.input.batch != 1:
+        raise ConfigError(f"target {tgt.name!r}: batch = {tgt.input.batch}; this version builds batch 1")
+    shapes = [(int(h), int(w)) for h, w in tgt.input.shapes]
+    if len(set(shapes)) != len(shapes):
+        raise ConfigError(f"target {tgt.name!r}: input.shapes lists a size twice: {tgt.input.shapes}")
+    if len(shapes) > 1:
+        why = ("int8 (one calibration per variant)" if tgt.precision == "int8" else
+               "a fallback_backend" if tgt.fallback_backend else
+               "an engine built on the device (use a dynamic model and min/opt/max shapes)" if backend.build_on == "device"
+               else "")
+        if why:
+            raise ConfigError(f"target {tgt.name!r}: several input.shapes (static variants) with {why} are not "
+                              "supported in this version; list one shape")
+    return shapes
+
+
+def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, int]], work: Path,
+            with_argmax: bool) -> tuple[list[SharedModel], DynamicCheck | None]:
+    """The shared ONNX (one per static variant), and for PyTorch sources the dynamic-export check.
+
+    Raises:
+        ConfigError: a static ONNX asked for other sizes.
+        ConversionError: a dynamic export (``input.dynamic``) that is wrong at a second size.
+    """
+    from_torch = not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".onnx"
+    if not shapes:
+        shareds = [export_shared(source, spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic)]
+    else:
+        shareds = []
+        for shape in shapes:
+            try:
+                shareds.append(export_shared(source, spec_at(spec, shape), work / "export" / variant_dir(shape),
+                                             with_argmax=with_argmax, static=True))
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (static-shape variant {shape[0]}x{shape[1]} of target {tgt.name!r}: "
+                                  "other sizes need a PyTorch model or an ONNX with dynamic H/W)") from None
+    check = None
+    if from_torch and (tgt.input.dynamic or len(shapes) > 1):
+        probe = probe_shape(spec_at(spec, shapes[0] if shapes else None), shapes)
+        static = shareds[1] if len(shapes) > 1 else export_shared(
+            source, spec_at(spec, probe), work / "probe", with_argmax=with_argmax, static=True)
+        try:
+            dynamic = shareds[0] if tgt.input.dynamic else export_shared(
+                source, spec_at(spec, shapes[0]), work / "dynamic", with_argmax=with_argmax, dynamic=True)
+            check = check_dynamic_export(dynamic.path, static.path, spec, load_image(next(iter(iter_image_paths([SAMPLE_IMAGES])))))
+        except ConversionError as exc:
+            check = DynamicCheck(False, probe, float("nan"), 0.0, f"the exporter refused it: {exc}")
+        if tgt.input.dynamic and not check.safe:
+            raise ConversionError(check.message())
+    return shareds, check
 
 
 def _write_golden(ref: Segmentor, images: list[Path], stage: Path, palette: list[list[int]]) -> list[dict[str, str]]:
@@ -200,7 +248,10 @@ def build(
         ImageError: a golden, calibration or evaluation image cannot be read.
     """
     t0 = time.perf_counter()
-    tgt = (target if isinstance(target, Target) else load_target(target)).with_precision(precision)
+    profile = target if isinstance(target, Target) else load_target(target)
+    if precision is not None:  # a precision the backend cannot build is said before a missing tolerance
+        get_backend(profile.model_copy(update={"precision": precision}))
+    tgt = profile.with_precision(precision)
     if calib_count is not None:
         tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
     model_spec = _resolve_spec(model, spec, spec_overrides)
@@ -229,11 +280,18 @@ def build(
         stage = work / "stage"
         stage.mkdir()
         with steps.step("export shared fp32 ONNX") as step:
-            shared = export_shared(source, model_spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic)
-            _check_shapes(tgt, shared)
+            shapes = _variant_shapes(tgt, backend)
+            shareds, dynamic_check = _export(source, model_spec, tgt, shapes, work, with_argmax)
+            shared = shareds[0]  # the primary (first listed) size
+            model_spec = spec_at(model_spec, shapes[0] if shapes else None)
             pipeline = make_pipeline(model_spec, shared)
             check_pipeline(pipeline, shared, model_spec)
             step.detail = f"input {shared.input_shape} -> output {shared.output_shape} {shared.output_dtype}"
+            if len(shareds) > 1:
+                step.detail += f"; static variants {', '.join(f'{h}x{w}' for h, w in shapes)}"
+            if dynamic_check is not None:
+                step.detail += f"; {dynamic_check.message()}"
+        variants = [(tuple(s), sh) for s, sh in zip(shapes, shareds, strict=True)] if len(shareds) > 1 else []
 
         model_section = {
             "name": model_spec.name,
@@ -242,7 +300,8 @@ def build(
             "license": model_spec.license,
             "classes": list(model_spec.output.classes),
             "palette": palette,
-            "input": {"name": "input", "shape": shared.input_shape, "dtype": "float32", "layout": "NCHW"},
+            "input": {"name": "input", "shape": shared.input_shape, "dtype": "float32", "layout": "NCHW",
+                      **({"variants": [list(v) for v, _ in variants]} if variants else {})},
             "output": {
                 "name": "output",
                 "shape": shared.output_shape,
@@ -258,10 +317,15 @@ def build(
             ref_dir = work / "reference"
             ref_dir.mkdir()
             shutil.copyfile(shared.path, ref_dir / "model.onnx")
+            ref_variants = []
+            for (h, w), variant in variants:
+                shutil.copyfile(variant.path, ref_dir / f"model-{h}x{w}.onnx")
+                ref_variants.append({"shape": [h, w], "net": f"model-{h}x{w}.onnx", "weights": ""})
             ref_manifest = {
                 "model": model_section,
                 "target": {**target_section, "backend_options": {}},
-                "backend": {"name": "onnxruntime", "net": "model.onnx", "weights": ""},
+                "backend": {"name": "onnxruntime", "net": "model.onnx", "weights": "",
+                            **({"variants": ref_variants} if ref_variants else {})},
             }
             ref_archive = Archive(root=ref_dir, manifest=ref_manifest, source=ref_dir, _pipeline=pipeline)
             ref = stack.enter_context(Segmentor(ref_archive))
@@ -300,7 +364,10 @@ def build(
                     tuple(_validation_pair(ref, p) for p in evalset.images) if tgt.quantization.max_miou_drop is not None else ()
                 )
                 calibration = Calibration(cset, validation, len(model_spec.output.classes), step)
-            files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions, model_spec)
+            if variants:
+                files, cache_state = _convert_variants(backend, tgt, variants, stage, tool_versions, model_spec), ""
+            else:
+                files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions, model_spec)
             step.detail = ", ".join(files.files) + (f" (calibration cache {cache_state})" if cache_state else "")
 
         requirement, runtime_reqs = _requirements(tgt)
@@ -332,6 +399,7 @@ def build(
                 "opset": shared.opset,
                 "with_argmax": with_argmax,
                 "dynamic": tgt.input.dynamic,
+                **({"dynamic_export_check": dynamic_check.to_dict()} if dynamic_check is not None else {}),
             },
         }
         (stage / "pipeline.json").write_text(_dumps(pipeline), encoding="utf-8")
@@ -480,6 +548,25 @@ def _convert(
     files = backend.convert(shared.path, tgt, stage, calibration, **extra)
     cache.store(key, stage, files, parts)
     return files, "miss"
+
+
+def _convert_variants(
+    backend: Backend, tgt: Target, variants: list[tuple[tuple[int, int], SharedModel]], stage: Path,
+    tool_versions: dict[str, str], spec: ModelSpec,
+) -> ModelFiles:
+    """Convert each static-shape variant into ``variants/<H>x<W>/``; the first is the primary model."""
+    entries: list[dict[str, Any]] = []
+    paths: list[str] = []
+    for shape, shared in variants:
+        folder = variant_dir(shape)
+        (stage / folder).mkdir(parents=True)
+        files, _ = _convert(backend, tgt, shared, stage / folder, None, False, tool_versions, spec_at(spec, shape))
+        paths += [f"{folder}/{f}" for f in files.files]
+        entries.append({"shape": list(shape), "net": f"{folder}/{files.net}",
+                        "weights": f"{folder}/{files.weights}" if files.weights else "", **files.details})
+    first = entries[0]
+    details = {k: v for k, v in first.items() if k not in ("shape", "net", "weights")}
+    return ModelFiles(net=first["net"], weights=first["weights"], files=tuple(paths), details={**details, "variants": entries})
 
 
 def _digest_pairs(pairs: tuple[tuple[np.ndarray, np.ndarray], ...]) -> str:

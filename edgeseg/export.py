@@ -94,9 +94,17 @@ def _dummy_input(spec: ModelSpec) -> Any:
 
 
 def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> None:
+    """``torch.onnx.export`` with the TorchScript-based exporter; for a dynamic export it refuses, the dynamo one.
+
+    The TorchScript exporter refuses dynamic H/W for non-global ``AdaptiveAvgPool2d``
+    (PSPNet, Fast-SCNN: "input size not accessible"). The dynamo exporter takes
+    it, but its graph is only right at the traced size (DESIGN.md §6), so a
+    dynamic export is checked against a static one at a second size
+    (:func:`edgeseg.variants.check_dynamic_export`).
+    """
     torch = _torch()
     module.eval()
-    axes = {1, 2} if spec.input.layout == "NHWC" else {2, 3}
+    axes = (1, 2) if spec.input.layout == "NHWC" else (2, 3)
     dynamic_axes = {"input": {a: f"d{a}" for a in axes}} if dynamic else None
     try:
         with torch.no_grad():
@@ -104,8 +112,39 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> Non
                 module, (_dummy_input(spec),), str(out), opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
             )
+        return
     except Exception as exc:  # the exporter raises many unrelated types
-        raise ConversionError(f"torch.onnx.export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        legacy = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not dynamic:
+            raise ConversionError(f"torch.onnx.export failed: {legacy}") from None
+    try:
+        _export_dynamo(module, spec, out, axes)
+    except Exception as exc:
+        dynamo = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"torch.onnx.export failed with dynamic H/W: {legacy}; dynamo exporter: {dynamo}") from None
+
+
+def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int]) -> None:
+    """The dynamo exporter with dynamic H/W, re-saved as one file (it writes weights to a side ``.data`` file)."""
+    import logging
+
+    from ._capture import captured_output
+
+    torch = _torch()
+    onnx = _onnx()
+    dims = {a: torch.export.Dim.AUTO for a in axes}
+    side = out.with_suffix(".dynamo.onnx")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), captured_output() as log:  # it prints a recovered version-converter traceback
+        log.unlink()
+        program = torch.onnx.export(
+            module, (_dummy_input(spec),), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({**dims},), opset_version=OPSET, dynamo=True, verbose=False,
+        )
+        program.save(str(side))
+    onnx.save(onnx.load(str(side)), str(out))  # loads the external data next to it, saves one file
+    for f in side.parent.glob(side.name + "*"):
+        f.unlink()
 
 
 def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic: bool = False) -> tuple[onnx.ModelProto, str]:
@@ -327,8 +366,26 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
     return model
 
 
+def _fix_input_size(proto: onnx.ModelProto, size: list[int] | tuple[int, int]) -> onnx.ModelProto:
+    """Set symbolic input H/W to ``size`` and re-infer the other shapes (ONNX shape inference)."""
+    onnx = _onnx()
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if all(d.HasField("dim_value") for d in dims[2:]):
+        return proto
+    for d, value in zip(dims[2:], size, strict=True):
+        d.ClearField("dim_param")
+        d.dim_value = int(value)
+    for vi in proto.graph.output:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.ClearField("dim_param")
+    del proto.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(proto)
+
+
 def export_shared(
-    model: str | Path | Any, spec: ModelSpec, out_dir: Path, *, with_argmax: bool = False, dynamic: bool = False
+    model: str | Path | Any, spec: ModelSpec, out_dir: Path, *, with_argmax: bool = False, dynamic: bool = False,
+    static: bool = False,
 ) -> SharedModel:
     """Write the shared fp32 ONNX for a model into ``out_dir/<name>.onnx``.
 
@@ -338,6 +395,7 @@ def export_shared(
         out_dir: folder to write into (created).
         with_argmax: fold arg-max/threshold into the graph (output int64 labels).
         dynamic: export PyTorch models with dynamic H/W.
+        static: fix a dynamic-H/W graph's input to ``spec.input.size`` (a static-shape variant).
 
     Returns:
         A :class:`SharedModel` describing the file.
@@ -349,6 +407,8 @@ def export_shared(
     out_dir.mkdir(parents=True, exist_ok=True)
     proto, source_sha = load_source(model, spec, out_dir, dynamic=dynamic)
     shared = normalize_graph(proto, spec, with_argmax=with_argmax)
+    if static and spec.input.size is not None:
+        shared = _fix_input_size(shared, spec.input.size)
     path = out_dir / f"{spec.name}.onnx"
     data = shared.SerializeToString()
     path.write_bytes(data)

@@ -57,6 +57,8 @@ def _run(*argv: str) -> None:
 class SshDevice:
     """One test device. ``root`` is its install root; ``port``/``host`` where its sshd listens."""
 
+    python = sys.executable  # the device's Python, as its inventory names it
+
     def __init__(self, workdir: Path, client_pub: Path, *, disk_mb: int | None = None, netns: bool = False) -> None:
         self.n = next(_counter)
         self.dir = workdir
@@ -124,12 +126,16 @@ class SshDevice:
             f"mount --bind /dev/null {p};" for p in (Path.home() / ".bashrc", Path.home() / ".profile") if p.exists()
         )
         script = f"mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && {hide} exec {SSHD} -D -e -f {self._config()}"
-        argv = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "sh", "-c", script]
+        self._boot(["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+                    "sh", "-c", script])
+
+    def _boot(self, argv: list[str], timeout: float = 10) -> None:
+        """Start ``argv`` (the device's sshd, as the namespace's first process) and wait for its port."""
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.log = open(self.dir / "sshd.log", "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, start_new_session=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-500:]}")
@@ -163,6 +169,11 @@ class SshDevice:
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
 
     # ---------------------------------------------------------------- inventory
+    @property
+    def device_root(self) -> str:
+        """The install root as the device's own processes see it."""
+        return str(self.root)
+
     def known_hosts_line(self) -> str:
         key = (self.dir / "host_key.pub").read_text().split()
         name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
@@ -171,7 +182,7 @@ class SshDevice:
     def toml(self, name: str, target: str = "cpu", groups: tuple[str, ...] = (), **extra: object) -> str:
         lines = [
             "[[device]]", f'name = "{name}"', f'host = "{self.host}"', f"port = {self.port}", f'target = "{target}"',
-            f'root = "{self.root}"', f'python = "{sys.executable}"', f"groups = {list(groups)!r}".replace("'", '"'),
+            f'root = "{self.device_root}"', f'python = "{self.python}"', f"groups = {list(groups)!r}".replace("'", '"'),
         ]
         lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in extra.items()]
         return "\n".join(lines) + "\n"

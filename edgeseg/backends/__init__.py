@@ -73,7 +73,8 @@ class Backend(Protocol):
     :class:`Calibration`. ``calibration_methods`` and ``quant_options`` (name →
     type) say which ``[quantization]`` settings it understands.
 
-    Optional class attributes: ``device_calibration = True`` (the build stores
+    Optional class attributes: ``unavailable`` (precision → why this backend
+    cannot build it here, said instead of the bare list), ``device_calibration = True`` (the build stores
     the calibration images as ``calibration/calibration.npz`` for the device to
     calibrate with: TensorRT) and ``wants_spec = True`` (``convert`` also takes
     ``spec=``, the model spec: CoreML image inputs).
@@ -110,6 +111,8 @@ BACKENDS: dict[str, str] = {
     "openvino": "edgeseg.backends.openvino:OpenVINOBackend",
     "tensorrt": "edgeseg.backends.tensorrt:TensorRTBackend",
     "coreml": "edgeseg.backends.coreml:CoreMLBackend",
+    "ncnn": "edgeseg.backends.ncnn:NcnnBackend",
+    "tflite": "edgeseg.backends.tflite:TFLiteBackend",
 }
 
 
@@ -131,6 +134,9 @@ def get_backend(target: Target) -> Backend:
     module, _, cls = BACKENDS[name].partition(":")
     backend: Backend = getattr(importlib.import_module(module), cls)()
     if target.precision not in backend.precisions:
+        why = getattr(backend, "unavailable", {}).get(target.precision)
+        if why:
+            raise ConfigError(f"target {target.name!r}: no {target.precision} for {name}: {why}")
         raise ConfigError(
             f"target {target.name!r}: backend {name} builds {', '.join(sorted(backend.precisions))} in this "
             f"version, not {target.precision}; set precision in targets/{target.name}.toml"

@@ -32,12 +32,9 @@ onnx2torch (https://github.com/ENOT-AutoDL/onnx2torch).
 from __future__ import annotations
 
 import contextlib
-import importlib.machinery
 import io
 import json
 import logging
-import sys
-import types
 import uuid
 import warnings
 from pathlib import Path
@@ -47,6 +44,7 @@ from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
 from ..spec import ModelSpec
 from ..targets import Target
 from . import Calibration, ModelFiles
+from .onnx_torch import import_onnx2torch, onnx_to_torch
 
 NET = "end2end.mlpackage"
 TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -69,53 +67,6 @@ def _ct() -> Any:
         raise ToolchainError(f"coremltools is not installed ({exc}); pip install 'edgeseg[coreml]'") from None
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     return ct
-
-
-def _onnx2torch() -> Any:
-    """Import onnx2torch, with a scoped stand-in for torchvision when it is missing.
-
-    onnx2torch imports torchvision at module level only for its NonMaxSuppression
-    and RoiAlign converters. PyPI has no torchvision built for the CPU torch
-    this project pins: the matching wheel (0.28.0) installs but fails on import
-    ("operator torchvision::nms does not exist"), a newer one pulls CUDA torch.
-    So when ``import torchvision`` fails in any way, a module whose ``ops`` raise a
-    clear error is put in ``sys.modules`` for the import and removed afterwards.
-    A segmentation graph with those ops then fails to convert with that error.
-    """
-    try:
-        import torchvision  # noqa: F401
-
-        saved = None
-    except Exception:  # ImportError, or RuntimeError from a torchvision built for another torch
-        saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.ops")}
-        sys.modules.update(_torchvision_stand_in())
-    try:
-        import onnx2torch
-    except ImportError as exc:
-        raise ToolchainError(f"onnx2torch is not installed ({exc}); pip install 'edgeseg[coreml]'") from None
-    finally:
-        for k, v in (saved or {}).items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return onnx2torch
-
-
-def _torchvision_stand_in() -> dict[str, types.ModuleType]:
-    """``torchvision`` and ``torchvision.ops`` modules whose NMS/RoiAlign raise a clear ConversionError."""
-
-    def missing(*_a: Any, **_k: Any) -> Any:
-        raise ConversionError("this model has NonMaxSuppression/RoiAlign, which onnx2torch converts with torchvision; "
-                              "install torchvision matching torch")
-
-    stub = types.ModuleType("torchvision")
-    ops = types.ModuleType("torchvision.ops")
-    stub.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
-    ops.__spec__ = importlib.machinery.ModuleSpec("torchvision.ops", None)
-    ops.nms = ops.roi_align = ops.box_convert = missing  # type: ignore[attr-defined]
-    stub.ops = ops  # type: ignore[attr-defined]
-    return {"torchvision": stub, "torchvision.ops": ops}
 
 
 def package_files(package: Path, root: Path) -> tuple[str, ...]:
@@ -198,7 +149,7 @@ class CoreMLBackend:
 
     def versions(self) -> dict[str, str]:
         ct = _ct()
-        o2t = _onnx2torch()
+        o2t = import_onnx2torch(extra="coreml")
         import torch
 
         return {"coremltools": ct.__version__, "onnx2torch": getattr(o2t, "__version__", "installed"), "torch": torch.__version__}
@@ -219,7 +170,7 @@ class CoreMLBackend:
         import onnx
         import torch
 
-        ct, o2t = _ct(), _onnx2torch()
+        ct = _ct()
         opts = target.backend_options
         model = onnx.load(str(onnx_path))
         dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -242,7 +193,7 @@ class CoreMLBackend:
                                    "source": "shared ONNX via onnx2torch + torch.jit.trace"}
         try:
             with _quiet():
-                net = o2t.convert(model).eval()
+                net = onnx_to_torch(model, extra="coreml")
                 example = torch.zeros(shape, dtype=torch.float32)
                 with torch.no_grad():
                     traced = torch.jit.trace(net, example)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,24 @@ from .errors import ImageError
 from .pipeline import Postprocess, Preprocess, fits_input, parse_pipeline
 from .runners import Runner, open_runner
 
-__all__ = ["Segmentor", "Segmentation"]
+__all__ = ["Segmentor", "Segmentation", "nearest_variant"]
+
+
+def nearest_variant(shapes: list[tuple[int, int]], height: int, width: int) -> tuple[int, int]:
+    """The static-shape variant ``(H, W)`` for an image of ``height`` x ``width`` pixels.
+
+    Nearest aspect ratio first (``|log(image aspect / variant aspect)|``), and
+    among variants within 5% of that best aspect the nearest size
+    (``|log(image area / variant area)|``); ties go to the earlier variant.
+    The image is then stretched to the chosen size (the least distortion and
+    the least resampling among the archive's sizes).
+    """
+    def aspect_gap(s: tuple[int, int]) -> float:
+        return abs(math.log((width / height) / (s[1] / s[0])))
+
+    best = min(aspect_gap(s) for s in shapes)
+    close = [s for s in shapes if aspect_gap(s) <= best + math.log(1.05)]
+    return min(close, key=lambda s: abs(math.log((width * height) / (s[0] * s[1]))))
 
 
 @dataclass(frozen=True)
@@ -57,13 +75,28 @@ class Segmentor:
         self.palette: list[list[int]] = m["model"]["palette"]
         merged = {**m["target"].get("backend_options", {}), **dict(options or {})}
         self.runner: Runner = open_runner(archive.root, m["backend"], merged)
+        # static-shape variants (backend.variants): one runner per (H, W), the first is self.runner
+        self.variants: dict[tuple[int, int], Runner] = {}
+        for i, variant in enumerate(m["backend"].get("variants", [])):
+            shape = (int(variant["shape"][0]), int(variant["shape"][1]))
+            self.variants[shape] = self.runner if i == 0 else open_runner(archive.root, {**m["backend"], **variant}, merged)
+        self._pre = {s: replace(self.preprocess, size=(s[1], s[0]), keep_ratio=False) for s in self.variants}
 
     def __enter__(self) -> Segmentor:
-        self.runner.__enter__()
+        for runner in self._runners():
+            runner.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.runner.__exit__(*exc)
+        for runner in self._runners():
+            runner.__exit__(*exc)
+
+    def _runners(self) -> list[Runner]:
+        return list(self.variants.values()) or [self.runner]
+
+    def variant_for(self, height: int, width: int) -> tuple[int, int] | None:
+        """The static-shape variant an image of this size runs at (None: the archive has no variants)."""
+        return nearest_variant(list(self.variants), height, width) if self.variants else None
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """Pre-process one image into the network input.
@@ -80,8 +113,9 @@ class Segmentor:
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-        tensor = self.preprocess(rgb)
-        if not fits_input(tensor.shape, self.input_shape):
+        variant = self.variant_for(rgb.shape[0], rgb.shape[1])
+        tensor = self._pre[variant](rgb) if variant else self.preprocess(rgb)
+        if not fits_input(tensor.shape, [1, 3, *variant] if variant else self.input_shape):
             raise ImageError(
                 f"pre-processing gives {list(tensor.shape)} but the model takes {self.input_shape}; "
                 "the archive's pipeline.json does not fit its model"
@@ -89,8 +123,9 @@ class Segmentor:
         return tensor
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the backend on one pre-processed tensor; returns the raw output."""
-        return self.runner.infer({self.input_name: tensor})[self.output_name]
+        """Run the backend on one pre-processed tensor (the variant of its H, W); returns the raw output."""
+        runner = self.variants.get((tensor.shape[2], tensor.shape[3]), self.runner) if self.variants else self.runner
+        return runner.infer({self.input_name: tensor})[self.output_name]
 
     def segment(self, rgb: np.ndarray, *, scores: bool = False) -> Segmentation:
         """Segment one image.

@@ -50,6 +50,8 @@ RUNNERS: dict[str, str] = {
     "openvino": "edgeseg_runtime.runners.openvino:OpenVINORunner",
     "tensorrt": "edgeseg_runtime.runners.tensorrt:TensorRTRunner",
     "coreml": "edgeseg_runtime.runners.coreml:CoreMLRunner",
+    "ncnn": "edgeseg_runtime.runners.ncnn:NcnnRunner",
+    "tflite": "edgeseg_runtime.runners.tflite:TFLiteRunner",
 }
 
 

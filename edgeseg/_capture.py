@@ -1,0 +1,37 @@
+"""Keep a native library's console output (C++ logs on file descriptors 1 and 2) off the user's terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["captured_output"]
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Path]:
+    """Send file descriptors 1 and 2, and Python warnings, to a temporary log file while the block runs.
+
+    Yields the log's path (read it for an error message); the caller removes it.
+    Used around converters that print pages of C++ logs and tracebacks they
+    recover from (litert-torch, ai-edge-quantizer, the dynamo ONNX exporter).
+    """
+    with tempfile.NamedTemporaryFile(prefix="edgeseg-native-", suffix=".log", delete=False) as log:
+        path = Path(log.name)
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield path
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)

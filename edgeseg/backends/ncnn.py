@@ -1,0 +1,151 @@
+"""ncnn backend: shared ONNX → ``end2end.param`` + ``end2end.bin`` with pnnx.
+
+Sources: pnnx README (https://github.com/pnnx/pnnx, command-line keys
+``inputshape``, ``fp16``, ``ncnnparam``/``ncnnbin``), ncnn's ``Option``
+fields (``use_fp16_storage``, ``use_fp16_packed``, ``use_fp16_arithmetic``;
+https://github.com/Tencent/ncnn/wiki/use-ncnn-with-alexnet and
+``src/option.h``) and the ncnn param format
+(https://github.com/Tencent/ncnn/wiki/param-and-model-file-structure).
+
+* pnnx converts **static-shape** ONNX only (a dynamic-H/W ONNX gave
+  ``load_param failed`` here, DESIGN.md §6): a dynamic shared ONNX is refused
+  with a ConfigError; list the sizes in the profile's ``input.shapes`` (one
+  static variant each) instead.
+* **fp32**: fp32 weights, and the runtime options ``use_fp16_storage``,
+  ``use_fp16_packed`` and ``use_fp16_arithmetic`` off, so every layer
+  computes in fp32 (ncnn's defaults turn fp16 storage on).
+* **fp16**: pnnx ``fp16=1`` (fp16 weights in ``.bin``, half the size), fp16
+  storage and packing on, fp16 *arithmetic* off: on an aarch64 CPU with
+  ``asimdhp`` (the emulated test device) fp16 arithmetic gave the default model
+  a max abs diff of 0.82 and 97.6% label agreement, failing its golden check;
+  fp16 storage with fp32 accumulation passes it. A profile can turn it on
+  with ``[backend_options] use_fp16_arithmetic = true`` and let the golden
+  check judge. On x86 (no fp16 arithmetic) ncnn computes in fp32.
+* **int8**: not available: ncnn's int8 path needs ``ncnn2table`` and
+  ``ncnn2int8``, which the PyPI ``ncnn``/``pnnx`` wheels do not ship.
+
+The runtime options chosen here are written into the manifest's backend
+section (``ncnn_options``) and applied by the runner, with the profile's
+``[backend_options]`` on top.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from ..errors import ConfigError, ConversionError, ToolchainError
+from ..targets import Target
+from . import Calibration, ModelFiles
+
+FILES = ("end2end.param", "end2end.bin")
+FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
+
+
+def pnnx_executable() -> Path:
+    """The ``pnnx`` program inside the pnnx wheel (found without importing pnnx, which imports torch).
+
+    Raises:
+        ToolchainError: pnnx is not installed.
+    """
+    spec = importlib.util.find_spec("pnnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolchainError("pnnx is not installed; pip install 'edgeseg[ncnn]'")
+    exe = Path(next(iter(spec.submodule_search_locations))) / "pnnx"
+    if not exe.is_file():
+        raise ToolchainError(f"the pnnx wheel has no pnnx program at {exe}; reinstall: pip install --force-reinstall pnnx")
+    return exe
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        raise ToolchainError(f"{dist} is not installed; pip install 'edgeseg[ncnn]'") from None
+
+
+def param_blobs(param: Path) -> tuple[str, str]:
+    """(input blob, output blob) of an ncnn ``.param``: the ``Input`` layer's top and the last layer's top.
+
+    Raises:
+        ConversionError: no Input layer, or several inputs (edgeseg models have one).
+    """
+    lines = param.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip() != "7767517":
+        raise ConversionError(f"{param.name} is not an ncnn param file (magic 7767517 missing)")
+    layers = [line.split() for line in lines[2:] if line.strip()]
+    inputs = [fields[4] for fields in layers if fields[0] == "Input"]
+    if len(inputs) != 1:
+        raise ConversionError(f"{param.name}: expected one Input layer, found {len(inputs)}")
+    last = layers[-1]
+    bottoms, tops = int(last[2]), int(last[3])
+    return inputs[0], last[4 + bottoms + tops - 1]
+
+
+class NcnnBackend:
+    name: ClassVar[str] = "ncnn"
+    extra: ClassVar[str] = "ncnn"
+    build_on: ClassVar[Literal["host", "device"]] = "host"
+    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16"})
+    #: precisions this backend cannot build, and why (get_backend says it)
+    unavailable: ClassVar[dict[str, str]] = {
+        "int8": "ncnn int8 needs ncnn2table and ncnn2int8, which the PyPI ncnn and pnnx wheels do not ship; "
+        "build fp16 or fp32 for ncnn, or int8 for the tflite or openvino targets"
+    }
+    calibration_methods: ClassVar[frozenset[str]] = frozenset()
+    quant_options: ClassVar[dict[str, type]] = {}
+
+    def versions(self) -> dict[str, str]:
+        pnnx_executable()
+        return {"pnnx": _version("pnnx"), "ncnn": _version("ncnn")}
+
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+        """Run pnnx on the static shared ONNX and write the param/bin pair (see module doc).
+
+        Raises:
+            ConfigError: the ONNX has dynamic H/W.
+            ConversionError: pnnx failed or wrote no usable param file.
+        """
+        import onnx
+
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                for d in onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ConfigError(
+                f"target {target.name!r}: pnnx converts static-shape ONNX only and this one is {dims}; "
+                "set input.dynamic = false and list the sizes in input.shapes (one static variant each)"
+            )
+        fp16 = target.precision == "fp16"
+        with tempfile.TemporaryDirectory(prefix="edgeseg-pnnx-") as tmp:
+            scratch = Path(tmp)
+            argv = [
+                str(pnnx_executable()), str(onnx_path), f"inputshape=[{','.join(map(str, dims))}]f32",
+                f"fp16={int(fp16)}", f"ncnnparam={out_dir / FILES[0]}", f"ncnnbin={out_dir / FILES[1]}",
+                *(f"{key}={scratch / name}" for key, name in (
+                    ("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"), ("pnnxpy", "m_pnnx.py"),
+                    ("pnnxonnx", "m.pnnx.onnx"), ("ncnnpy", "m_ncnn.py"))),
+            ]
+            proc = subprocess.run(argv, capture_output=True, text=True, cwd=scratch)
+        log = (proc.stdout + proc.stderr).strip().splitlines()
+        param = out_dir / FILES[0]
+        if proc.returncode != 0 or not param.is_file() or not (out_dir / FILES[1]).is_file():
+            errors = [line for line in log if re.search(r"error|fail|not supported|unknown", line, re.I)]
+            raise ConversionError(f"pnnx could not convert {onnx_path.name}: {(errors or log or ['no output'])[-1]}")
+        # a layer type with a dot (pnnx.Expression, torch.xxx, F.xxx) is an op pnnx could not map to ncnn
+        unsupported = sorted({f[0] for f in (line.split() for line in param.read_text().splitlines()[2:]) if f and "." in f[0]})
+        if unsupported:
+            raise ConversionError(f"pnnx left ops ncnn has no layer for: {', '.join(unsupported)}")
+        in_blob, out_blob = param_blobs(param)
+        return ModelFiles(
+            net=FILES[0], weights=FILES[1], files=FILES,
+            details={
+                "input_blob": in_blob, "output_blob": out_blob, "weights_dtype": "float16" if fp16 else "float32",
+                "ncnn_options": {key: fp16 and key != "use_fp16_arithmetic" for key in FP16_OPTIONS},
+            },
+        )

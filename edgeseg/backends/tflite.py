@@ -1,0 +1,166 @@
+"""TFLite / LiteRT backend: shared ONNX → PyTorch (onnx2torch) → ``end2end.tflite`` (litert-torch).
+
+Sources: LiteRT Torch (https://github.com/google-ai-edge/litert-torch),
+``litert_torch.convert(module, sample_args).export(path)``; AI Edge Quantizer
+(https://github.com/google-ai-edge/ai-edge-quantizer), ``Quantizer``,
+``recipe.static_wi8_ai8`` / ``static_wi8_ai16`` and the ``float_casting``
+algorithm; TFLite quantization spec
+(https://ai.google.dev/edge/litert/models/quantization_spec): int8 tensors
+carry ``real = scale * (q - zero_point)``.
+
+litert-torch converts PyTorch modules only. An ONNX model (the shared ONNX,
+always: one I/O contract for every target) goes through onnx2torch first, with
+its constant shape arguments frozen so ``torch.export`` can trace it
+(:mod:`edgeseg.backends.onnx_torch`). onnx2tf was not used: it pins a
+TensorFlow 2.19 stack (+2.5 GB) and downloads a sample file (DESIGN.md §6).
+The model keeps the shared NCHW ``input``/``output`` contract; LiteRT's own
+layout work happens inside the converted graph.
+
+* **fp32**: the converted model as it is.
+* **fp16**: weights cast to float16 (``float_casting``, 16 bits, with explicit
+  dequantize ops), computed in float32: half the size, same numbers to ~1e-4.
+* **int8**: full-integer post-training quantization, calibrated on the
+  build's calibration set (:class:`edgeseg.backends.Calibration`): int8 weights
+  (per channel) and activations, int8 input and output tensors (the runner
+  quantizes the input and dequantizes the output with their scale/zero point).
+  ``[quantization.options] activation_bits = 16`` gives int16 activations
+  (``static_wi8_ai16``), slower and closer to fp32. The accuracy gate measures
+  what either gave.
+
+litert-torch and the converter log many lines on the C++ side; they are kept
+off the terminal and the last of them go into a ConversionError on failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from .._capture import captured_output
+from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
+from ..targets import Target
+from . import Calibration, ModelFiles
+from .onnx_torch import import_onnx2torch, onnx_to_torch
+
+NET = "end2end.tflite"
+SIGNATURE = "serving_default"
+#: weights cast to fp16, computed in fp32 (ai-edge-quantizer's float_casting algorithm)
+FP16_RECIPE = [{
+    "regex": ".*", "operation": "*", "algorithm_key": "float_casting",
+    "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
+                  "explicit_dequantize": True},
+}]
+
+
+def _last_error(log: Path, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "error" in line.lower()]
+    return first if not lines else f"{first} ({lines[-1].strip()[:200]})"
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ToolchainError(f"{module} is not installed; pip install 'edgeseg[tflite]'")
+
+
+class TFLiteBackend:
+    name: ClassVar[str] = "tflite"
+    extra: ClassVar[str] = "tflite"
+    build_on: ClassVar[Literal["host", "device"]] = "host"
+    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
+    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax"})
+    quant_options: ClassVar[dict[str, type]] = {"activation_bits": int}
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        for module in ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "torch"):
+            _require(module)
+        o2t = import_onnx2torch(extra="tflite")
+        return {
+            "litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert"),
+            "ai-edge-quantizer": version("ai-edge-quantizer"), "onnx2torch": getattr(o2t, "__version__", "installed"),
+            "torch": version("torch"),
+        }
+
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+        """Write ``end2end.tflite`` at the target's precision (see module doc).
+
+        Raises:
+            ConfigError: dynamic input; int8 without a calibration set; bad ``activation_bits``.
+            ConversionError: onnx2torch, litert-torch or the quantizer failed.
+        """
+        import onnx
+        import torch
+
+        model = onnx.load(str(onnx_path))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if None in shape:
+            raise ConfigError(
+                f"target {target.name!r}: LiteRT models here have static shapes; set input.dynamic = false and list "
+                "the sizes in input.shapes (one static variant each)"
+            )
+        bits = int(target.quantization.options.get("activation_bits", 8))
+        if target.precision == "int8" and bits not in (8, 16):
+            raise ConfigError(f"[quantization.options] activation_bits = {bits}; use 8 or 16")
+        q = target.quantization
+        if target.precision == "int8" and (q.keep_float or not q.per_channel):
+            raise ConfigError(
+                f"target {target.name!r}: the tflite int8 recipe is per-channel with every op quantized; "
+                "remove [quantization] keep_float / per_channel = false, or use activation_bits = 16"
+            )
+        if target.precision == "int8" and calibration is None:
+            raise ConfigError("int8 needs a calibration set")
+        details: dict[str, Any] = {"source": "shared ONNX via onnx2torch + litert_torch.convert", "signature": SIGNATURE}
+        net = onnx_to_torch(model, extra="tflite", freeze=True)
+        float_path = out_dir / NET if target.precision == "fp32" else out_dir / "float.tflite"
+        with captured_output() as log:
+            try:
+                import litert_torch
+
+                with torch.no_grad():
+                    litert_torch.convert(net, (torch.zeros(shape, dtype=torch.float32),)).export(str(float_path))
+            except EdgesegError:
+                raise
+            except Exception as exc:  # torch.export / the converter raise assorted errors
+                raise ConversionError(f"litert-torch could not convert the model: {_last_error(log, exc)}") from None
+            finally:
+                log.unlink(missing_ok=True)
+        if target.precision != "fp32":
+            details.update(self._quantize(float_path, out_dir / NET, target, calibration, bits))
+            float_path.unlink()
+        return ModelFiles(net=NET, files=(NET,), details=details)
+
+    @staticmethod
+    def _quantize(src: Path, dest: Path, target: Target, calibration: Calibration | None, bits: int) -> dict[str, Any]:
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_quantizer import quantizer, recipe
+
+        with captured_output() as log:
+            try:
+                qt = quantizer.Quantizer(str(src))
+                if target.precision == "fp16":
+                    qt.load_quantization_recipe(FP16_RECIPE)
+                    result = qt.quantize()
+                    details = {"quantizer": "ai-edge-quantizer float_casting", "weights": "float16", "compute": "float32"}
+                else:
+                    assert calibration is not None
+                    qt.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
+                    (name,) = Interpreter(model_path=str(src)).get_signature_list()[SIGNATURE]["inputs"]
+                    samples = [{name: t} for t in calibration.tensors()]
+                    result = qt.quantize(qt.calibrate({SIGNATURE: samples}))
+                    details = {
+                        "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weights": "int8 per-channel",
+                        "activations": f"int{bits}", "calibration_method": target.quantization.calibration_method,
+                        "calibration_images": len(samples),
+                    }
+                result.export_model(str(dest), overwrite=True)
+            except EdgesegError:
+                raise
+            except Exception as exc:  # the quantizer raises assorted errors
+                raise ConversionError(f"ai-edge-quantizer failed ({target.precision}): {_last_error(log, exc)}") from None
+            finally:
+                log.unlink(missing_ok=True)
+        return details
