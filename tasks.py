@@ -154,9 +154,10 @@ def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
 
 @task(help={"runs": "timed iterations per case", "targets": "comma-separated targets"})
 def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
-    """Runtime overhead vs bare inference, then fp16/int8 vs fp32 latency and accuracy (benchmarks/)."""
+    """Runtime overhead vs bare inference, fp16/int8 vs fp32, then ncnn/LiteRT vs ONNX Runtime (benchmarks/)."""
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {int(runs)} --targets {targets}", pty=False)
+    c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
 
 
 @task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})

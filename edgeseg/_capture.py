@@ -27,8 +27,9 @@ def captured_output() -> Iterator[Path]:
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), open(path, "a", encoding="utf-8") as py_log, \
+                contextlib.redirect_stdout(py_log), contextlib.redirect_stderr(py_log):
+            warnings.simplefilter("ignore")  # and Python-level prints (sys.stdout may not be fd 1, e.g. under pytest)
             yield path
     finally:
         os.dup2(saved[0], 1)

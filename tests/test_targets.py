@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import edgeseg
-from edgeseg import ConfigError, ToolchainError, load_target
+from edgeseg import ConfigError, load_target
+from edgeseg.errors import AccuracyError
 
 BASE = """
 schema_version = 1
@@ -33,7 +34,12 @@ def _write(tmp_path: Path, name: str = "t", backend: str = "onnxruntime", precis
 
 
 def test_shipped_targets_load() -> None:
-    assert {"cpu", "intel", "jetson", "apple"} <= set(edgeseg.list_targets())
+    assert {"cpu", "intel", "jetson", "apple", "arm", "tflite"} <= set(edgeseg.list_targets())
+    arm, tflite = load_target("arm"), load_target("tflite")
+    for t in (arm, tflite):
+        assert (t.platform.arch, t.platform.python, t.platform.toolchain, t.platform.offline) == (
+            "aarch64", "3.11", "linux-aarch64-py311", True)
+    assert (arm.backend, arm.precision, tflite.backend, tflite.precision) == ("ncnn", "fp16", "tflite", "fp16")
     jetson, apple = load_target("jetson"), load_target("apple")
     assert (jetson.backend, jetson.build_on, jetson.platform.arch, jetson.platform.python) == ("tensorrt", "device", "aarch64", "3.10")
     assert (apple.backend, apple.precision, apple.platform.os) == ("coreml", "fp16", "macos")
@@ -44,18 +50,24 @@ def test_shipped_targets_load() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "backend", "precision", "os", "arch", "extra", "tail"),
+    ("name", "backend", "precision", "os", "arch", "extra", "tail", "error", "match"),
     [
-        ("arm", "ncnn", "fp16", "linux", "aarch64", "[input]\nshapes = [[512, 1024], [1024, 2048]]", ""),
-        ("tflite", "tflite", "int8", "linux", "aarch64", "", "[quantization]\nmax_miou_drop = 1.0\nmin_pixel_agreement = 0.98"),
+        ("arm", "ncnn", "fp16", "linux", "aarch64", "[input]\nshapes = [[512, 1024], [1024, 2048]]", "",
+         ConfigError, "other sizes need a PyTorch model or an ONNX with dynamic H/W"),
+        ("tflite", "tflite", "int8", "linux", "aarch64", "", "[quantization]\nmax_miou_drop = 1.0\nmin_pixel_agreement = 0.98",
+         AccuracyError, "mIoU drop .* > 1.00 points"),
     ],
 )
-def test_schema_carries_future_targets(tmp_path: Path, name, backend, precision, os, arch, extra, tail) -> None:  # noqa: ANN001
+def test_written_arm_profiles_load_and_builds_refuse_what_they_cannot(
+    tmp_path: Path, name, backend, precision, os, arch, extra, tail, error, match,  # noqa: ANN001
+) -> None:
+    """Profiles written by hand load; the static default model at other sizes, or a too-strict int8 gate, write nothing."""
+    pytest.importorskip("pnnx" if backend == "ncnn" else "litert_torch")
     t = load_target(_write(tmp_path, name, backend, precision, os, arch, extra, tail))
     assert (t.backend, t.precision, t.platform.arch) == (backend, precision, arch)
-    with pytest.raises(ToolchainError, match="not implemented in this edgeseg version"):
+    with pytest.raises(error, match=match):
         edgeseg.build(target=t, out_dir=tmp_path / "dist", report=lambda _l: None)
-    assert not (tmp_path / "dist").exists()
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
 def test_unknown_target_lists_available() -> None:
@@ -131,5 +143,5 @@ def test_toolchain_named_by_a_profile_must_exist_and_agree(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"platform\.arch = 'aarch64' but toolchain 'linux-x86_64-py311' says 'x86_64'"):
         load_target(p)
     p.write_text(p.read_text().replace('toolchain = "linux-x86_64-py311"', 'toolchain = "riscv"'))
-    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-aarch64-jetpack6-py310, linux-x86_64-py311, macos-arm64-py311"):
+    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-aarch64-jetpack6-py310, linux-aarch64-py311, linux-x86_64-py311, macos-arm64-py311"):
         load_target(p)
