@@ -290,7 +290,7 @@ def build(
             if len(shareds) > 1:
                 step.detail += f"; static variants {', '.join(f'{h}x{w}' for h, w in shapes)}"
             if dynamic_check is not None:
-                step.detail += f"; {dynamic_check.message()}"
+                step.detail += f"; {dynamic_check.message() if tgt.input.dynamic else dynamic_check.summary()}"
         variants = [(tuple(s), sh) for s, sh in zip(shapes, shareds, strict=True)] if len(shareds) > 1 else []
 
         model_section = {

@@ -80,6 +80,14 @@ class DynamicCheck:
         return (f"the dynamic-shape export is wrong at {h}x{w} ({what}); this model needs static shapes: "
                 "set input.dynamic = false and list the sizes in input.shapes")
 
+    def summary(self) -> str:
+        """A short line for a build that uses static variants anyway."""
+        h, w = self.probe
+        if self.safe:
+            return f"a dynamic export would also be right (checked at {h}x{w})"
+        what = self.error or f"label agreement {self.label_agreement:.2%}, max abs diff {self.max_abs_diff:.3g}"
+        return f"a dynamic export would be wrong at {h}x{w} ({what}): static variants needed"
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "probe": list(self.probe)}
 
