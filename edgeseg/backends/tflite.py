@@ -34,6 +34,7 @@ off the terminal and the last of them go into a ConversionError on failure.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -54,8 +55,10 @@ FP16_RECIPE = [{
 
 
 def _last_error(log: Path, exc: BaseException) -> str:
+    """The exception's first line, plus the last C++ error line of the converter's log (``E…`` / ``error:``)."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    lines = [line for line in log.read_text(errors="replace").splitlines() if "error" in line.lower()]
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if re.match(r"^E\d{4}|.*\berror: ", line)]
     return first if not lines else f"{first} ({lines[-1].strip()[:200]})"
 
 
