@@ -34,7 +34,7 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "OPSET"]
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "OPSET"]
 
 #: opset used when exporting from PyTorch
 OPSET = 17
@@ -199,7 +199,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     return proto, digest
 
 
-def _dims(value_info: Any) -> list[int | str]:
+def tensor_dims(value_info: Any) -> list[int | str]:
+    """Dims of an ONNX ``ValueInfoProto``: ints, the ``dim_param`` name (or ``"?"``) for dynamic ones."""
     dims: list[int | str] = []
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
@@ -252,7 +253,7 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
     inits = {i.name for i in graph.initializer}
     g_in = _pick([i for i in graph.input if i.name not in inits], spec.input.name, "input")
     g_out = _pick(list(graph.output), spec.output.name, "output")
-    in_dims, out_dims = _dims(g_in), _dims(g_out)
+    in_dims, out_dims = tensor_dims(g_in), tensor_dims(g_out)
     in_type = g_in.type.tensor_type.elem_type
     out_type = g_out.type.tensor_type.elem_type
 
@@ -418,8 +419,8 @@ def export_shared(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
         source_sha256=source_sha,
-        input_shape=_dims(shared.graph.input[0]),
-        output_shape=_dims(out_vi),
+        input_shape=tensor_dims(shared.graph.input[0]),
+        output_shape=tensor_dims(out_vi),
         output_dtype="int64" if out_vi.type.tensor_type.elem_type == onnx.TensorProto.INT64 else "float32",
         opset=opset,
     )

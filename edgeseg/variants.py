@@ -105,15 +105,15 @@ def check_dynamic_export(dynamic_onnx: Path, static_onnx: Path, spec: ModelSpec,
         :class:`DynamicCheck` (``safe`` False when the dynamic graph is wrong or fails at the probe).
     """
     import onnxruntime as ort
-    from PIL import Image
+
+    from edgeseg_runtime.pipeline import Preprocess
 
     static = ort.InferenceSession(str(static_onnx), providers=["CPUExecutionProvider"])
     h, w = (int(d) for d in static.get_inputs()[0].shape[2:])
-    rgb = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.float32)
-    if spec.input.color == "BGR":
-        rgb = rgb[..., ::-1]
-    x = ((rgb - np.asarray(spec.input.mean, np.float32)) / np.asarray(spec.input.std, np.float32))
-    x = np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+    # the runtime's own pre-processing, stretched to the probe size
+    pre = Preprocess(size=(w, h), keep_ratio=False, mean=tuple(spec.input.mean), std=tuple(spec.input.std),
+                     to_rgb=spec.input.color == "RGB")
+    x = pre(image)
     want = static.run(None, {"input": x})[0]
     try:
         dynamic = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"])

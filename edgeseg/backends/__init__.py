@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .._progress import Step
     from ..calibration import CalibrationSet
 
-__all__ = ["Backend", "ModelFiles", "Calibration", "BACKENDS", "get_backend", "check_option_types"]
+__all__ = ["Backend", "ModelFiles", "Calibration", "BACKENDS", "get_backend", "check_option_types", "static_input_shape"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,14 @@ class Backend(Protocol):
     def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
         """Write the target's model files into ``out_dir``. Raises ConversionError, ConfigError."""
         ...
+
+
+def static_input_shape(model: Any) -> list[int] | None:
+    """The first graph input's ``[N, C, H, W]`` when every dim is a fixed positive int; None when any is dynamic."""
+    from ..export import tensor_dims
+
+    dims = tensor_dims(model.graph.input[0])
+    return [int(d) for d in dims] if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
 def check_option_types(options: dict[str, Any], allowed: dict[str, type], where: str) -> None:

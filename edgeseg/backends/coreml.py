@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
 from ..spec import ModelSpec
 from ..targets import Target
-from . import Calibration, ModelFiles
+from . import Calibration, ModelFiles, static_input_shape
 from .onnx_torch import import_onnx2torch, onnx_to_torch
 
 NET = "end2end.mlpackage"
@@ -173,9 +173,8 @@ class CoreMLBackend:
         ct = _ct()
         opts = target.backend_options
         model = onnx.load(str(onnx_path))
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if None in shape:
+        shape = static_input_shape(model)
+        if shape is None:
             raise ConfigError(
                 f"target {target.name!r}: CoreML needs a static input shape (flexible H/W fails on bilinear upsampling in "
                 "coremltools); build with [input] dynamic = false"

@@ -40,7 +40,8 @@ from typing import ClassVar, Literal
 
 from ..errors import ConfigError, ConversionError, ToolchainError
 from ..targets import Target
-from . import Calibration, ModelFiles
+from ..export import tensor_dims
+from . import Calibration, ModelFiles, static_input_shape
 
 FILES = ("end2end.param", "end2end.bin")
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
@@ -114,11 +115,12 @@ class NcnnBackend:
         """
         import onnx
 
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
-                for d in onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
-        if not all(isinstance(d, int) and d > 0 for d in dims):
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        dims = static_input_shape(model)
+        if dims is None:
             raise ConfigError(
-                f"target {target.name!r}: pnnx converts static-shape ONNX only and this one is {dims}; "
+                f"target {target.name!r}: pnnx converts static-shape ONNX only and this one is "
+                f"{tensor_dims(model.graph.input[0])}; "
                 "set input.dynamic = false and list the sizes in input.shapes (one static variant each)"
             )
         fp16 = target.precision == "fp16"

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
 from ..targets import Target
+from ..export import tensor_dims
 from . import Calibration, ModelFiles
 
 NET = "end2end.onnx"
@@ -100,8 +101,7 @@ class TensorRTBackend:
 
         model = onnx.load(str(onnx_path), load_external_data=False)
         inp = model.graph.input[0]
-        input_shape: list[Any] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                  for d in inp.type.tensor_type.shape.dim]
+        input_shape: list[Any] = tensor_dims(inp)
         engine: dict[str, Any] = {"precision": target.precision, "input": inp.name, **engine_shapes(input_shape, target)}
         if target.precision == "int8":
             if calibration is None:

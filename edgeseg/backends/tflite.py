@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 from .._capture import captured_output
 from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
 from ..targets import Target
-from . import Calibration, ModelFiles
+from . import Calibration, ModelFiles, static_input_shape
 from .onnx_torch import import_onnx2torch, onnx_to_torch
 
 NET = "end2end.tflite"
@@ -98,9 +98,8 @@ class TFLiteBackend:
         import torch
 
         model = onnx.load(str(onnx_path))
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if None in shape:
+        shape = static_input_shape(model)
+        if shape is None:
             raise ConfigError(
                 f"target {target.name!r}: LiteRT models here have static shapes; set input.dynamic = false and list "
                 "the sizes in input.shapes (one static variant each)"
