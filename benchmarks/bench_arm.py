@@ -28,6 +28,7 @@ import numpy as np
 
 import edgeseg
 from edgeseg_runtime import Archive, Segmentor
+from edgeseg_runtime.bench import bench
 from edgeseg_runtime.images import load_image
 
 BUILDS = [("cpu", "fp32"), ("arm", "fp32"), ("arm", "fp16"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")]
@@ -41,7 +42,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per backend (same for all)")
     args = ap.parse_args()
     golden = sorted(edgeseg.SAMPLE_IMAGES.glob("*.png"))
-    photo = load_image(next(p for p in golden if p.stem == "astronaut"))
+    photo_path = next(p for p in golden if p.stem == "astronaut")
+    photo = load_image(photo_path)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         segs: dict[str, Segmentor] = {}
         for target, precision in BUILDS:
@@ -64,13 +66,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 seg.infer(tensor)
                 times[name].append(time.perf_counter() - t0)
-        prepost = []
-        output = ref.infer(tensor)
-        for _ in range(args.runs // 4 or 1):
-            t0 = time.perf_counter()
-            ref.prepare(photo)
-            ref.postprocess(output, *photo.shape[:2])
-            prepost.append(time.perf_counter() - t0)
+        stages = bench(ref, photo_path, runs=args.runs // 4 or 1, warmup=args.warmup)  # the runtime's stage timer
         base = statistics.median(times["cpu fp32"])
         print(f"\nbare inference, default model 256x256, {args.runs} interleaved runs, {args.threads} thread(s)")
         print(f"{'archive':<14}{'median ms':>11}{'ORT/this':>10}{'labels vs fp32':>16}")
@@ -82,9 +78,9 @@ def main() -> int:
                 agree.append(float(np.mean(seg.segment(rgb).labels == want)))
             med = statistics.median(times[name])
             print(f"{name:<14}{med * 1e3:>11.2f}{base / med:>10.2f}{min(agree):>15.2%}")
-        pp = statistics.median(prepost)
-        print(f"\nruntime pre+post-processing of the 512x512 astronaut photo: {pp * 1e3:.2f} ms "
-              f"({pp / base:.0%} of ONNX Runtime's inference)")
+        pp = (stages.preprocess_ms + stages.postprocess_ms) / 1e3
+        print(f"\nruntime pre+post-processing of the {stages.image_size[0]}x{stages.image_size[1]} astronaut photo: "
+              f"{pp * 1e3:.2f} ms ({pp / base:.0%} of ONNX Runtime's inference)")
     return 0
 
 
