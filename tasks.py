@@ -8,6 +8,7 @@
     invoke deploy --archive A.tar.gz --group lab
     invoke compare --images DIR [--masks DIR] [--max-drop 1 --max-gain 0.5]   # cpu vs intel report
     invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
+    invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 """
 
@@ -158,6 +159,21 @@ def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {int(runs)} --targets {targets}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
+
+
+@task(help={"full": "every seed architecture x every backend (else 5 small models, ONNX Runtime)",
+            "models": "comma-separated architectures", "backends": "comma-separated backends", "out": "output folder"})
+def matrix(c, full=False, models=None, backends=None, out="docs"):  # noqa: ANN001, ANN201
+    """Measure the MMSegmentation support matrix into <out>/support-matrix.{json,md} (needs edgeseg[mmseg])."""
+    import edgeseg
+    from edgeseg.matrix import run_matrix
+
+    try:
+        for path in run_matrix(full=full, models=models.split(",") if models else None,
+                               backends=backends.split(",") if backends else None, out_dir=Path(out), report=print):
+            print(path)
+    except edgeseg.EdgesegError as exc:
+        raise Exit(f"edgeseg: error: {exc}", code=2) from None
 
 
 @task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})

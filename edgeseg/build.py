@@ -397,6 +397,7 @@ def build(
                 "source_sha256": shared.source_sha256,
                 "shared_onnx_sha256": shared.sha256,
                 "opset": shared.opset,
+                **({"exporter": shared.exporter} if shared.exporter else {}),
                 "with_argmax": with_argmax,
                 "dynamic": tgt.input.dynamic,
                 **({"dynamic_export_check": dynamic_check.to_dict()} if dynamic_check is not None else {}),

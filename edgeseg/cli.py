@@ -71,11 +71,25 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise ConfigError(f"--device: target {args.target!r} is built here, not on a device (only TensorRT targets are)")
         inventory = load_inventory(args.inventory)
         device = inventory.get(args.device)  # fail on an unknown device before the build
+    model, spec, overrides = args.model, args.spec, _spec_overrides(args) or None
+    if args.mmseg_config:
+        from .errors import ConfigError
+        from .mmseg import load_mmseg
+
+        if args.model or args.spec or set(overrides or {}) - {"input"} or set((overrides or {}).get("input", {})) - {"size"}:
+            raise ConfigError("--mmseg-config takes the model and its spec from the config; "
+                              "of the model flags only --input-size applies")
+        model, spec = load_mmseg(args.mmseg_config, args.checkpoint, input_size=args.input_size)
+        overrides = None
+    elif args.checkpoint:
+        from .errors import ConfigError
+
+        raise ConfigError("--checkpoint goes with --mmseg-config")
     result = build(
-        args.model,
+        model,
         target=args.target,
-        spec=args.spec,
-        spec_overrides=_spec_overrides(args) or None,
+        spec=spec,
+        spec_overrides=overrides,
         out_dir=args.out,
         with_argmax=args.with_argmax,
         golden=args.golden,
@@ -98,6 +112,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(out)
         return 0
     print(result.archive)
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from .matrix import run_matrix
+
+    paths = run_matrix(
+        full=args.full, models=args.models.split(",") if args.models else None,
+        backends=args.backends.split(",") if args.backends else None, size=tuple(args.size), runs=args.runs,
+        out_dir=args.out, report=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print("\n".join(map(str, paths)))
     return 0
 
 
@@ -185,6 +211,10 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--target", "-t", required=True, help="target profile name (see 'edgeseg targets') or .toml path")
     p.add_argument("--model", "-m", type=Path, help="ONNX or TorchScript file (default: the embedded default model)")
     p.add_argument("--spec", "-s", type=Path, help="model spec TOML (see edgeseg/spec.py); flags below override it")
+    p.add_argument("--mmseg-config", metavar="CFG",
+                   help="MMSegmentation 1.x config (file, or name under mmseg/.mim/configs): model and spec from it "
+                   "(pip install 'edgeseg[mmseg]'); --input-size overrides its crop size")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="weights for --mmseg-config (default: random weights)")
     p.add_argument("--out", "-o", type=Path, default=Path("dist"), help="output folder (default: %(default)s)")
     p.add_argument("--with-argmax", action="store_true", help="fold argmax into the ONNX (outputs int64 labels)")
     p.add_argument("--golden", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="golden images (default: sample photos)")
@@ -220,6 +250,21 @@ def _add_build(sub: Any) -> None:
     g.add_argument("--classes", metavar="A,B,...", help="comma-separated class names")
     g.add_argument("--threshold", type=float, help="threshold of a 1-channel probability output")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "matrix", help="measure the MMSegmentation support matrix",
+        description="Build MMSegmentation architectures (random weights) from their configs, export the shared ONNX, "
+        "check dynamic vs static shape, convert with every backend and compare each with PyTorch on a real photo. "
+        "Writes <out>/support-matrix.{json,md}. Without --full: 5 small models, ONNX Runtime only (pip install "
+        "'edgeseg[mmseg]').",
+    )
+    p.add_argument("--full", action="store_true", help="every seed architecture x every backend (~1 h on 2 cores)")
+    p.add_argument("--models", metavar="A,B", help="architectures by name (e.g. PSPNet,BiSeNetV2)")
+    p.add_argument("--backends", metavar="X,Y", help="onnxruntime,openvino,ncnn,tflite,coreml,tensorrt")
+    p.add_argument("--size", type=_size, default=[256, 512], metavar="HxW", help="input size (default: 256x512)")
+    p.add_argument("--runs", type=int, default=10, help="timed inferences per cell (default: %(default)s)")
+    p.add_argument("--out", "-o", type=Path, default=Path("docs"), help="output folder (default: %(default)s)")
+    p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("targets", help="list the target profiles", description="List targets/*.toml with their settings.")
     p.set_defaults(func=cmd_targets)

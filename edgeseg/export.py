@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, ConversionError, ToolchainError
+from .errors import ConfigError, ConversionError, EdgesegError, ToolchainError
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ __all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "te
 
 #: opset used when exporting from PyTorch
 OPSET = 17
+#: highest ONNX IR version written (what the MMDeploy SDK's bundled ONNX Runtime 1.15 reads)
+MAX_IR_VERSION = 9
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -55,6 +57,7 @@ class SharedModel:
         output_shape: ``[N, C, H, W]`` or ``[N, 1, H, W]``.
         output_dtype: ``"float32"`` (scores) or ``"int64"`` (labels).
         opset: default-domain opset of the graph.
+        exporter: the PyTorch exporter that wrote it (``torchscript`` | ``dynamo``), "" for ONNX sources.
     """
 
     path: Path
@@ -64,6 +67,7 @@ class SharedModel:
     output_shape: list[int | str]
     output_dtype: str
     opset: int
+    exporter: str = ""
 
 
 def _onnx() -> Any:
@@ -93,14 +97,15 @@ def _dummy_input(spec: ModelSpec) -> Any:
     return torch.zeros(shape, dtype=torch.float32)
 
 
-def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> None:
-    """``torch.onnx.export`` with the TorchScript-based exporter; for a dynamic export it refuses, the dynamo one.
+def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str:
+    """``torch.onnx.export`` with the TorchScript-based exporter, else the dynamo one; returns which one wrote ``out``.
 
-    The TorchScript exporter refuses dynamic H/W for non-global ``AdaptiveAvgPool2d``
-    (PSPNet, Fast-SCNN: "input size not accessible"). The dynamo exporter takes
-    it, but its graph is only right at the traced size (DESIGN.md §6), so a
-    dynamic export is checked against a static one at a second size
-    (:func:`edgeseg.variants.check_dynamic_export`).
+    The TorchScript exporter refuses non-global ``AdaptiveAvgPool2d`` whose
+    output does not divide the input (PSPNet, Fast-SCNN, UPerNet), and with
+    dynamic H/W any non-global one ("input size not accessible"). The dynamo
+    exporter takes them, but its graph is only right at the traced size
+    (DESIGN.md §6), so a dynamic export is checked against a static one at a
+    second size (:func:`edgeseg.variants.check_dynamic_export`).
     """
     torch = _torch()
     module.eval()
@@ -112,39 +117,51 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> Non
                 module, (_dummy_input(spec),), str(out), opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
             )
-        return
+        return "torchscript"
     except Exception as exc:  # the exporter raises many unrelated types
+        if isinstance(exc, EdgesegError):
+            raise
         legacy = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not dynamic:
-            raise ConversionError(f"torch.onnx.export failed: {legacy}") from None
     try:
-        _export_dynamo(module, spec, out, axes)
+        _export_dynamo(module, spec, out, axes if dynamic else None)
+        return "dynamo"
     except Exception as exc:
+        if isinstance(exc, EdgesegError):
+            raise
         dynamo = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"torch.onnx.export failed with dynamic H/W: {legacy}; dynamo exporter: {dynamo}") from None
+        raise ConversionError(
+            f"torch.onnx.export failed{' with dynamic H/W' if dynamic else ''}: {legacy[:300]}; dynamo exporter: {dynamo[:300]}"
+        ) from None
 
 
-def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int]) -> None:
-    """The dynamo exporter with dynamic H/W, re-saved as one file (it writes weights to a side ``.data`` file)."""
+def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int] | None) -> None:
+    """The dynamo exporter (dynamic H/W on ``axes``), re-saved as one file (it writes weights to a side ``.data`` file)."""
     import logging
 
     from ._capture import captured_output
 
     torch = _torch()
     onnx = _onnx()
-    dims = {a: torch.export.Dim.AUTO for a in axes}
+    dims = {a: torch.export.Dim.AUTO for a in axes} if axes else None
     side = out.with_suffix(".dynamo.onnx")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with torch.no_grad(), captured_output() as log:  # it prints a recovered version-converter traceback
         log.unlink()
         program = torch.onnx.export(
             module, (_dummy_input(spec),), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({**dims},), opset_version=OPSET, dynamo=True, verbose=False,
+            dynamic_shapes=(dims,) if dims else None, opset_version=OPSET, dynamo=True, verbose=False,
         )
         program.save(str(side))
     onnx.save(onnx.load(str(side)), str(out))  # loads the external data next to it, saves one file
     for f in side.parent.glob(side.name + "*"):
         f.unlink()
+
+
+def _stamped(proto: onnx.ModelProto, exporter: str) -> onnx.ModelProto:
+    """Record which PyTorch exporter wrote the graph (``metadata_props["edgeseg.exporter"]``)."""
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "edgeseg.exporter", exporter
+    return proto
 
 
 def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic: bool = False) -> tuple[onnx.ModelProto, str]:
@@ -168,8 +185,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     onnx = _onnx()
     if not isinstance(model, (str, Path)):
         exported = work / "from_torch.onnx"
-        _export_torch(model, spec, exported, dynamic)
-        return onnx.load(str(exported)), ""
+        exporter = _export_torch(model, spec, exported, dynamic)
+        return _stamped(onnx.load(str(exported)), exporter), ""
     path = Path(model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
@@ -184,8 +201,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         except Exception as exc:
             raise ConfigError(f"{path}: zip file but not a TorchScript model ({str(exc).splitlines()[0]})") from None
         exported = work / "from_torchscript.onnx"
-        _export_torch(module, spec, exported, dynamic)
-        return onnx.load(str(exported)), digest
+        exporter = _export_torch(module, spec, exported, dynamic)
+        return _stamped(onnx.load(str(exported)), exporter), digest
     try:
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(proto)
@@ -410,6 +427,10 @@ def export_shared(
     shared = normalize_graph(proto, spec, with_argmax=with_argmax)
     if static and spec.input.size is not None:
         shared = _fix_input_size(shared, spec.input.size)
+    # the MMDeploy SDK 1.3.1 bundles ONNX Runtime 1.15, which rejects IR 10 (the dynamo exporter writes it);
+    # IR 9 covers every opset up to 20 (onnx/docs/Versioning.md)
+    if shared.ir_version > MAX_IR_VERSION and max(o.version for o in shared.opset_import if o.domain in ("", "ai.onnx")) <= 20:
+        shared.ir_version = MAX_IR_VERSION
     path = out_dir / f"{spec.name}.onnx"
     data = shared.SerializeToString()
     path.write_bytes(data)
@@ -423,4 +444,5 @@ def export_shared(
         output_shape=tensor_dims(out_vi),
         output_dtype="int64" if out_vi.type.tensor_type.elem_type == onnx.TensorProto.INT64 else "float32",
         opset=opset,
+        exporter=next((p.value for p in proto.metadata_props if p.key == "edgeseg.exporter"), ""),
     )

@@ -1,0 +1,347 @@
+"""The measured support matrix: MMSegmentation architectures × edgeseg backends.
+
+MMDeploy documents MMSegmentation support as a hand-written Y/N table with
+footnotes ("PSPNet and Fast-SCNN only support static shape"). This module
+measures it instead. For each architecture (:data:`SEED_MODELS`, the seed
+table's list, one config each), with **random weights** (no checkpoints are
+reachable here) at a reduced input size:
+
+1. build the model from its mmseg config (:func:`edgeseg.mmseg.load_mmseg`);
+2. export the shared ONNX (static), recording the exporter that worked
+   (TorchScript, else dynamo);
+3. shape: export with dynamic H/W and compare with a static export at a
+   second size (:func:`edgeseg.variants.check_dynamic_export`): ``dynamic``
+   when they match, else ``static`` (the seeds' footnote, detected);
+4. for every backend: convert the shared ONNX at fp32 with edgeseg's own
+   backend, run it with edgeseg's runner on a real photo, and compare with
+   PyTorch on the same tensor: label agreement, max abs diff, median latency,
+   model size. A failure records the first line of its error.
+
+Backends that cannot run here say so in their cells: CoreML converts but
+predicts only on macOS; TensorRT is not installable here (DESIGN.md §6).
+Output: JSON and Markdown (:func:`write_matrix`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgesegError
+
+__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "ModelRow", "Cell", "measure_matrix", "write_matrix"]
+
+#: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
+SEED_MODELS: dict[str, str] = {
+    "FCN": "fcn_r18-d8_4xb2-80k_cityscapes-512x1024",
+    "PSPNet": "pspnet_r18-d8_4xb2-80k_cityscapes-512x1024",
+    "DeepLabV3": "deeplabv3_r18-d8_4xb2-80k_cityscapes-512x1024",
+    "DeepLabV3+": "deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024",
+    "Fast-SCNN": "fast_scnn_8xb4-160k_cityscapes-512x1024",
+    "UNet": "unet-s5-d16_fcn_4xb4-160k_cityscapes-512x1024",
+    "BiSeNetV1": "bisenetv1_r18-d32_4xb4-160k_cityscapes-1024x1024",
+    "BiSeNetV2": "bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024",
+    "CGNet": "cgnet_fcn_4xb4-60k_cityscapes-680x680",
+    "STDC": "stdc1_4xb12-80k_cityscapes-512x1024",
+    "OCRNet": "ocrnet_hr18s_4xb2-40k_cityscapes-512x1024",
+    "DDRNet": "ddrnet_23-slim_in1k-pre_2xb6-120k_cityscapes-1024x1024",
+    "PIDNet": "pidnet-s_2xb6-120k_1024x1024-cityscapes",
+    "SegFormer": "segformer_mit-b0_8xb1-160k_cityscapes-1024x1024",
+    "Segmenter": "segmenter_vit-t_mask_8xb1-160k_ade20k-512x512",
+    "UPerNet": "upernet_r18_4xb2-40k_cityscapes-512x1024",
+    "Mask2Former": "mask2former_r50_8xb2-90k_cityscapes-512x1024",
+    "ANN": "ann_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "APCNet": "apcnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "DMNet": "dmnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "DNLNet": "dnl_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "EMANet": "emanet_r50-d8_4xb2-80k_cityscapes-512x1024",
+    "EncNet": "encnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "ERFNet": "erfnet_fcn_4xb4-160k_cityscapes-512x1024",
+    "FastFCN": "fastfcn_r50-d32_jpu_psp_4xb2-80k_cityscapes-512x1024",
+    "GCNet": "gcnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "ICNet": "icnet_r18-d8_4xb2-80k_cityscapes-832x832",
+    "ISANet": "isanet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "NonLocal Net": "nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "PointRend": "pointrend_r50_4xb2-80k_cityscapes-512x1024",
+    "Semantic FPN": "fpn_r50_4xb2-80k_cityscapes-512x1024",
+    "DANet": "danet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "SETR": "setr_vit-l-mla_8xb1-160k_ade20k-512x512",
+    "CCNet": "ccnet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "PSANet": "psanet_r50-d8_4xb2-40k_cityscapes-512x1024",
+    "DPT": "dpt_vit-b16_8xb2-160k_ade20k-512x512",
+}
+#: the CI subset: small models, ONNX Runtime only
+FAST_MODELS = ("BiSeNetV2", "CGNet", "ERFNet", "Fast-SCNN", "PSPNet")
+#: matrix column → (target profile, label)
+BACKEND_COLUMNS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("cpu", "ONNX Runtime"),
+    "openvino": ("intel", "OpenVINO"),
+    "ncnn": ("arm", "ncnn"),
+    "tflite": ("tflite", "LiteRT"),
+    "coreml": ("apple", "CoreML"),
+    "tensorrt": ("jetson", "TensorRT"),
+}
+
+
+@dataclass
+class Cell:
+    """One backend for one model. ``status``: Y (ran and agreed), N (failed), ? (not runnable here)."""
+
+    status: str
+    convert_ok: bool = False
+    label_agreement: float | None = None
+    max_abs_diff: float | None = None
+    latency_ms: float | None = None
+    size_mb: float | None = None
+    error: str = ""
+
+
+@dataclass
+class ModelRow:
+    """One architecture."""
+
+    model: str
+    config: str
+    input_size: tuple[int, int]
+    build_ok: bool = False
+    export_ok: bool = False
+    exporter: str = ""
+    shape: str = ""  # "dynamic" | "static" | "" (unknown)
+    shape_detail: str = ""
+    pytorch_ms: float | None = None
+    error: str = ""
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def _median_ms(fn: Callable[[], Any], runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _photo_tensor(spec: Any) -> np.ndarray:
+    """The astronaut photo stretched to the spec's size and normalized (``(1, 3, H, W)`` float32)."""
+    from PIL import Image
+
+    from .build import SAMPLE_IMAGES
+
+    h, w = spec.input.size
+    rgb = np.asarray(Image.open(SAMPLE_IMAGES / "astronaut.png").convert("RGB").resize((w, h), Image.BILINEAR), np.float32)
+    if spec.input.color == "BGR":
+        rgb = rgb[..., ::-1]
+    x = (rgb - np.asarray(spec.input.mean, np.float32)) / np.asarray(spec.input.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def _measure_backend(name: str, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int) -> Cell:
+    from edgeseg_runtime.runners import runner_class
+
+    from .backends import get_backend
+    from .targets import load_target
+
+    profile, _ = BACKEND_COLUMNS[name]
+    target = load_target(profile).with_precision("fp32") if profile != "jetson" else load_target(profile)
+    target = target.model_copy(update={"precision": "fp32"})
+    out = work / name
+    out.mkdir()
+    try:
+        backend = get_backend(target)
+        backend.versions()
+    except EdgesegError as exc:
+        return Cell("?", error=f"not available here: {_first_line(exc)}")
+    try:
+        files = backend.convert(shared.path, target, out)
+    except Exception as exc:  # a backend's converter failing is a measured N
+        return Cell("N", error=_first_line(exc))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    if backend.build_on == "device":
+        return Cell("?", convert_ok=True, size_mb=size, error="the engine is built on the device (TensorRT not installable here)")
+    runner_cls = runner_class(name)
+    try:
+        runner_cls.version()
+    except EdgesegError as exc:
+        return Cell("?", convert_ok=True, size_mb=round(size, 2), error=f"converted; cannot run here: {_first_line(exc)}")
+    try:
+        with runner_cls(out, {"net": files.net, "weights": files.weights, **files.details}, {}) as runner:
+            got = runner.infer({"input": x})["output"]
+            latency = _median_ms(lambda: runner.infer({"input": x}), runs)
+    except Exception as exc:
+        return Cell("N", convert_ok=True, size_mb=round(size, 2), error=f"runs but fails: {_first_line(exc)}")
+    if got.shape != ref.shape:
+        return Cell("N", convert_ok=True, error=f"output shape {list(got.shape)} instead of {list(ref.shape)}")
+    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    diff = float(np.max(np.abs(got.astype(np.float64) - ref)))
+    status = "Y" if agreement >= 0.99 else "N"
+    return Cell(status, True, round(agreement, 6), diff, round(latency, 2), round(size, 2),
+                "" if status == "Y" else f"label agreement {agreement:.2%} with PyTorch")
+
+
+def _measure_model(name: str, config: str, backends: Sequence[str], size: tuple[int, int], runs: int,
+                   report: Callable[[str], None]) -> ModelRow:
+    import torch
+
+    from .export import export_shared
+    from .mmseg import load_mmseg
+    from .variants import check_dynamic_export, spec_at
+
+    row = ModelRow(name, config, size)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-matrix-") as tmp:
+        work = Path(tmp)
+        try:
+            module, spec = load_mmseg(config, input_size=size)
+            row.build_ok = True
+            x = _photo_tensor(spec)
+            with torch.no_grad():
+                ref = module(torch.from_numpy(x)).numpy()
+                row.pytorch_ms = round(_median_ms(lambda: module(torch.from_numpy(x)), max(1, runs // 4)), 2)
+            shared = export_shared(module, spec, work / "static")
+            row.export_ok, row.exporter = True, shared.exporter
+        except Exception as exc:  # every failure is a measured result
+            row.error = _first_line(exc)
+            report(f"{name}: {row.error}")
+            return row
+        try:
+            probe = (size[0], size[1] + size[1] // 2)
+            static = export_shared(module, spec_at(spec, probe), work / "probe", static=True)
+            dynamic = export_shared(module, spec, work / "dynamic", dynamic=True)
+            from PIL import Image
+
+            from .build import SAMPLE_IMAGES
+
+            photo = np.asarray(Image.open(SAMPLE_IMAGES / "astronaut.png").convert("RGB"))
+            check = check_dynamic_export(dynamic.path, static.path, spec, photo)
+            row.shape = "dynamic" if check.safe else "static"
+            row.shape_detail = check.summary()
+        except Exception as exc:
+            row.shape, row.shape_detail = "static", f"dynamic export failed: {_first_line(exc)}"
+        for backend in backends:
+            bdir = work / "backends"
+            bdir.mkdir(exist_ok=True)
+            try:
+                row.cells[backend] = _measure_backend(backend, shared, x, ref, bdir, runs)
+            except Exception as exc:  # pragma: no cover - a bug in a backend wrapper, recorded not raised
+                row.cells[backend] = Cell("N", error=f"{_first_line(exc)} ({traceback.format_exc(limit=1).splitlines()[-1]})")
+        report(f"{name}: export {row.exporter}, {row.shape}; " + ", ".join(f"{b} {c.status}" for b, c in row.cells.items()))
+    return row
+
+
+def measure_matrix(
+    models: Sequence[str] | None = None, backends: Sequence[str] | None = None, *, size: tuple[int, int] = (256, 512),
+    runs: int = 10, report: Callable[[str], None] | None = None,
+) -> list[ModelRow]:
+    """Measure the matrix (see module doc).
+
+    Args:
+        models: architecture names from :data:`SEED_MODELS`; None = all.
+        backends: columns from :data:`BACKEND_COLUMNS`; None = all.
+        size: ``(H, W)`` input size every model is built and exported at.
+        runs: timed inferences per cell (median).
+        report: progress lines (one per model).
+
+    Raises:
+        ConfigError: an unknown model or backend name.
+    """
+    from .errors import ConfigError
+
+    names = list(models or SEED_MODELS)
+    cols = list(backends or BACKEND_COLUMNS)
+    for n in names:
+        if n not in SEED_MODELS:
+            raise ConfigError(f"unknown model {n!r}; known: {', '.join(SEED_MODELS)}")
+    for b in cols:
+        if b not in BACKEND_COLUMNS:
+            raise ConfigError(f"unknown backend {b!r}; known: {', '.join(BACKEND_COLUMNS)}")
+    say = report or (lambda _line: None)
+    return [_measure_model(n, SEED_MODELS[n], cols, size, runs, say) for n in names]
+
+
+def _cell_md(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    if cell.status == "Y":
+        return f"Y {cell.label_agreement:.2%}, {cell.latency_ms:.1f} ms"
+    if cell.status == "?":
+        return f"? {cell.error}".replace("|", "/")
+    return f"N: {cell.error}".replace("|", "/")
+
+
+def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``support-matrix.json`` and ``support-matrix.md`` into ``out_dir``; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = list(dict.fromkeys(b for r in rows for b in r.cells)) or list(BACKEND_COLUMNS)
+    doc = {"meta": meta or {}, "models": [{**asdict(r), "cells": {k: asdict(v) for k, v in r.cells.items()}} for r in rows]}
+    json_path = out_dir / "support-matrix.json"
+    json_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    m = meta or {}
+    lines = [
+        "# Support matrix: MMSegmentation models × edgeseg backends (measured)",
+        "",
+        f"Generated by `{m.get('command', 'invoke matrix --full')}` on {m.get('host', 'this host')}, {m.get('date', '')}. "
+        f"Every model has **random weights** (no checkpoints are reachable here), input {m.get('size', '')}, fp32, "
+        "one real photo (astronaut). A cell is **Y** when the backend's output gives >= 99% of PyTorch's labels "
+        "(label agreement and median latency shown), **N** with the first line of what failed, **?** when the "
+        "backend cannot run on this host (what was checked is said). *Shape*: **dynamic** when a dynamic-H/W export "
+        "matches a static export at a second size, **static** when it does not (static-shape only).",
+        "",
+        "| Model | Export | Shape | " + " | ".join(BACKEND_COLUMNS[c][1] for c in cols) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |",
+    ]
+    for r in rows:
+        export = (r.exporter or "Y") if r.export_ok else f"N: {r.error}".replace("|", "/")
+        lines.append(f"| {r.model} | {export} | {r.shape or '-'} | " + " | ".join(_cell_md(r.cells.get(c)) for c in cols) + " |")
+    lines += ["", "## Details", ""]
+    for r in rows:
+        lines.append(f"- **{r.model}** (`{r.config}`): {r.shape_detail or r.error or 'no detail'}; PyTorch "
+                     f"{r.pytorch_ms if r.pytorch_ms is not None else '-'} ms")
+        for c, cell in r.cells.items():
+            if cell.status == "Y":
+                lines.append(f"  - {BACKEND_COLUMNS[c][1]}: max abs diff {cell.max_abs_diff:.2e}, {cell.size_mb} MB")
+    md_path = out_dir / "support-matrix.md"
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return json_path, md_path
+
+
+def run_matrix(
+    *, full: bool = False, models: Sequence[str] | None = None, backends: Sequence[str] | None = None,
+    size: tuple[int, int] = (256, 512), runs: int = 10, out_dir: Path = Path("docs"),
+    report: Callable[[str], None] | None = None,
+) -> tuple[Path, Path]:
+    """Measure and write the matrix: ``full`` = every seed model × every backend, else :data:`FAST_MODELS` × ONNX Runtime.
+
+    Returns:
+        The JSON and Markdown paths.
+    """
+    import datetime
+    import platform
+
+    names = list(models or (SEED_MODELS if full else FAST_MODELS))
+    cols = list(backends or (BACKEND_COLUMNS if full else ["onnxruntime"]))
+    t0 = time.perf_counter()
+    rows = measure_matrix(names, cols, size=size, runs=runs, report=report)
+    command = "invoke matrix --full" if full and models is None and backends is None else "edgeseg matrix " + " ".join(
+        [*(["--full"] if full else []), *([f"--models {','.join(names)}"] if models else []),
+         *([f"--backends {','.join(cols)}"] if backends else [])])
+    meta = {
+        "command": command.strip(), "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "date": datetime.date.today().isoformat(), "size": f"{size[0]}x{size[1]}", "seconds": round(time.perf_counter() - t0),
+        "weights": "random (no checkpoints reachable)",
+    }
+    return write_matrix(rows, out_dir, meta=meta)
