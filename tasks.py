@@ -161,16 +161,18 @@ def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
     c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
 
 
-@task(help={"full": "every seed architecture x every backend (else 5 small models, ONNX Runtime)",
-            "models": "comma-separated architectures", "backends": "comma-separated backends", "out": "output folder"})
-def matrix(c, full=False, models=None, backends=None, out="docs"):  # noqa: ANN001, ANN201
+@task(help={"full": "every seed architecture x every backend x fp32,fp16 (else 5 small models, ONNX Runtime fp32)",
+            "models": "comma-separated architectures", "backends": "comma-separated backends",
+            "precisions": "comma-separated precisions (fp32,fp16)", "out": "output folder"})
+def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs"):  # noqa: ANN001, ANN201
     """Measure the MMSegmentation support matrix into <out>/support-matrix.{json,md} (needs edgeseg[mmseg])."""
     import edgeseg
     from edgeseg.matrix import run_matrix
 
     try:
         for path in run_matrix(full=full, models=models.split(",") if models else None,
-                               backends=backends.split(",") if backends else None, out_dir=Path(out), report=print):
+                               backends=backends.split(",") if backends else None,
+                               precisions=precisions.split(",") if precisions else None, out_dir=Path(out), report=print):
             print(path)
     except edgeseg.EdgesegError as exc:
         raise Exit(f"edgeseg: error: {exc}", code=2) from None

@@ -120,7 +120,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     paths = run_matrix(
         full=args.full, models=args.models.split(",") if args.models else None,
-        backends=args.backends.split(",") if args.backends else None, size=tuple(args.size), runs=args.runs,
+        backends=args.backends.split(",") if args.backends else None,
+        precisions=args.precisions.split(",") if args.precisions else None, size=tuple(args.size), runs=args.runs,
         out_dir=args.out, report=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print("\n".join(map(str, paths)))
@@ -255,12 +256,13 @@ def _add_build(sub: Any) -> None:
         "matrix", help="measure the MMSegmentation support matrix",
         description="Build MMSegmentation architectures (random weights) from their configs, export the shared ONNX, "
         "check dynamic vs static shape, convert with every backend and compare each with PyTorch on a real photo. "
-        "Writes <out>/support-matrix.{json,md}. Without --full: 5 small models, ONNX Runtime only (pip install "
+        "Writes <out>/support-matrix.{json,md}. Without --full: 5 small models, ONNX Runtime fp32 only (pip install "
         "'edgeseg[mmseg]').",
     )
-    p.add_argument("--full", action="store_true", help="every seed architecture x every backend (~1 h on 2 cores)")
+    p.add_argument("--full", action="store_true", help="every seed architecture x every backend x fp32,fp16 (about 1 h on 2 cores)")
     p.add_argument("--models", metavar="A,B", help="architectures by name (e.g. PSPNet,BiSeNetV2)")
     p.add_argument("--backends", metavar="X,Y", help="onnxruntime,openvino,ncnn,tflite,coreml,tensorrt")
+    p.add_argument("--precisions", metavar="P,Q", help="fp32,fp16 (default: fp32; both with --full)")
     p.add_argument("--size", type=_size, default=[256, 512], metavar="HxW", help="input size (default: 256x512)")
     p.add_argument("--runs", type=int, default=10, help="timed inferences per cell (default: %(default)s)")
     p.add_argument("--out", "-o", type=Path, default=Path("docs"), help="output folder (default: %(default)s)")

@@ -12,10 +12,21 @@ reachable here) at a reduced input size:
 3. shape: export with dynamic H/W and compare with a static export at a
    second size (:func:`edgeseg.variants.check_dynamic_export`): ``dynamic``
    when they match, else ``static`` (the seeds' footnote, detected);
-4. for every backend: convert the shared ONNX at fp32 with edgeseg's own
+4. for every backend and precision (fp32, and fp16 where the backend's
+   target profile has it): convert the shared ONNX with edgeseg's own
    backend, run it with edgeseg's runner on a real photo, and compare with
-   PyTorch on the same tensor: label agreement, max abs diff, median latency,
-   model size. A failure records the first line of its error.
+   PyTorch on the same tensor: label agreement, max abs diff, the max abs
+   diff relative to the logits' range, median latency, model size. A
+   failure records the first line of its error.
+
+A cell is **Y** when the backend's logits match PyTorch's within
+:data:`REL_TOL` of their range (``max|out - ref| / (max ref - min ref)``).
+Label agreement is measured and shown, but not the criterion: random-weight
+networks have near-tied class scores (top-two margins of 1e-4 of the range
+are common), so rounding that is harmless for a trained model flips some of
+their labels. int8 is not measured: it needs calibration images, and on
+random weights its accuracy would say nothing; ``edgeseg build --precision
+int8`` gates it per model.
 
 Backends that cannot run here say so in their cells: CoreML converts but
 predicts only on macOS; TensorRT is not installable here (DESIGN.md §6).
@@ -25,6 +36,7 @@ Output: JSON and Markdown (:func:`write_matrix`).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -38,7 +50,8 @@ import numpy as np
 
 from .errors import EdgesegError
 
-__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "ModelRow", "Cell", "measure_matrix", "write_matrix"]
+__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "REL_TOL", "ModelRow", "Cell", "measure_matrix", "write_matrix",
+           "run_matrix"]
 
 #: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
 SEED_MODELS: dict[str, str] = {
@@ -90,16 +103,22 @@ BACKEND_COLUMNS: dict[str, tuple[str, str]] = {
     "coreml": ("apple", "CoreML"),
     "tensorrt": ("jetson", "TensorRT"),
 }
+#: precision → largest max abs diff, relative to the PyTorch logits' range, for a Y cell
+REL_TOL: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
 
 
 @dataclass
 class Cell:
-    """One backend for one model. ``status``: Y (ran and agreed), N (failed), ? (not runnable here)."""
+    """One backend at one precision for one model. ``status``: Y (ran and matched), N (failed), ? (not runnable here).
+
+    ``rel_diff`` is ``max_abs_diff`` over the PyTorch logits' range (max - min).
+    """
 
     status: str
     convert_ok: bool = False
     label_agreement: float | None = None
     max_abs_diff: float | None = None
+    rel_diff: float | None = None
     latency_ms: float | None = None
     size_mb: float | None = None
     error: str = ""
@@ -119,7 +138,7 @@ class ModelRow:
     shape_detail: str = ""
     pytorch_ms: float | None = None
     error: str = ""
-    cells: dict[str, Cell] = field(default_factory=dict)
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # backend -> precision -> cell
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,29 +157,40 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
 
 
 def _photo_tensor(spec: Any) -> np.ndarray:
-    """The astronaut photo stretched to the spec's size and normalized (``(1, 3, H, W)`` float32)."""
-    from PIL import Image
+    """The astronaut photo through the runtime's pre-processing at the spec's size (``(1, 3, H, W)`` float32)."""
+    from edgeseg_runtime.images import load_image
 
     from .build import SAMPLE_IMAGES
+    from .pipeline import stretch_to
 
-    h, w = spec.input.size
-    rgb = np.asarray(Image.open(SAMPLE_IMAGES / "astronaut.png").convert("RGB").resize((w, h), Image.BILINEAR), np.float32)
-    if spec.input.color == "BGR":
-        rgb = rgb[..., ::-1]
-    x = (rgb - np.asarray(spec.input.mean, np.float32)) / np.asarray(spec.input.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+    return stretch_to(spec, *spec.input.size)(load_image(SAMPLE_IMAGES / "astronaut.png"))
 
 
-def _measure_backend(name: str, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int) -> Cell:
+def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
+    """The backend's target profile at each wanted precision it has a tolerance for (precision → Target).
+
+    The profile's ``[quantization] keep_float`` names ops of the default
+    model; it is cleared, so every architecture is converted the same way.
+    """
+    from .targets import load_target
+
+    profile = load_target(BACKEND_COLUMNS[name][0])
+    profile = profile.model_copy(update={"quantization": profile.quantization.model_copy(update={"keep_float": []})})
+    out = {}
+    for precision in wanted:
+        try:
+            out[precision] = profile.with_precision(precision)
+        except EdgesegError:
+            continue  # the profile has no such precision: no cell
+    return out
+
+
+def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int) -> Cell:
     from edgeseg_runtime.runners import runner_class
 
     from .backends import get_backend
-    from .targets import load_target
 
-    profile, _ = BACKEND_COLUMNS[name]
-    target = load_target(profile).with_precision("fp32") if profile != "jetson" else load_target(profile)
-    target = target.model_copy(update={"precision": "fp32"})
-    out = work / name
+    out = work / f"{name}-{target.precision}"
     out.mkdir()
     try:
         backend = get_backend(target)
@@ -180,7 +210,8 @@ def _measure_backend(name: str, shared: Any, x: np.ndarray, ref: np.ndarray, wor
     except EdgesegError as exc:
         return Cell("?", convert_ok=True, size_mb=round(size, 2), error=f"converted; cannot run here: {_first_line(exc)}")
     try:
-        with runner_cls(out, {"net": files.net, "weights": files.weights, **files.details}, {}) as runner:
+        model = {"net": files.net, "weights": files.weights, **files.details}
+        with runner_cls(out, model, dict(target.backend_options)) as runner:  # e.g. OpenVINO's inference_precision
             got = runner.infer({"input": x})["output"]
             latency = _median_ms(lambda: runner.infer({"input": x}), runs)
     except Exception as exc:
@@ -189,13 +220,14 @@ def _measure_backend(name: str, shared: Any, x: np.ndarray, ref: np.ndarray, wor
         return Cell("N", convert_ok=True, error=f"output shape {list(got.shape)} instead of {list(ref.shape)}")
     agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
     diff = float(np.max(np.abs(got.astype(np.float64) - ref)))
-    status = "Y" if agreement >= 0.99 else "N"
-    return Cell(status, True, round(agreement, 6), diff, round(latency, 2), round(size, 2),
-                "" if status == "Y" else f"label agreement {agreement:.2%} with PyTorch")
+    rel = diff / max(float(ref.max() - ref.min()), 1e-12)
+    status = "Y" if rel <= REL_TOL[target.precision] else "N"
+    return Cell(status, True, round(agreement, 6), diff, rel, round(latency, 2), round(size, 2),
+                "" if status == "Y" else f"logits differ from PyTorch by {rel:.1%} of their range")
 
 
-def _measure_model(name: str, config: str, backends: Sequence[str], size: tuple[int, int], runs: int,
-                   report: Callable[[str], None]) -> ModelRow:
+def _measure_model(name: str, config: str, backends: Sequence[str], precisions: Sequence[str], size: tuple[int, int],
+                   runs: int, report: Callable[[str], None]) -> ModelRow:
     import torch
 
     from .export import export_shared
@@ -232,26 +264,41 @@ def _measure_model(name: str, config: str, backends: Sequence[str], size: tuple[
             row.shape_detail = check.summary()
         except Exception as exc:
             row.shape, row.shape_detail = "static", f"dynamic export failed: {_first_line(exc)}"
+        bdir = work / "backends"
+        bdir.mkdir()
         for backend in backends:
-            bdir = work / "backends"
-            bdir.mkdir(exist_ok=True)
-            try:
-                row.cells[backend] = _measure_backend(backend, shared, x, ref, bdir, runs)
-            except Exception as exc:  # pragma: no cover - a bug in a backend wrapper, recorded not raised
-                row.cells[backend] = Cell("N", error=f"{_first_line(exc)} ({traceback.format_exc(limit=1).splitlines()[-1]})")
-        report(f"{name}: export {row.exporter}, {row.shape}; " + ", ".join(f"{b} {c.status}" for b, c in row.cells.items()))
+            for precision, target in _precisions(backend, precisions).items():
+                try:
+                    cell = _measure_backend(backend, target, shared, x, ref, bdir, runs)
+                except Exception as exc:  # a bug in a backend wrapper: recorded, not raised
+                    cell = Cell("N", error=f"{_first_line(exc)} ({traceback.format_exc(limit=1).splitlines()[-1]})")
+                row.cells.setdefault(backend, {})[precision] = cell
+        report(f"{name}: export {row.exporter}, {row.shape}; " + ", ".join(
+            f"{b} {p} {c.status}" for b, cells in row.cells.items() for p, c in cells.items()))
     return row
 
 
+def _check_names(models: Sequence[str], backends: Sequence[str], precisions: Sequence[str]) -> None:
+    """Raises ConfigError for a name the matrix does not know."""
+    from .errors import ConfigError
+
+    for kind, names, known in (("model", models, SEED_MODELS), ("backend", backends, BACKEND_COLUMNS),
+                               ("precision", precisions, REL_TOL)):
+        for name in names:
+            if name not in known:
+                raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
+
+
 def measure_matrix(
-    models: Sequence[str] | None = None, backends: Sequence[str] | None = None, *, size: tuple[int, int] = (256, 512),
-    runs: int = 10, report: Callable[[str], None] | None = None,
+    models: Sequence[str] | None = None, backends: Sequence[str] | None = None, *, precisions: Sequence[str] = ("fp32",),
+    size: tuple[int, int] = (256, 512), runs: int = 10, report: Callable[[str], None] | None = None,
 ) -> list[ModelRow]:
     """Measure the matrix (see module doc).
 
     Args:
         models: architecture names from :data:`SEED_MODELS`; None = all.
         backends: columns from :data:`BACKEND_COLUMNS`; None = all.
+        precisions: from :data:`REL_TOL`; a backend whose profile lacks one gets no cell for it.
         size: ``(H, W)`` input size every model is built and exported at.
         runs: timed inferences per cell (median).
         report: progress lines (one per model).
@@ -259,47 +306,56 @@ def measure_matrix(
     Raises:
         ConfigError: an unknown model or backend name.
     """
-    from .errors import ConfigError
-
-    names = list(models or SEED_MODELS)
-    cols = list(backends or BACKEND_COLUMNS)
-    for n in names:
-        if n not in SEED_MODELS:
-            raise ConfigError(f"unknown model {n!r}; known: {', '.join(SEED_MODELS)}")
-    for b in cols:
-        if b not in BACKEND_COLUMNS:
-            raise ConfigError(f"unknown backend {b!r}; known: {', '.join(BACKEND_COLUMNS)}")
+    names = list(SEED_MODELS if models is None else models)
+    cols = list(BACKEND_COLUMNS if backends is None else backends)
+    _check_names(names, cols, precisions)
     say = report or (lambda _line: None)
-    return [_measure_model(n, SEED_MODELS[n], cols, size, runs, say) for n in names]
+    return [_measure_model(n, SEED_MODELS[n], cols, precisions, size, runs, say) for n in names]
 
 
-def _cell_md(cell: Cell | None) -> str:
-    if cell is None:
-        return ""
-    if cell.status == "Y":
-        return f"Y {cell.label_agreement:.2%}, {cell.latency_ms:.1f} ms"
-    if cell.status == "?":
-        return f"? {cell.error}".replace("|", "/")
-    return f"N: {cell.error}".replace("|", "/")
+def _cell_md(cells: dict[str, Cell] | None) -> str:
+    """One table cell: every precision measured, fp32 first, ``<br>``-separated."""
+    parts = []
+    for precision, cell in (cells or {}).items():
+        if cell.status == "Y":
+            text = f"Y {cell.label_agreement:.2%}, {cell.latency_ms:.1f} ms"
+        elif cell.status == "?":
+            text = f"? {_short(cell.error)}"
+        else:
+            text = f"N: {_short(cell.error)}"
+        parts.append((f"{precision} " if len(cells or {}) > 1 else "") + text.replace("|", "/"))
+    return "<br>".join(parts)
+
+
+def _short(text: str, limit: int = 110) -> str:
+    """An error cut for a table cell (the JSON keeps the whole first line)."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``support-matrix.json`` and ``support-matrix.md`` into ``out_dir``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = list(dict.fromkeys(b for r in rows for b in r.cells)) or list(BACKEND_COLUMNS)
-    doc = {"meta": meta or {}, "models": [{**asdict(r), "cells": {k: asdict(v) for k, v in r.cells.items()}} for r in rows]}
+    doc = {"meta": meta or {}, "models": [asdict(r) for r in rows]}
     json_path = out_dir / "support-matrix.json"
     json_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     m = meta or {}
     lines = [
         "# Support matrix: MMSegmentation models × edgeseg backends (measured)",
         "",
-        f"Generated by `{m.get('command', 'invoke matrix --full')}` on {m.get('host', 'this host')}, {m.get('date', '')}. "
-        f"Every model has **random weights** (no checkpoints are reachable here), input {m.get('size', '')}, fp32, "
-        "one real photo (astronaut). A cell is **Y** when the backend's output gives >= 99% of PyTorch's labels "
-        "(label agreement and median latency shown), **N** with the first line of what failed, **?** when the "
-        "backend cannot run on this host (what was checked is said). *Shape*: **dynamic** when a dynamic-H/W export "
-        "matches a static export at a second size, **static** when it does not (static-shape only).",
+        f"Generated by `{m.get('command', 'invoke matrix --full')}` on {m.get('host', 'this host')}, {m.get('date', '')}, "
+        f"{m.get('models_done', len(rows))} models in {round(m.get('seconds', 0) / 60)} min. "
+        f"Every model has **random weights** (no checkpoints are reachable here), input {m.get('size', '')}, "
+        f"{m.get('precisions', 'fp32')}, "
+        "one real photo (astronaut), compared with PyTorch on the same input tensor. A cell is **Y** when the "
+        "backend's logits are within " + " / ".join(f"{t:g} ({p})" for p, t in REL_TOL.items()) + " of their range "
+        "of PyTorch's (label agreement with PyTorch and median latency shown), **N** with the first line of what "
+        "failed, **?** when the backend cannot run on this host (what was checked is said). Label agreement is "
+        "shown, not judged: random weights leave class scores nearly tied, so rounding flips some labels that a "
+        "trained model would keep. *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
+        "**dynamic** when a dynamic-H/W export matches a static export at a second size, **static** when it does "
+        "not (build such models at fixed sizes: `[input] shapes`). int8 is not measured (calibration needs real "
+        "weights; `edgeseg build --precision int8` gates it per model).",
         "",
         "| Model | Export | Shape | " + " | ".join(BACKEND_COLUMNS[c][1] for c in cols) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |",
@@ -311,9 +367,11 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     for r in rows:
         lines.append(f"- **{r.model}** (`{r.config}`): {r.shape_detail or r.error or 'no detail'}; PyTorch "
                      f"{r.pytorch_ms if r.pytorch_ms is not None else '-'} ms")
-        for c, cell in r.cells.items():
-            if cell.status == "Y":
-                lines.append(f"  - {BACKEND_COLUMNS[c][1]}: max abs diff {cell.max_abs_diff:.2e}, {cell.size_mb} MB")
+        for c, cells in r.cells.items():
+            for precision, cell in cells.items():
+                if cell.status == "Y":
+                    lines.append(f"  - {BACKEND_COLUMNS[c][1]} {precision}: max abs diff {cell.max_abs_diff:.2e} "
+                                 f"({cell.rel_diff:.1e} of the range), {cell.size_mb} MB")
     md_path = out_dir / "support-matrix.md"
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path
@@ -321,10 +379,14 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
 
 def run_matrix(
     *, full: bool = False, models: Sequence[str] | None = None, backends: Sequence[str] | None = None,
-    size: tuple[int, int] = (256, 512), runs: int = 10, out_dir: Path = Path("docs"),
-    report: Callable[[str], None] | None = None,
+    precisions: Sequence[str] | None = None, size: tuple[int, int] = (256, 512), runs: int = 10,
+    out_dir: Path = Path("docs"), report: Callable[[str], None] | None = None,
 ) -> tuple[Path, Path]:
-    """Measure and write the matrix: ``full`` = every seed model × every backend, else :data:`FAST_MODELS` × ONNX Runtime.
+    """Measure and write the matrix.
+
+    ``full``: every seed model × every backend × fp32 and fp16; else
+    :data:`FAST_MODELS` × ONNX Runtime × fp32. ``models``, ``backends`` and
+    ``precisions`` narrow either.
 
     Returns:
         The JSON and Markdown paths.
@@ -334,14 +396,22 @@ def run_matrix(
 
     names = list(models or (SEED_MODELS if full else FAST_MODELS))
     cols = list(backends or (BACKEND_COLUMNS if full else ["onnxruntime"]))
+    precs = list(precisions or (REL_TOL if full else ["fp32"]))
+    _check_names(names, cols, precs)  # before any work
     t0 = time.perf_counter()
-    rows = measure_matrix(names, cols, size=size, runs=runs, report=report)
-    command = "invoke matrix --full" if full and models is None and backends is None else "edgeseg matrix " + " ".join(
+    narrowed = models or backends or precisions
+    command = "invoke matrix --full" if full and not narrowed else "edgeseg matrix " + " ".join(
         [*(["--full"] if full else []), *([f"--models {','.join(names)}"] if models else []),
-         *([f"--backends {','.join(cols)}"] if backends else [])])
+         *([f"--backends {','.join(cols)}"] if backends else []), *([f"--precisions {','.join(precs)}"] if precisions else [])])
     meta = {
-        "command": command.strip(), "host": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "date": datetime.date.today().isoformat(), "size": f"{size[0]}x{size[1]}", "seconds": round(time.perf_counter() - t0),
+        "command": command.strip(), "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": datetime.date.today().isoformat(), "size": f"{size[0]}x{size[1]}", "precisions": ", ".join(precs),
         "weights": "random (no checkpoints reachable)",
     }
-    return write_matrix(rows, out_dir, meta=meta)
+    rows: list[ModelRow] = []
+    paths = write_matrix(rows, out_dir, meta={**meta, "seconds": 0, "models_done": f"0/{len(names)}"})
+    for n in names:  # written after every model: an interrupted run keeps what it measured
+        rows += measure_matrix([n], cols, precisions=precs, size=size, runs=runs, report=report)
+        paths = write_matrix(rows, out_dir, meta={**meta, "seconds": round(time.perf_counter() - t0),
+                                                  "models_done": f"{len(rows)}/{len(names)}"})
+    return paths

@@ -14,17 +14,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeseg_runtime.pipeline import parse_pipeline
+from edgeseg_runtime.pipeline import Preprocess, parse_pipeline
 
 from .errors import ConfigError
 from .export import SharedModel
 from .spec import ModelSpec
 from .targets import Target
 
-__all__ = ["make_pipeline", "make_deploy", "make_detail", "check_pipeline", "MMDEPLOY_VERSION"]
+__all__ = ["stretch_to", "make_pipeline", "make_deploy", "make_detail", "check_pipeline", "MMDEPLOY_VERSION"]
 
 #: the MMDeploy SDK version whose schema these files follow
 MMDEPLOY_VERSION = "1.3.1"
+
+
+def stretch_to(spec: ModelSpec, height: int, width: int) -> Preprocess:
+    """The runtime's pre-processing for ``spec``, stretching every image to ``height`` x ``width`` pixels.
+
+    Returns:
+        :class:`edgeseg_runtime.pipeline.Preprocess`; calling it on an
+        ``(H, W, 3)`` uint8 RGB image gives the ``(1, 3, height, width)``
+        float32 NCHW network input.
+    """
+    return Preprocess(size=(width, height), keep_ratio=False, mean=tuple(spec.input.mean),
+                      std=tuple(spec.input.std), to_rgb=spec.input.color == "RGB")
+
+
 _META_KEYS = ["filename", "ori_filename", "ori_shape", "img_shape", "pad_shape", "scale_factor", "img_norm_cfg"]
 
 

@@ -106,17 +106,17 @@ def check_dynamic_export(dynamic_onnx: Path, static_onnx: Path, spec: ModelSpec,
     """
     import onnxruntime as ort
 
-    from edgeseg_runtime.pipeline import Preprocess
+    from .pipeline import stretch_to
 
-    static = ort.InferenceSession(str(static_onnx), providers=["CPUExecutionProvider"])
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 4  # a failing dynamic graph is a result here, not a log line
+    static = ort.InferenceSession(str(static_onnx), quiet, providers=["CPUExecutionProvider"])
     h, w = (int(d) for d in static.get_inputs()[0].shape[2:])
     # the runtime's own pre-processing, stretched to the probe size
-    pre = Preprocess(size=(w, h), keep_ratio=False, mean=tuple(spec.input.mean), std=tuple(spec.input.std),
-                     to_rgb=spec.input.color == "RGB")
-    x = pre(image)
+    x = stretch_to(spec, h, w)(image)
     want = static.run(None, {"input": x})[0]
     try:
-        dynamic = ort.InferenceSession(str(dynamic_onnx), providers=["CPUExecutionProvider"])
+        dynamic = ort.InferenceSession(str(dynamic_onnx), quiet, providers=["CPUExecutionProvider"])
         got = dynamic.run(None, {"input": x})[0]
         if got.shape != want.shape:
             raise ConversionError(f"output shape {list(got.shape)} instead of {list(want.shape)}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeseg import SAMPLE_IMAGES
 from edgeseg_runtime import ArchiveError
 from edgeseg_runtime.pipeline import Postprocess, Preprocess, parse_pipeline
 
@@ -39,9 +40,38 @@ def test_resize_rules(size, keep, image, expected) -> None:  # noqa: ANN001
     assert x.shape == (1, 3, expected[1], expected[0])
 
 
+def _torch_bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """mmseg's resize: ``F.interpolate(mode="bilinear", align_corners=False)`` of ``(N, C, h0, w0)`` float."""
+    torch = pytest.importorskip("torch")
+    t = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x, np.float32)), size=(h, w),
+                                        mode="bilinear", align_corners=False)
+    return t.numpy()
+
+
 def _reference_post(scores: np.ndarray, h: int, w: int) -> np.ndarray:
-    planes = [np.asarray(Image.fromarray(c, mode="F").resize((w, h), Image.BILINEAR)) for c in scores[0]]
-    return np.argmax(np.stack(planes), axis=0)
+    return np.argmax(_torch_bilinear(scores, h, w)[0], axis=0)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((512, 512), (256, 256)), ((427, 640), (256, 512)), ((300, 200), (512, 384)), ((9, 7), (64, 3))])
+def test_resize_is_opencv_and_torch_bilinear_without_antialiasing(src, dst) -> None:  # noqa: ANN001
+    """Shrinking and enlarging: within one grey level of OpenCV INTER_LINEAR (what mmcv and the SDK use)."""
+    rgb = np.asarray(Image.open(SAMPLE_IMAGES / "astronaut.png").convert("RGB").resize(src[::-1], Image.Resampling.LANCZOS))
+    pre = Preprocess(size=dst[::-1], keep_ratio=False, mean=(0, 0, 0), std=(1, 1, 1), to_rgb=True)
+    ours = pre.resize(rgb).astype(np.int16)
+    exact = _torch_bilinear(rgb.transpose(2, 0, 1)[None].astype(np.float32), *dst)[0].transpose(1, 2, 0)
+    assert np.abs(ours - exact).max() < 1.01  # one grey level: Pillow makes uint8 by truncating
+    cv2 = pytest.importorskip("cv2")
+    assert np.abs(ours - cv2.resize(rgb, dst[::-1], interpolation=cv2.INTER_LINEAR)).max() <= 1
+    if dst[0] < src[0]:  # an anti-aliased shrink (Pillow's Image.resize) is far from it
+        aa = np.asarray(Image.fromarray(rgb).resize(dst[::-1], Image.Resampling.BILINEAR)).astype(np.int16)
+        assert np.abs(aa - exact).max() > 10
+
+
+def test_score_planes_resize_like_mmseg() -> None:
+    scores = RNG.standard_normal((1, 3, 40, 30)).astype(np.float32)
+    for h, w in ((160, 120), (17, 11)):
+        _, resized = Postprocess(3, False)(scores, h, w, want_scores=True)
+        np.testing.assert_allclose(resized, _torch_bilinear(scores, h, w)[0], atol=2e-5)
 
 
 def test_two_class_fast_path_equals_argmax_of_resized_scores() -> None:

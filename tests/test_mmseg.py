@@ -1,0 +1,136 @@
+"""MMSegmentation import (edgeseg.mmseg), the CLI's --mmseg-config, and the measured support matrix (edgeseg.matrix).
+
+Real mmsegmentation 1.2.2 configs from the wheel, built with random weights
+(no checkpoint is reachable); a checkpoint written here from one of them
+carries the same weights into the CLI's process, so the archive can be
+compared with that PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import edgeseg_cli
+
+pytest.importorskip("mmseg")
+torch = pytest.importorskip("torch")
+
+import edgeseg  # noqa: E402
+from edgeseg.errors import ConfigError, ConversionError  # noqa: E402
+from edgeseg.mmseg import config_path, load_mmseg  # noqa: E402
+
+BISENET = "bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024"
+
+
+@pytest.fixture(scope="module")
+def bisenet() -> tuple[object, edgeseg.ModelSpec]:
+    torch.manual_seed(0)
+    return load_mmseg(BISENET, input_size=(256, 512))
+
+
+def test_spec_comes_from_the_config(bisenet) -> None:  # noqa: ANN001
+    from mmseg.datasets import CityscapesDataset
+
+    _, spec = bisenet
+    assert list(spec.input.size) == [256, 512] and spec.input.layout == "NCHW"
+    assert list(spec.input.mean) == [123.675, 116.28, 103.53] and list(spec.input.std) == [58.395, 57.12, 57.375]
+    assert spec.input.color == "RGB"  # bgr_to_rgb=True in the config's SegDataPreProcessor
+    assert list(spec.output.classes) == list(CityscapesDataset.METAINFO["classes"])
+    assert [list(c) for c in spec.output.palette] == [list(c) for c in CityscapesDataset.METAINFO["palette"]]
+    assert "random weights" in spec.description
+
+
+def test_config_names_and_paths() -> None:
+    path = config_path(BISENET)
+    assert path.is_file() and path.parent.name == "bisenetv2" and path.parts[-3] == "configs"
+    assert config_path(path) == path
+    with pytest.raises(ConfigError, match="no MMSegmentation config"):
+        config_path("not_a_config_1x1")
+
+
+def test_cli_refuses_mixed_model_sources(tmp_path: Path) -> None:
+    both = edgeseg_cli("build", "--target", "cpu", "--mmseg-config", BISENET, "--color", "BGR", "--out", tmp_path)
+    assert both.returncode == 2 and "only --input-size applies" in both.stderr
+    stray = edgeseg_cli("build", "--target", "cpu", "--checkpoint", tmp_path / "x.pth", "--out", tmp_path)
+    assert stray.returncode == 2 and "--checkpoint goes with --mmseg-config" in stray.stderr
+    missing = edgeseg_cli("build", "--target", "cpu", "--mmseg-config", BISENET, "--checkpoint", tmp_path / "x.pth", "--out", tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def _pytorch_labels(module, spec, photo: Path) -> np.ndarray:  # noqa: ANN001
+    """PyTorch's label map for ``photo``, with edgeseg's own pre/post-processing around the module."""
+    from edgeseg_runtime.images import load_image
+    from edgeseg_runtime.pipeline import Postprocess
+
+    from edgeseg.pipeline import stretch_to
+
+    rgb = load_image(photo)
+    with torch.no_grad():
+        logits = module(torch.from_numpy(stretch_to(spec, *spec.input.size)(rgb))).numpy()
+    return Postprocess(len(spec.output.classes), False)(logits, *rgb.shape[:2])[0]
+
+
+@pytest.mark.slow
+def test_build_from_config_and_checkpoint_for_intel_agrees_with_pytorch(bisenet, photos: dict[str, Path], tmp_path: Path) -> None:  # noqa: ANN001
+    pytest.importorskip("openvino")
+    module, spec = bisenet
+    ckpt = tmp_path / "bisenetv2.pth"
+    torch.save({"state_dict": module.model.state_dict(), "meta": {}}, ckpt)
+    proc = edgeseg_cli("build", "--mmseg-config", config_path(BISENET), "--checkpoint", ckpt, "--input-size", "256x512",
+                       "--target", "intel", "--out", tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr
+    archive = next((tmp_path / "dist").glob("bisenetv2-intel-*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        pipeline = json.load(tar.extractfile("pipeline.json"))
+    assert manifest["provenance"]["exporter"] == "torchscript"
+    _, resize, normalize, *_ = pipeline["pipeline"]["tasks"][0]["transforms"]
+    assert resize["size"] == [512, 256] and normalize["mean"] == list(spec.input.mean) and normalize["to_rgb"] is True
+    run = edgeseg_cli("run", "--archive", archive, *photos.values(), "--out", tmp_path / "run")
+    assert run.returncode == 0, run.stderr
+    for name, photo in photos.items():
+        ours = np.asarray(Image.open(tmp_path / "run" / f"{name}.png"))
+        ref = _pytorch_labels(module, spec, photo)
+        assert ours.shape == ref.shape
+        assert np.mean(ours == ref) >= 0.99, name  # OpenVINO fp16 vs PyTorch fp32, random weights
+
+
+@pytest.mark.slow
+def test_model_that_calls_a_compiled_op_fails_with_one_clear_line(tmp_path: Path) -> None:
+    proc = edgeseg_cli("build", "--mmseg-config", "psanet_r50-d8_4xb2-40k_cityscapes-512x1024", "--input-size", "128x256",
+                       "--target", "cpu", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert "compiled op 'psamask_forward'" in proc.stderr and "mmcv-lite" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("*.tar.gz"))
+    with pytest.raises(ConversionError, match="compiled op"):  # the same through the Python API
+        module, _ = load_mmseg("psanet_r50-d8_4xb2-40k_cityscapes-512x1024", input_size=(64, 128))
+        module(torch.zeros(1, 3, 64, 128))
+
+
+@pytest.mark.slow
+def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> None:
+    proc = edgeseg_cli("matrix", "--models", "BiSeNetV2,Fast-SCNN", "--size", "128x256", "--runs", "2", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "support-matrix.json").read_text())
+    rows = {r["model"]: r for r in doc["models"]}
+    assert set(rows) == {"BiSeNetV2", "Fast-SCNN"}
+    # BiSeNetV2: the TorchScript exporter takes it and the dynamic-H/W graph is right at another size
+    assert rows["BiSeNetV2"]["exporter"] == "torchscript" and rows["BiSeNetV2"]["shape"] == "dynamic"
+    # Fast-SCNN: non-global AdaptiveAvgPool2d, which the TorchScript exporter refuses: dynamo, static only
+    assert rows["Fast-SCNN"]["exporter"] == "dynamo" and rows["Fast-SCNN"]["shape"] == "static"
+    for row in rows.values():
+        cell = row["cells"]["onnxruntime"]["fp32"]
+        assert cell["status"] == "Y" and cell["label_agreement"] >= 0.99 and cell["max_abs_diff"] < 1e-3
+        assert cell["latency_ms"] > 0 and cell["size_mb"] > 0
+    md = (tmp_path / "support-matrix.md").read_text()
+    assert "| Model | Export | Shape | ONNX Runtime |" in md
+    assert "| Fast-SCNN | dynamo | static | Y" in md and "random weights" in md
+    bad = edgeseg_cli("matrix", "--models", "NoSuchNet", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "unknown model 'NoSuchNet'" in bad.stderr
