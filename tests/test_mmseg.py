@@ -116,7 +116,8 @@ def test_model_that_calls_a_compiled_op_fails_with_one_clear_line(tmp_path: Path
 
 @pytest.mark.slow
 def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> None:
-    proc = edgeseg_cli("matrix", "--models", "BiSeNetV2,Fast-SCNN", "--size", "128x256", "--runs", "2", "--out", tmp_path)
+    proc = edgeseg_cli("matrix", "--models", "BiSeNetV2,Fast-SCNN", "--backends", "onnxruntime,tflite,coreml",
+                       "--size", "128x256", "--runs", "2", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "support-matrix.json").read_text())
     rows = {r["model"]: r for r in doc["models"]}
@@ -129,8 +130,14 @@ def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> 
         cell = row["cells"]["onnxruntime"]["fp32"]
         assert cell["status"] == "Y" and cell["label_agreement"] >= 0.99 and cell["max_abs_diff"] < 1e-3
         assert cell["latency_ms"] > 0 and cell["size_mb"] > 0
+    # the ONNX -> PyTorch path of LiteRT and CoreML takes TorchScript-exported mmseg graphs
+    # (Resize sizes given as keyword arguments are frozen; initializers folded)
+    lite = rows["BiSeNetV2"]["cells"]["tflite"]["fp32"]
+    assert lite["status"] == "Y" and lite["rel_diff"] <= 1e-3, lite
+    coreml = rows["BiSeNetV2"]["cells"]["coreml"]["fp32"]
+    assert coreml["status"] == "?" and coreml["convert_ok"] and "macOS" in coreml["error"], coreml
     md = (tmp_path / "support-matrix.md").read_text()
-    assert "| Model | Export | Shape | ONNX Runtime |" in md
+    assert "| Model | Export | Shape | ONNX Runtime | LiteRT | CoreML |" in md
     assert "| Fast-SCNN | dynamo | static | Y" in md and "random weights" in md
     bad = edgeseg_cli("matrix", "--models", "NoSuchNet", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "unknown model 'NoSuchNet'" in bad.stderr

@@ -192,7 +192,7 @@ class CoreMLBackend:
                                    "source": "shared ONNX via onnx2torch + torch.jit.trace"}
         try:
             with _quiet():
-                net = onnx_to_torch(model, extra="coreml")
+                net = onnx_to_torch(model, extra="coreml", freeze=True)  # folded like tflite: plain initializers, constant shapes
                 example = torch.zeros(shape, dtype=torch.float32)
                 with torch.no_grad():
                     traced = torch.jit.trace(net, example)

@@ -169,6 +169,8 @@ def freeze_shape_arguments(gm: Any) -> int:
                 call = (torch.reshape, (node.args[0], tuple(dims)), {})
         elif isinstance(module, OnnxResize):
             args = list(node.args) + [None] * (4 - len(node.args))
+            for i, key in enumerate(("roi", "scales", "sizes"), start=1):  # onnx2torch passes some as keywords
+                args[i] = node.kwargs.get(key, args[i])
             roi, scales, sizes = (_constant(gm, a) if a is not None else None for a in args[1:4])
             given = [a for a in args[1:4] if a is not None]
             if any(_constant(gm, a) is None for a in given) or (roi is not None and roi.numel() and not module.ignore_roi):
