@@ -163,8 +163,9 @@ def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
 
 @task(help={"full": "every seed architecture x every backend x fp32,fp16 (else 5 small models, ONNX Runtime fp32)",
             "models": "comma-separated architectures", "backends": "comma-separated backends",
-            "precisions": "comma-separated precisions (fp32,fp16)", "out": "output folder"})
-def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs"):  # noqa: ANN001, ANN201
+            "precisions": "comma-separated precisions (fp32,fp16)", "out": "output folder",
+            "jobs": "models measured at once (worker processes)", "resume": "keep the models already measured in <out>"})
+def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs", jobs=1, resume=False):  # noqa: ANN001, ANN201
     """Measure the MMSegmentation support matrix into <out>/support-matrix.{json,md} (needs edgeseg[mmseg])."""
     import edgeseg
     from edgeseg.matrix import run_matrix
@@ -172,7 +173,8 @@ def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs
     try:
         for path in run_matrix(full=full, models=models.split(",") if models else None,
                                backends=backends.split(",") if backends else None,
-                               precisions=precisions.split(",") if precisions else None, out_dir=Path(out), report=print):
+                               precisions=precisions.split(",") if precisions else None, out_dir=Path(out),
+                               jobs=int(jobs), resume=resume, report=print):
             print(path)
     except edgeseg.EdgesegError as exc:
         raise Exit(f"edgeseg: error: {exc}", code=2) from None

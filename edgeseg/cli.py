@@ -122,7 +122,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         full=args.full, models=args.models.split(",") if args.models else None,
         backends=args.backends.split(",") if args.backends else None,
         precisions=args.precisions.split(",") if args.precisions else None, size=tuple(args.size), runs=args.runs,
-        out_dir=args.out, report=lambda line: print(line, file=sys.stderr, flush=True),
+        out_dir=args.out, jobs=args.jobs, resume=args.resume, report=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print("\n".join(map(str, paths)))
     return 0
@@ -259,12 +259,14 @@ def _add_build(sub: Any) -> None:
         "Writes <out>/support-matrix.{json,md}. Without --full: 5 small models, ONNX Runtime fp32 only (pip install "
         "'edgeseg[mmseg]').",
     )
-    p.add_argument("--full", action="store_true", help="every seed architecture x every backend x fp32,fp16 (about 1 h on 2 cores)")
+    p.add_argument("--full", action="store_true", help="every seed architecture x every backend x fp32,fp16 (1-2 h on 2 cores)")
     p.add_argument("--models", metavar="A,B", help="architectures by name (e.g. PSPNet,BiSeNetV2)")
     p.add_argument("--backends", metavar="X,Y", help="onnxruntime,openvino,ncnn,tflite,coreml,tensorrt")
     p.add_argument("--precisions", metavar="P,Q", help="fp32,fp16 (default: fp32; both with --full)")
     p.add_argument("--size", type=_size, default=[256, 512], metavar="HxW", help="input size (default: 256x512)")
     p.add_argument("--runs", type=int, default=10, help="timed inferences per cell (default: %(default)s)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="models measured at once in worker processes (default: 1)")
+    p.add_argument("--resume", action="store_true", help="keep the models <out>/support-matrix.json already has")
     p.add_argument("--out", "-o", type=Path, default=Path("docs"), help="output folder (default: %(default)s)")
     p.set_defaults(func=cmd_matrix)
 

@@ -377,27 +377,66 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     return json_path, md_path
 
 
+def _row_from_dict(d: dict[str, Any]) -> ModelRow:
+    cells = {b: {p: Cell(**c) for p, c in cs.items()} for b, cs in d.get("cells", {}).items()}
+    return ModelRow(**{**d, "input_size": tuple(d["input_size"]), "cells": cells})
+
+
+def _measured_rows(json_path: Path, size: tuple[int, int], cols: Sequence[str], precs: Sequence[str]) -> dict[str, ModelRow]:
+    """Rows of an earlier run at the same size that have every wanted backend and precision (for ``resume``)."""
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+        rows = [_row_from_dict(d) for d in doc.get("models", [])]
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    return {r.model: r for r in rows if tuple(r.input_size) == tuple(size)
+            and all(p in r.cells.get(b, {}) for b in cols for p in precs if not r.error)}
+
+
+def _measure_one(name: str, cols: Sequence[str], precs: Sequence[str], size: tuple[int, int], runs: int) -> ModelRow:
+    """One model in a worker process (progress lines go to its stderr)."""
+    import sys
+
+    return measure_matrix([name], cols, precisions=precs, size=size, runs=runs,
+                          report=lambda line: print(line, file=sys.stderr, flush=True))[0]
+
+
 def run_matrix(
     *, full: bool = False, models: Sequence[str] | None = None, backends: Sequence[str] | None = None,
     precisions: Sequence[str] | None = None, size: tuple[int, int] = (256, 512), runs: int = 10,
-    out_dir: Path = Path("docs"), report: Callable[[str], None] | None = None,
+    out_dir: Path = Path("docs"), jobs: int = 1, resume: bool = False, report: Callable[[str], None] | None = None,
 ) -> tuple[Path, Path]:
     """Measure and write the matrix.
 
     ``full``: every seed model × every backend × fp32 and fp16; else
     :data:`FAST_MODELS` × ONNX Runtime × fp32. ``models``, ``backends`` and
-    ``precisions`` narrow either.
+    ``precisions`` narrow either. The files are rewritten after every model,
+    so an interrupted run keeps what it measured; ``resume`` keeps the rows
+    of ``out_dir``'s JSON that already have every wanted cell at this size.
+    ``jobs`` > 1 measures that many models at once in worker processes (the
+    converters are mostly single-threaded; latencies are then measured side
+    by side with another model's work).
 
     Returns:
         The JSON and Markdown paths.
+
+    Raises:
+        ConfigError: an unknown model, backend or precision, or ``jobs`` < 1.
     """
     import datetime
     import platform
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from .errors import ConfigError
 
     names = list(models or (SEED_MODELS if full else FAST_MODELS))
     cols = list(backends or (BACKEND_COLUMNS if full else ["onnxruntime"]))
     precs = list(precisions or (REL_TOL if full else ["fp32"]))
     _check_names(names, cols, precs)  # before any work
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    say = report or (lambda _line: None)
     t0 = time.perf_counter()
     narrowed = models or backends or precisions
     command = "invoke matrix --full" if full and not narrowed else "edgeseg matrix " + " ".join(
@@ -406,12 +445,32 @@ def run_matrix(
     meta = {
         "command": command.strip(), "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": datetime.date.today().isoformat(), "size": f"{size[0]}x{size[1]}", "precisions": ", ".join(precs),
-        "weights": "random (no checkpoints reachable)",
+        "weights": "random (no checkpoints reachable)", "jobs": jobs,
     }
-    rows: list[ModelRow] = []
-    paths = write_matrix(rows, out_dir, meta={**meta, "seconds": 0, "models_done": f"0/{len(names)}"})
-    for n in names:  # written after every model: an interrupted run keeps what it measured
-        rows += measure_matrix([n], cols, precisions=precs, size=size, runs=runs, report=report)
-        paths = write_matrix(rows, out_dir, meta={**meta, "seconds": round(time.perf_counter() - t0),
-                                                  "models_done": f"{len(rows)}/{len(names)}"})
+    done = _measured_rows(out_dir / "support-matrix.json", size, cols, precs) if resume else {}
+    done = {n: done[n] for n in names if n in done}
+    if done:
+        say(f"resuming: {len(done)} of {len(names)} models already measured in {out_dir / 'support-matrix.json'}")
+
+    def write() -> tuple[Path, Path]:
+        rows = [done[n] for n in names if n in done]  # the seed order, whatever order they finished in
+        return write_matrix(rows, out_dir, meta={**meta, "seconds": round(time.perf_counter() - t0),
+                                                 "models_done": f"{len(rows)}/{len(names)}"})
+
+    paths = write()
+    todo = [n for n in names if n not in done]
+    if jobs == 1:
+        for n in todo:
+            done[n] = measure_matrix([n], cols, precisions=precs, size=size, runs=runs, report=say)[0]
+            paths = write()
+        return paths
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_measure_one, n, cols, precs, size, runs): n for n in todo}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                done[name] = future.result()
+            except Exception as exc:  # a worker that died (e.g. out of memory) is a measured failure
+                done[name] = ModelRow(name, SEED_MODELS[name], size, error=f"worker failed: {_first_line(exc)}")
+            paths = write()
     return paths

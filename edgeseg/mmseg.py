@@ -166,13 +166,16 @@ def load_mmseg(
         ``(module, spec)``: :class:`WholeInference` module in eval mode, and the model spec.
 
     Raises:
-        ToolchainError: mmseg not installed.
+        ToolchainError: mmseg not installed, or the config needs MMDetection and it is not.
         ConfigError: config or checkpoint not found, or a config without a data preprocessor.
         ConversionError: building the model failed (first line of the error).
     """
     mm = _mmseg()
     path = config_path(config)
     cfg = mm["Config"].fromfile(str(path))
+    if "mmdet." in cfg.pretty_text and importlib.util.find_spec("mmdet") is None:
+        raise ToolchainError(f"{path.name} is built from MMDetection modules (mmdet.*), which are not installed; "
+                             "pip install MMDetection 3.x (mmdet) to build it")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist")
     if num_classes is not None:

@@ -102,6 +102,17 @@ def test_build_from_config_and_checkpoint_for_intel_agrees_with_pytorch(bisenet,
         assert np.mean(ours == ref) >= 0.99, name  # OpenVINO fp16 vs PyTorch fp32, random weights
 
 
+def test_config_built_from_mmdetection_modules_says_so() -> None:
+    import importlib.util
+
+    from edgeseg.errors import ToolchainError
+
+    if importlib.util.find_spec("mmdet") is not None:
+        pytest.skip("MMDetection is installed here")
+    with pytest.raises(ToolchainError, match=r"MMDetection modules \(mmdet\.\*\)"):
+        load_mmseg("mask2former_r50_8xb2-90k_cityscapes-512x1024", input_size=(64, 128))
+
+
 @pytest.mark.slow
 def test_model_that_calls_a_compiled_op_fails_with_one_clear_line(tmp_path: Path) -> None:
     proc = edgeseg_cli("build", "--mmseg-config", "psanet_r50-d8_4xb2-40k_cityscapes-512x1024", "--input-size", "128x256",
@@ -116,12 +127,18 @@ def test_model_that_calls_a_compiled_op_fails_with_one_clear_line(tmp_path: Path
 
 @pytest.mark.slow
 def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> None:
-    proc = edgeseg_cli("matrix", "--models", "BiSeNetV2,Fast-SCNN", "--backends", "onnxruntime,tflite,coreml",
-                       "--size", "128x256", "--runs", "2", "--out", tmp_path)
+    common = ("--backends", "onnxruntime,tflite,coreml", "--size", "128x256", "--runs", "2", "--out", tmp_path)
+    first = edgeseg_cli("matrix", "--models", "BiSeNetV2", *common)
+    assert first.returncode == 0, first.stderr
+    before = json.loads((tmp_path / "support-matrix.json").read_text())["models"]
+    # a second run keeps the measured row (--resume) and measures the new model in a worker process (--jobs)
+    proc = edgeseg_cli("matrix", "--models", "BiSeNetV2,Fast-SCNN", "--resume", "--jobs", "2", *common)
     assert proc.returncode == 0, proc.stderr
+    assert "resuming: 1 of 2 models" in proc.stderr
     doc = json.loads((tmp_path / "support-matrix.json").read_text())
+    assert doc["meta"]["models_done"] == "2/2" and doc["models"][0] == before[0]  # kept as measured, latencies included
     rows = {r["model"]: r for r in doc["models"]}
-    assert set(rows) == {"BiSeNetV2", "Fast-SCNN"}
+    assert list(rows) == ["BiSeNetV2", "Fast-SCNN"]
     # BiSeNetV2: the TorchScript exporter takes it and the dynamic-H/W graph is right at another size
     assert rows["BiSeNetV2"]["exporter"] == "torchscript" and rows["BiSeNetV2"]["shape"] == "dynamic"
     # Fast-SCNN: non-global AdaptiveAvgPool2d, which the TorchScript exporter refuses: dynamo, static only
