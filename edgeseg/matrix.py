@@ -203,7 +203,8 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
         return Cell("N", error=_first_line(exc))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     if backend.build_on == "device":
-        return Cell("?", convert_ok=True, size_mb=size, error="the engine is built on the device (TensorRT not installable here)")
+        return Cell("?", convert_ok=True, size_mb=round(size, 2),
+                    error="the engine is built on the device (TensorRT not installable here)")
     runner_cls = runner_class(name)
     try:
         runner_cls.version()
@@ -229,7 +230,9 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
 def _measure_model(name: str, config: str, backends: Sequence[str], precisions: Sequence[str], size: tuple[int, int],
                    runs: int, report: Callable[[str], None]) -> ModelRow:
     import torch
+    from edgeseg_runtime.images import load_image
 
+    from .build import SAMPLE_IMAGES
     from .export import export_shared
     from .mmseg import load_mmseg
     from .variants import check_dynamic_export, spec_at
@@ -254,12 +257,7 @@ def _measure_model(name: str, config: str, backends: Sequence[str], precisions: 
             probe = (size[0], size[1] + size[1] // 2)
             static = export_shared(module, spec_at(spec, probe), work / "probe", static=True)
             dynamic = export_shared(module, spec, work / "dynamic", dynamic=True)
-            from PIL import Image
-
-            from .build import SAMPLE_IMAGES
-
-            photo = np.asarray(Image.open(SAMPLE_IMAGES / "astronaut.png").convert("RGB"))
-            check = check_dynamic_export(dynamic.path, static.path, spec, photo)
+            check = check_dynamic_export(dynamic.path, static.path, spec, load_image(SAMPLE_IMAGES / "astronaut.png"))
             row.shape = "dynamic" if check.safe else "static"
             row.shape_detail = check.summary()
         except Exception as exc:
@@ -389,8 +387,9 @@ def _measured_rows(json_path: Path, size: tuple[int, int], cols: Sequence[str], 
         rows = [_row_from_dict(d) for d in doc.get("models", [])]
     except (OSError, ValueError, TypeError, KeyError):
         return {}
-    return {r.model: r for r in rows if tuple(r.input_size) == tuple(size)
-            and all(p in r.cells.get(b, {}) for b in cols for p in precs if not r.error)}
+    complete = {r.model: r for r in rows if tuple(r.input_size) == tuple(size)
+                and (r.error or all(p in r.cells.get(b, {}) for b in cols for p in precs))}  # a failed build has no cells
+    return complete
 
 
 def _measure_one(name: str, cols: Sequence[str], precs: Sequence[str], size: tuple[int, int], runs: int) -> ModelRow:
