@@ -23,8 +23,9 @@ them by name).
   imported, :func:`_mmcv_ext_stand_in` puts a module in ``sys.modules`` whose
   every attribute is a function raising :class:`CompiledOpMissing`; it is
   removed right after (the ops modules keep their reference). A model that
-  really calls a compiled op (PSANet's PSAMask, CCNet's criss-cross attention,
-  deformable convs…) then fails with a clear ConversionError naming the op.
+  really calls a compiled op (PSANet's PSAMask, deformable convolutions…)
+  then fails with a clear ConversionError naming the op; CCNet's criss-cross
+  attention is plain PyTorch in mmcv 2.x and exports.
   Nothing is stubbed when a full mmcv with ops is installed.
 """
 
