@@ -156,16 +156,6 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _photo_tensor(spec: Any) -> np.ndarray:
-    """The astronaut photo through the runtime's pre-processing at the spec's size (``(1, 3, H, W)`` float32)."""
-    from edgeseg_runtime.images import load_image
-
-    from .build import SAMPLE_IMAGES
-    from .pipeline import stretch_to
-
-    return stretch_to(spec, *spec.input.size)(load_image(SAMPLE_IMAGES / "astronaut.png"))
-
-
 def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
     """The backend's target profile at each wanted precision it has a tolerance for (precision → Target).
 
@@ -227,14 +217,16 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
                 "" if status == "Y" else f"logits differ from PyTorch by {rel:.1%} of their range")
 
 
-def _measure_model(name: str, config: str, backends: Sequence[str], precisions: Sequence[str], size: tuple[int, int],
+def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], size: tuple[int, int],
                    runs: int, report: Callable[[str], None]) -> ModelRow:
+    """One row: ``targets`` is backend → precision → target profile (:func:`_precisions`)."""
     import torch
     from edgeseg_runtime.images import load_image
 
     from .build import SAMPLE_IMAGES
     from .export import export_shared
     from .mmseg import load_mmseg
+    from .pipeline import stretch_to
     from .variants import check_dynamic_export, spec_at
 
     row = ModelRow(name, config, size)
@@ -243,7 +235,8 @@ def _measure_model(name: str, config: str, backends: Sequence[str], precisions: 
         try:
             module, spec = load_mmseg(config, input_size=size)
             row.build_ok = True
-            x = _photo_tensor(spec)
+            photo = load_image(SAMPLE_IMAGES / "astronaut.png")
+            x = stretch_to(spec, *spec.input.size)(photo)  # the runtime's pre-processing at the spec's size
             with torch.no_grad():
                 ref = module(torch.from_numpy(x)).numpy()
                 row.pytorch_ms = round(_median_ms(lambda: module(torch.from_numpy(x)), max(1, runs // 4)), 2)
@@ -257,15 +250,15 @@ def _measure_model(name: str, config: str, backends: Sequence[str], precisions: 
             probe = (size[0], size[1] + size[1] // 2)
             static = export_shared(module, spec_at(spec, probe), work / "probe", static=True)
             dynamic = export_shared(module, spec, work / "dynamic", dynamic=True)
-            check = check_dynamic_export(dynamic.path, static.path, spec, load_image(SAMPLE_IMAGES / "astronaut.png"))
+            check = check_dynamic_export(dynamic.path, static.path, spec, photo)
             row.shape = "dynamic" if check.safe else "static"
             row.shape_detail = check.summary()
         except Exception as exc:
             row.shape, row.shape_detail = "static", f"dynamic export failed: {_first_line(exc)}"
         bdir = work / "backends"
         bdir.mkdir()
-        for backend in backends:
-            for precision, target in _precisions(backend, precisions).items():
+        for backend, by_precision in targets.items():
+            for precision, target in by_precision.items():
                 try:
                     cell = _measure_backend(backend, target, shared, x, ref, bdir, runs)
                 except Exception as exc:  # a bug in a backend wrapper: recorded, not raised
@@ -308,7 +301,8 @@ def measure_matrix(
     cols = list(BACKEND_COLUMNS if backends is None else backends)
     _check_names(names, cols, precisions)
     say = report or (lambda _line: None)
-    return [_measure_model(n, SEED_MODELS[n], cols, precisions, size, runs, say) for n in names]
+    targets = {b: _precisions(b, precisions) for b in cols}  # profiles read once, not per model
+    return [_measure_model(n, SEED_MODELS[n], targets, size, runs, say) for n in names]
 
 
 def _cell_md(cells: dict[str, Cell] | None) -> str:
