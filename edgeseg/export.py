@@ -118,16 +118,16 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str
                 output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
             )
         return "torchscript"
+    except EdgesegError:  # the model's own clear error (e.g. a missing compiled op): not an exporter failure
+        raise
     except Exception as exc:  # the exporter raises many unrelated types
-        if isinstance(exc, EdgesegError):
-            raise
         legacy = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     try:
         _export_dynamo(module, spec, out, axes if dynamic else None)
         return "dynamo"
+    except EdgesegError:
+        raise
     except Exception as exc:
-        if isinstance(exc, EdgesegError):
-            raise
         dynamo = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(
             f"torch.onnx.export failed{' with dynamic H/W' if dynamic else ''}: {legacy[:300]}; dynamo exporter: {dynamo[:300]}"
