@@ -26,7 +26,6 @@ Steps, each writing into a fresh folder (inputs are never modified):
 from __future__ import annotations
 
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -43,7 +42,7 @@ import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
-from edgeseg_runtime.install import VERSION_PATTERN
+from edgeseg_runtime.contract import Model, PipelineSpec, parse_version
 from edgeseg_runtime.runners import RUNNERS, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
@@ -55,7 +54,7 @@ from .backends import Backend, Calibration, ModelFiles, get_backend
 from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
 from .calibration import load_calibration
-from .errors import ConfigError, ConversionError, ToolchainError, VerifyError
+from .errors import ArchiveError, ConfigError, ConversionError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
@@ -265,11 +264,13 @@ def build(
         raise ConfigError("--calib/--eval apply to fp16/int8 builds; this build is fp32 (use --precision)")
     palette = model_spec.output.colours()
     version = release_version or model_spec.version
-    if not re.match(VERSION_PATTERN, version):
+    try:
+        parse_version(version)
+    except ArchiveError:
         raise ConfigError(
-            f"release version {version!r} must be dotted numbers like 1.4.0 (devices compare it for updates); "
-            "set version in the model spec or pass --release-version"
-        )
+            f"release version {version[:40]!r} must be dotted ASCII numbers like 1.4.0 (at most 8 parts of 9 digits; "
+            "devices compare it for updates): set version in the model spec or pass --release-version"
+        ) from None
     sign_key = default_sign_key(sign_key)
     if sign_key is not None:
         load_private_key(sign_key)  # fail before the long steps, not at the end
@@ -314,21 +315,7 @@ def build(
         target_section = tgt.manifest_dict()
 
         with steps.step("reference run (ONNX Runtime fp32)") as step:
-            ref_dir = work / "reference"
-            ref_dir.mkdir()
-            shutil.copyfile(shared.path, ref_dir / "model.onnx")
-            ref_variants = []
-            for (h, w), variant in variants:
-                shutil.copyfile(variant.path, ref_dir / f"model-{h}x{w}.onnx")
-                ref_variants.append({"shape": [h, w], "net": f"model-{h}x{w}.onnx", "weights": ""})
-            ref_manifest = {
-                "model": model_section,
-                "target": {**target_section, "backend_options": {}},
-                "backend": {"name": "onnxruntime", "net": "model.onnx", "weights": "",
-                            **({"variants": ref_variants} if ref_variants else {})},
-            }
-            ref_archive = Archive(root=ref_dir, manifest=ref_manifest, source=ref_dir, _pipeline=pipeline)
-            ref = stack.enter_context(Segmentor(ref_archive))
+            ref = stack.enter_context(_reference(model_section, pipeline, shared, variants))
             golden_entries = _write_golden(ref, images, stage, palette)
             step.detail = f"{len(images)} golden images"
 
@@ -420,7 +407,8 @@ def build(
                 step.detail = f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB"
 
         pending = _not_runnable(tgt.backend)
-        staged = Archive(root=stage, manifest=manifest, source=archive_path, _pipeline=pipeline)
+        write_manifest(stage, manifest)  # provisional (no gate or check results yet): opened like any archive
+        staged = stack.enter_context(Archive.open(stage))
         candidate = stack.enter_context(Segmentor(staged)) if not pending else None
         accuracy: AccuracyReport | None = None
         if evalset is not None:
@@ -441,7 +429,7 @@ def build(
         check: VerifyReport | None = None
         with steps.step("golden check of the converted model") as step:
             if candidate is not None:
-                check = verify_archive(staged, candidate)
+                check = verify_archive(staged, candidate, label=archive_path.name)
                 manifest["build_check"] = {
                     "passed": check.passed,
                     "verdict": check.verdict(),
@@ -500,6 +488,21 @@ def _fallback(tgt: Target, files: ModelFiles, shared: SharedModel, stage: Path) 
         shutil.copyfile(shared.path, stage / net)
     return {"name": "onnxruntime", "net": net, "weights": "", "options": dict(tgt.fallback_options),
             "requirement": runner_class("onnxruntime").requirement}
+
+
+def _reference(model_section: dict[str, Any], pipeline: dict[str, Any], shared: SharedModel,
+               variants: list[tuple[tuple[int, ...], SharedModel]]) -> Segmentor:
+    """The fp32 ONNX Runtime reference: the shared ONNX (and its static variants) behind the archive's own pipeline."""
+    from edgeseg_runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+    model = Model.from_doc(model_section)
+    spec = PipelineSpec.from_doc(pipeline)
+    runners: dict[Any, Any] = {}
+    for (h, w), variant in variants:
+        runners[(h, w)] = OnnxRuntimeRunner(variant.path.parent, {"net": variant.path.name}, {})
+    if not runners:
+        runners[None] = OnnxRuntimeRunner(shared.path.parent, {"net": shared.path.name}, {})
+    return Segmentor.from_parts(model, spec, runners)
 
 
 def _not_runnable(backend: str) -> str:

@@ -108,7 +108,8 @@ def sign_bytes(data: bytes, key: Any) -> bytes:
     """The ``manifest.sig`` document (JSON bytes) signing ``data`` with an Ed25519 private key."""
     serialization, _ = _crypto()
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    doc = {"algorithm": ALGORITHM, "key_id": key_id_of(raw), "signature": base64.b64encode(key.sign(data)).decode()}
+    doc = {"algorithm": ALGORITHM, "key_id": key_id_of(raw), "public_key": base64.b64encode(raw).decode(),
+           "signature": base64.b64encode(key.sign(data)).decode()}
     return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 

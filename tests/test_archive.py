@@ -60,12 +60,15 @@ def test_unpacked_folder_runs_with_its_own_runtime(archives: dict[str, Path], tm
     """The archive's runtime/ works alone: no edgeseg host package on the path."""
     folder = _unpack(archives["cpu"], tmp_path / "x")
     code = "import sys; sys.path.insert(0, sys.argv[1]); from edgeseg_runtime.cli import main; sys.exit(main(sys.argv[2:]))"
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", code, str(folder / "runtime"), "verify", "--archive", str(folder)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("PASS")
+    # -B: no bytecode cache written into the archive (it would be a file the manifest does not list)
+    for _ in range(2):  # and running it leaves the folder exactly as it was: the second run passes too
+        proc = subprocess.run(
+            [sys.executable, "-I", "-B", "-c", code, str(folder / "runtime"), "verify", "--archive", str(folder)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith("PASS")
+    assert not list(folder.rglob("__pycache__"))
 
 
 def test_extra_file_in_folder_is_refused(archives: dict[str, Path], tmp_path: Path) -> None:
@@ -103,12 +106,18 @@ def test_not_an_archive(tmp_path: Path) -> None:
             pass
 
 
-def _evil_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
+@pytest.fixture(scope="module")
+def real_manifest(archives: dict[str, Path]) -> bytes:
+    """A real, valid manifest.json (the cpu archive's): hostile members are judged after it, as in a real attack."""
+    with tarfile.open(archives["cpu"]) as tar:
+        return tar.extractfile("manifest.json").read()
+
+
+def _evil_tar(path: Path, member: tarfile.TarInfo, manifest: bytes, data: bytes = b"x") -> Path:
     with tarfile.open(path, "w:gz") as tar:
         ok = tarfile.TarInfo("manifest.json")
-        payload = b'{"schema_version": 1, "files": {}}'
-        ok.size = len(payload)
-        tar.addfile(ok, io.BytesIO(payload))
+        ok.size = len(manifest)
+        tar.addfile(ok, io.BytesIO(manifest))
         if member.isfile():
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
@@ -126,7 +135,8 @@ def _evil_tar(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
     ],
     ids=["dotdot", "absolute", "nested-dotdot"],
 )
-def test_escaping_members_are_never_extracted(make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_escaping_members_are_never_extracted(make, real_manifest: bytes, tmp_path: Path,  # noqa: ANN001
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     extract_root = tmp_path / "tmp"
     extract_root.mkdir()
     monkeypatch.setenv("TMPDIR", str(extract_root))
@@ -135,7 +145,7 @@ def test_escaping_members_are_never_extracted(make, tmp_path: Path, monkeypatch:
     monkeypatch.setattr(tempfile, "tempdir", None)
     # keep the temporary folder after the failure, to see what (if anything) was extracted
     monkeypatch.setattr("edgeseg_runtime.archive.shutil.rmtree", lambda *a, **k: None)
-    evil = _evil_tar(tmp_path / "evil.tar.gz", make())
+    evil = _evil_tar(tmp_path / "evil.tar.gz", make(), real_manifest)
     with pytest.raises(ArchiveError, match="escapes the archive root"):
         with Archive.open(evil):
             pass
@@ -145,11 +155,11 @@ def test_escaping_members_are_never_extracted(make, tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
-def test_links_are_refused(kind: bytes, tmp_path: Path) -> None:
-    member = tarfile.TarInfo("model.onnx")
+def test_links_are_refused(kind: bytes, real_manifest: bytes, tmp_path: Path) -> None:
+    member = tarfile.TarInfo("end2end.onnx")
     member.type = kind
     member.linkname = "/etc/passwd"
-    evil = _evil_tar(tmp_path / "link.tar.gz", member)
+    evil = _evil_tar(tmp_path / "link.tar.gz", member, real_manifest)
     with pytest.raises(ArchiveError, match="is a link"):
         with Archive.open(evil):
             pass
@@ -167,29 +177,40 @@ def test_pack_is_byte_identical_and_atomic(tmp_path: Path) -> None:
     assert one == two
     with tarfile.open(tmp_path / "one.tar.gz") as tar:
         names = tar.getnames()
-        assert names == sorted(names) and all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+        # the manifest first (a device checks every later member against it), then sorted
+        assert names[0] == "manifest.json" and names[1:] == sorted(names[1:])
+        assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
     assert not list(tmp_path.glob(".*partial"))
     shutil.rmtree(stage)
 
 
 @pytest.mark.slow
-def test_runtime_pip_installs_from_unpacked_archive(archives: dict[str, Path], tmp_path: Path) -> None:
-    """The device flow: unpack, pip install ./runtime (no host package), verify with its console command."""
-    pytest.importorskip("setuptools", minversion="70.1")  # offline build: the test interpreter's setuptools
+def test_runtime_wheel_installs_from_unpacked_archive_without_touching_it(archives: dict[str, Path], tmp_path: Path) -> None:
+    """The device flow: unpack, pip install the archive's runtime wheel (no host package, no build, no index),
+    verify with its console command; the archive folder is left byte for byte as it was."""
     folder = _unpack(archives["cpu"], tmp_path / "x")
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    wheels = list((folder / "runtime").glob("edgeseg_runtime-*-py3-none-any.whl"))
+    assert len(wheels) == 1
     site = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
-         str(folder / "runtime")],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheels[0])],
         capture_output=True, text=True, timeout=300,
     )
     assert pip.returncode == 0, pip.stderr
     assert (site / "bin" / "edgeseg").is_file()
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before  # pip wrote nothing there
     env = {**os.environ, "PYTHONPATH": str(site)}
     verify = [str(site / "bin" / "edgeseg"), "verify", "--archive", str(folder)]
     proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert any(p.name.endswith(".egg-info") or p.name == "build" for p in (folder / "runtime").iterdir())
-    (folder / "runtime" / "edgeseg_runtime" / "sitecustomize.py").write_text("")  # not a byproduct: refused
-    proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
-    assert proc.returncode == 1 and "not listed in the manifest" in proc.stdout
+    # pip's byproducts of a source build are not tolerated inside an archive: each is an unlisted file
+    for planted in ("runtime/build/lib/edgeseg_runtime/cli.py", "runtime/edgeseg_runtime.egg-info/PKG-INFO",
+                    "runtime/edgeseg_runtime/sitecustomize.py"):
+        path = folder / planted
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("print('planted')\n")
+        proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert proc.returncode == 1 and "not listed in the manifest" in proc.stdout, (planted, proc.stdout)
+        assert "planted" not in proc.stdout + proc.stderr
+        shutil.rmtree(folder / planted.split("/")[0] / planted.split("/")[1]) if planted.count("/") > 2 else path.unlink()

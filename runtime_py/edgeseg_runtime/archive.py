@@ -1,199 +1,209 @@
 """Opening an edgeseg archive (``.tar.gz`` or an unpacked folder) safely.
 
-An archive is a flat tree whose ``manifest.json`` lists every other file with
-its sha256 and size. Opening one:
+An archive holds exactly the files its ``manifest.json`` lists (each with its
+sha256 and size), the manifest itself and, when signed, ``manifest.sig``:
+nothing else, ever. Python bytecode caches (``__pycache__``), pip's build
+folders and any other unlisted file make the archive invalid, since such a
+file could run when the archive's runtime is used.
 
-1. (``.tar.gz``) reads every member header first and refuses the whole archive
-   if any member is absolute, contains ``..``, is a link or a device, or if
-   the stream is truncated/corrupt; nothing is extracted before that check.
-   Extraction then uses :mod:`tarfile`'s ``data`` filter (PEP 706) as a
-   second line of defence, into a private temporary folder.
-2. checks that the files on disk are exactly those in the manifest, each
-   with the recorded sha256 (FIPS 180-4) and size.
+Opening one:
+
+1. (``.tar.gz``) :func:`edgeseg_runtime.tarball.extract` checks every member
+   header against the manifest (the first member) before writing any of its
+   bytes, and every sha256 while unpacking, into a private temporary folder
+   that is removed on every exit path (exceptions, Ctrl-C, and the CLI's
+   SIGTERM/SIGHUP handlers).
+2. (folder) the tree is walked without following links: a link, a special
+   file or an unlisted file is refused; then each listed file's size and
+   sha256 are checked (the listed total is bounded by
+   :attr:`~edgeseg_runtime.contract.Limits.total_bytes` before any hashing).
+3. ``manifest.json`` and ``pipeline.json`` are parsed into the typed contract
+   (:mod:`edgeseg_runtime.contract`) and the pipeline is checked against the
+   model's shapes and classes.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
+import os
 import shutil
-import tarfile
+import stat
 import tempfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
+from .contract import (
+    LIMITS,
+    MANIFEST_NAME,
+    PIPELINE_NAME,
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    Manifest,
+    PipelineSpec,
+    load_json,
+)
 from .errors import ArchiveError
 
-__all__ = ["Archive", "MANIFEST_NAME", "SCHEMA_VERSION", "sha256_file", "check_member_names"]
-
-MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+__all__ = ["Archive", "MANIFEST_NAME", "SCHEMA_VERSION", "sha256_file"]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def sha256_file(path: Path, limit: Optional[int] = None) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
 
-
-def check_member_names(members: list[tarfile.TarInfo], where: str) -> None:
-    """Refuse any tar member that could land outside the destination.
-
-    Raises:
-        ArchiveError: absolute path, ``..`` component, link, device or FIFO.
+    Args:
+        path: the file.
+        limit: hash at most this many bytes (then one more is read to tell a longer file apart).
     """
-    for m in members:
-        p = PurePosixPath(m.name)
-        if p.is_absolute() or m.name.startswith(("/", "\\")) or ".." in p.parts:
-            raise ArchiveError(f"{where}: member {m.name!r} escapes the archive root; refusing to extract anything")
-        if not (m.isfile() or m.isdir()):
-            kind = "link" if (m.issym() or m.islnk()) else "special file"
-            raise ArchiveError(f"{where}: member {m.name!r} is a {kind}; edgeseg archives hold only regular files")
+    digest = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    left = -1 if limit is None else limit + 1
+    with open(path, "rb") as fh:
+        while left != 0:
+            n = fh.readinto(view if left < 0 else view[: min(len(buf), left)])
+            if not n:
+                break
+            digest.update(view[:n])
+            if left > 0:
+                left -= n
+    return digest.hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Archive:
     """An archive checked and available as a folder.
 
     Attributes:
         root: folder holding the archive's files.
-        manifest: the parsed ``manifest.json``.
+        manifest: the validated ``manifest.json`` (:class:`~edgeseg_runtime.contract.Manifest`).
+        pipeline_spec: the validated ``pipeline.json`` (:class:`~edgeseg_runtime.contract.PipelineSpec`).
+        pipeline: ``pipeline.json`` as parsed JSON (the MMDeploy SDK document).
         source: what was opened (archive file or folder).
+        manifest_bytes: the exact bytes of ``manifest.json`` (what a signature covers).
+        signature: the bytes of ``manifest.sig``, None when unsigned.
     """
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
+    pipeline_spec: PipelineSpec
+    pipeline: Any
     source: Path
-    _pipeline: dict[str, Any] | None = field(default=None, repr=False)
+    manifest_bytes: bytes
+    signature: Optional[bytes]
 
     @classmethod
     @contextmanager
-    def open(cls, path: str | Path, *, check: bool = True) -> Iterator[Archive]:
-        """Open an archive file or unpacked archive folder.
+    def open(cls, path: str | Path) -> Iterator[Archive]:
+        """Open an archive file or unpacked archive folder (always fully checked).
 
         Args:
             path: ``*.tar.gz`` written by ``edgeseg build``, or its unpacked folder.
-            check: verify every file against the manifest (sha256 and size).
 
         Yields:
             The opened :class:`Archive`; a temporary extraction is removed on exit.
 
         Raises:
-            ArchiveError: missing, corrupt, truncated, unsafe, or files that do
-                not match the manifest.
+            ArchiveError: missing, corrupt, truncated, unsafe, over the
+                limits, or files that are not exactly the manifest's.
         """
         path = Path(path)
         if path.is_dir():
-            archive = cls._from_dir(path, path)
-            if check:
-                archive.check_files()
-            yield archive
+            yield cls._from_folder(path)
             return
-        if not path.is_file():
+        if not path.exists():
             raise ArchiveError(f"{path}: no such archive file or folder")
+        if not path.is_file():
+            raise ArchiveError(f"{path}: not an archive file or folder")
+        from .tarball import extract
+
         tmp = Path(tempfile.mkdtemp(prefix="edgeseg-"))
         try:
-            _extract(path, tmp)
-            archive = cls._from_dir(tmp, path)
-            if check:
-                archive.check_files()
-            yield archive
+            manifest, mbytes, sig = extract(path, tmp)
+            yield cls._finish(tmp, path, manifest, mbytes, sig)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def _from_dir(cls, root: Path, source: Path) -> Archive:
+    def _from_folder(cls, root: Path) -> Archive:
         mpath = root / MANIFEST_NAME
-        if not mpath.is_file():
-            raise ArchiveError(f"{source}: no {MANIFEST_NAME}; not an edgeseg archive")
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArchiveError(f"{source}: {MANIFEST_NAME} is not valid JSON ({exc})") from None
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        if version != SCHEMA_VERSION:
-            raise ArchiveError(
-                f"{source}: manifest schema_version {version!r} is not {SCHEMA_VERSION}; "
-                "use the edgeseg runtime shipped inside this archive (runtime/)"
-            )
-        return cls(root=root, manifest=manifest, source=source)
+            st = os.lstat(mpath)
+        except OSError:
+            raise ArchiveError(f"{root}: no {MANIFEST_NAME}; not an edgeseg archive") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > LIMITS.manifest_bytes:
+            raise ArchiveError(f"{root}: {MANIFEST_NAME} is not a regular file of at most {LIMITS.manifest_bytes:,} bytes")
+        mbytes = mpath.read_bytes()
+        manifest = Manifest.parse(mbytes, f"{root}: {MANIFEST_NAME}")
+        _check_tree(root, manifest)
+        sig_path = root / SIGNATURE_NAME
+        sig = sig_path.read_bytes() if sig_path.is_file() else None
+        if sig is not None and len(sig) > LIMITS.document_bytes:
+            raise ArchiveError(f"{root}: {SIGNATURE_NAME} is over {LIMITS.document_bytes:,} bytes")
+        return cls._finish(root, root, manifest, mbytes, sig)
 
-    def check_files(self) -> None:
-        """Compare the files on disk with the manifest's list.
-
-        Raises:
-            ArchiveError: a listed file is missing, has another size or sha256,
-                or a file is present that the manifest does not list.
-        """
-        listed: dict[str, dict[str, Any]] = self.manifest.get("files", {})
-        present = {
-            p.relative_to(self.root).as_posix()
-            for p in self.root.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME and not _install_byproduct(p.relative_to(self.root))
-        }
-        present.discard("manifest.sig")
-        extra = sorted(present - listed.keys())
-        if extra:
-            raise ArchiveError(f"{self.source}: file {extra[0]!r} is not listed in the manifest (tampered archive?)")
-        for rel, meta in sorted(listed.items()):
-            p = self.root / rel
-            if not p.is_file():
-                raise ArchiveError(f"{self.source}: {rel} is missing")
-            if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-                raise ArchiveError(
-                    f"{self.source}: {rel} does not match its sha256 in the manifest (altered or corrupt); "
-                    "rebuild or re-download the archive"
-                )
+    @classmethod
+    def _finish(cls, root: Path, source: Path, manifest: Manifest, mbytes: bytes, sig: bytes | None) -> Archive:
+        if PIPELINE_NAME not in manifest.files:
+            raise ArchiveError(f"{source}: the manifest does not list {PIPELINE_NAME}")
+        doc = load_json((root / PIPELINE_NAME).read_bytes(), f"{source}: {PIPELINE_NAME}")
+        spec = PipelineSpec.from_doc(doc, f"{source}: {PIPELINE_NAME}")
+        spec.check_model(manifest.model, f"{source}: {PIPELINE_NAME}")
+        return cls(root=root, manifest=manifest, pipeline_spec=spec, pipeline=doc, source=source,
+                   manifest_bytes=mbytes, signature=sig)
 
     def path(self, rel: str) -> Path:
         """Absolute path of a file inside the archive."""
         return self.root / rel
 
     @property
-    def pipeline(self) -> dict[str, Any]:
-        """The parsed ``pipeline.json``."""
-        if self._pipeline is None:
-            try:
-                self._pipeline = json.loads(self.path("pipeline.json").read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ArchiveError(f"{self.source}: cannot read pipeline.json ({exc})") from None
-        return self._pipeline
-
-    @property
     def name(self) -> str:
         """``<model>-<target>``, the archive's base name."""
-        return f"{self.manifest['model']['name']}-{self.manifest['target']['name']}"
+        return self.manifest.name
 
 
-def _install_byproduct(rel: Path) -> bool:
-    """Files that ``pip install ./runtime`` or Python itself leave in an unpacked archive.
+def _check_tree(root: Path, manifest: Manifest) -> None:
+    """The folder holds exactly the listed files (plus manifest and signature), each with its size and sha256.
 
-    ``__pycache__`` anywhere; ``runtime/build/`` and ``runtime/*.egg-info/``
-    (setuptools builds in the source folder). Everything else must be listed.
+    Raises:
+        ArchiveError: a link, special file or unlisted file anywhere in the
+            tree (checked first, without following links), or a listed file
+            missing or differing from the manifest.
     """
-    parts = rel.parts
-    if "__pycache__" in parts:
-        return True
-    return len(parts) > 2 and parts[0] == "runtime" and (parts[1] == "build" or parts[1].endswith(".egg-info"))
-
-
-def _extract(path: Path, dest: Path) -> None:
-    where = str(path)
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()  # reads to the end: catches truncation before extracting
-            check_member_names(members, where)
-            tar.extractall(dest, members=members, filter="data")
-    except ArchiveError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise ArchiveError(f"{where}: disk full while unpacking into {dest.parent}; free space or set TMPDIR") from None
-        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc}); rebuild or re-download it") from None
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc}); rebuild or re-download it") from None
+    listed = manifest.files
+    stack, seen = [root], 0
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise ArchiveError(f"{root}: cannot list {folder} ({exc.strerror or exc})") from None
+        for entry in entries:
+            rel = Path(entry.path).relative_to(root).as_posix()
+            if entry.is_symlink():
+                raise ArchiveError(f"{root}: {rel} is a link; edgeseg archives hold only regular files")
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                raise ArchiveError(f"{root}: {rel} is a special file; edgeseg archives hold only regular files")
+            if rel in (MANIFEST_NAME, SIGNATURE_NAME):
+                continue
+            if rel not in listed:
+                hint = (" (a Python bytecode cache: run the archive's runtime with python -B or "
+                        "PYTHONDONTWRITEBYTECODE=1, or install its wheel)" if "__pycache__" in rel.split("/") else "")
+                raise ArchiveError(f"{root}: file {rel!r} is not listed in the manifest{hint}; an archive holds "
+                                   "exactly the files it lists (tampered archive?)")
+            seen += 1
+    if seen != len(listed):
+        missing = next(rel for rel in sorted(listed) if not (root / rel).is_file())
+        raise ArchiveError(f"{root}: {missing} is missing")
+    for rel, meta in sorted(listed.items()):
+        p = root / rel
+        if p.stat().st_size != meta.size or sha256_file(p, limit=meta.size) != meta.sha256:
+            raise ArchiveError(
+                f"{root}: {rel} does not match its sha256 in the manifest (altered or corrupt); "
+                "rebuild or re-download the archive"
+            )

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +23,32 @@ import numpy as np
 
 from . import __version__
 from .archive import Archive
+from .contract import Backend
 from .bench import bench, format_result
-from .errors import EdgesegError, ImageError, VerifyError
-from .images import DEFAULT_MAX_PIXELS, iter_image_paths, load_image, overlay, save_label_map
+from .errors import ArchiveError, EdgesegError, ImageError, SignatureError, ToolchainError, VerifyError
+from .images import DEFAULT_MAX_PIXELS, iter_image_paths, load_image, overlay, save_label_map, save_scores
 from .runners import runner_class
 from .segmentor import Segmentor
+from .signing import check_signature, parse_signature
 from .verify import verify_archive
 
-__all__ = ["build_parser", "main", "run_cli"]
+__all__ = ["build_parser", "main", "run_cli", "plan_outputs", "signature_line"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (and at most 10**6)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= 1_000_000:
+            raise argparse.ArgumentTypeError(f"must be between {low} and 1000000, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
 
 
 def _archive_arg(p: argparse.ArgumentParser) -> None:
@@ -57,7 +77,8 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write OUT/<stem>_overlay.png (classes blended on the photo)")
     p.add_argument("--probs", action="store_true", help="also write OUT/<stem>_scores.npy: (C, H, W) float32 class scores")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default %(default)s)")
+    p.add_argument("--max-pixels", type=_count(1), default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images (default %(default)s; peak memory grows ~13 bytes per pixel)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -80,8 +101,8 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     )
     _archive_arg(p)
     p.add_argument("image", nargs="?", type=Path, help="image to time (default: the archive's first golden image)")
-    p.add_argument("--runs", type=int, default=50, help="timed iterations (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default %(default)s)")
+    p.add_argument("--runs", type=_count(1), default=50, help="timed iterations (default %(default)s)")
+    p.add_argument("--warmup", type=_count(0), default=5, help="untimed iterations first (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print figures as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -94,8 +115,8 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     _archive_arg(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--runs", type=int, default=20, help="timed passes (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed passes first (default %(default)s)")
+    p.add_argument("--runs", type=_count(1), default=20, help="timed passes (default %(default)s)")
+    p.add_argument("--warmup", type=_count(0), default=3, help="untimed passes first (default %(default)s)")
     p.add_argument("--no-scores", action="store_true", help="do not write the raw outputs (.output.npy)")
     p.set_defaults(func=cmd_measure)
     return parser, sub
@@ -116,140 +137,228 @@ def _describe(labels: np.ndarray, classes: Sequence[str]) -> str:
     return ", ".join(parts) or f"only {classes[0] if classes else 'class 0'}"
 
 
+def _output_folder(out: Path) -> Path:
+    """Create ``--out`` (refusing a path that exists and is not a folder)."""
+    if out.exists() and not out.is_dir():
+        raise EdgesegError(f"--out {out} exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgesegError(f"cannot create --out {out} ({exc.strerror or exc})") from None
+    return out
+
+
+def plan_outputs(inputs: Sequence[Path], out: Path, suffixes: Sequence[str]) -> dict[Path, list[Path]]:
+    """The files each input will write (``OUT/<stem><suffix>``), refusing any clash before anything is written.
+
+    Raises:
+        ImageError: two inputs would write the same file, or an output would
+            overwrite an input (e.g. ``--out`` is the input folder and
+            ``a_overlay.png`` is an input next to ``a.png``).
+    """
+    def key(p: Path) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    reads = {key(p): p for p in inputs}
+    writes: dict[str, Path] = {}
+    plan: dict[Path, list[Path]] = {}
+    for p in inputs:
+        plan[p] = []
+        for suffix in suffixes:
+            dest = out / f"{p.stem}{suffix}"
+            k = key(dest)
+            if k in reads:
+                raise ImageError(f"{p} would write {dest}, which is the input {reads[k]}; "
+                                 "never overwriting an input: choose another --out")
+            if k in writes:
+                raise ImageError(f"{p} and {writes[k]} would both write {dest.name} in {out}; "
+                                 "rename one or run them separately")
+            writes[k] = p
+            plan[p].append(dest)
+    return plan
+
+
+@contextmanager
+def _atomic(dest: Path) -> Iterator[Path]:
+    """A temporary name next to ``dest``, renamed onto it on success and removed on any other exit."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     paths = list(iter_image_paths(args.images))
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems:
-            raise ImageError(f"{p} and {stems[p.stem]} would both write {p.stem}.png; rename one or run them separately")
-        stems[p.stem] = p
-    args.out.mkdir(parents=True, exist_ok=True)
+    suffixes = [".png"] + (["_overlay.png"] if args.overlay else []) + (["_scores.npy"] if args.probs else [])
+    out = args.out
+    plan = plan_outputs(paths, out, suffixes)
     failed = 0
     start = time.perf_counter()
     with Archive.open(args.archive) as archive, Segmentor(archive) as seg:
         if args.probs and seg.postprocess.with_argmax:
             raise EdgesegError("--probs: this archive's model has argmax folded in and outputs no scores")
+        _output_folder(out)
         for p in paths:
             try:
                 rgb = load_image(p, max_pixels=args.max_pixels)
-                result = seg.segment(rgb, scores=args.probs)
+                result = seg.segment(rgb)
             except ImageError as exc:
                 failed += 1
                 print(f"skipped: {exc}", file=sys.stderr)
                 continue
-            dest = args.out / f"{p.stem}.png"
+            dests = iter(plan[p])
+            dest = next(dests)
             try:
-                save_label_map(result.labels, dest, seg.palette)
+                with _atomic(dest) as tmp:
+                    save_label_map(result.labels, tmp, seg.palette)
                 if args.overlay:
                     from PIL import Image
 
-                    Image.fromarray(overlay(rgb, result.labels, seg.palette)).save(args.out / f"{p.stem}_overlay.png")
-                if result.scores is not None:
-                    np.save(args.out / f"{p.stem}_scores.npy", result.scores)
+                    with _atomic(next(dests)) as tmp:
+                        Image.fromarray(overlay(rgb, result.labels, seg.palette)).save(tmp, format="PNG")
+                if args.probs:
+                    h, w = result.labels.shape
+                    with _atomic(next(dests)) as tmp:
+                        save_scores(seg.postprocess.planes(result.output, h, w), len(seg.classes), h, w, tmp)
             except OSError as exc:
                 raise EdgesegError(
-                    f"cannot write results for {p.name} into {args.out} ({exc.strerror or exc}); "
+                    f"cannot write results for {p.name} into {out} ({exc.strerror or exc}); "
                     "free space or choose another --out (results written so far are kept)"
                 ) from None
             h, w = result.labels.shape
-            print(f"{p} -> {dest}  {w}x{h}  {_describe(result.labels, seg.classes)}")
+            print(f"{p} -> {dest}  {w}x{h}  {_describe(result.labels, seg.classes)}", flush=True)
     done = len(paths) - failed
-    print(f"{done}/{len(paths)} images segmented in {time.perf_counter() - start:.2f} s -> {args.out}")
+    print(f"{done}/{len(paths)} images segmented in {time.perf_counter() - start:.2f} s -> {out}")
     return 1 if failed else 0
 
 
+def _fail(args: argparse.Namespace, why: str) -> int:
+    print(json.dumps({"passed": False, "verdict": f"FAIL: {why}"}) if args.json else f"FAIL: {why}")
+    return 1
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.archive.exists():
+        raise EdgesegError(f"{args.archive}: no such archive file or folder")
     try:
         with Archive.open(args.archive) as archive:
+            signature = signature_line(archive)
+            if signature.startswith("signature INVALID"):
+                return _fail(args, f"{archive.source}: {signature}")
             report = verify_archive(archive)
-    except EdgesegError as exc:
-        if args.json:
-            print(json.dumps({"passed": False, "verdict": f"FAIL: {exc}"}))
-        else:
-            print(f"FAIL: {exc}")
-        return 1
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.verdict())
+    except (ArchiveError, VerifyError, ImageError) as exc:  # the archive is not what it claims: the check failed
+        return _fail(args, str(exc))
+    if args.json:
+        print(json.dumps({**report.to_dict(), "signature": signature}, indent=2))
+    else:
+        print(report.verdict())
     return 0 if report.passed else 1
 
 
-def _quantization_lines(q: dict[str, Any] | None) -> list[str]:
+def _text(doc: Any, *keys: str, default: str = "n/a") -> str:
+    """A report-only value of the manifest (``build_check``, ``quantization``, ``toolchain``) as one short line."""
+    for key in keys:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return default if doc is None else " ".join(str(doc).split())[:300]
+
+
+def _quantization_lines(q: Any) -> list[str]:
     """``info`` lines for an fp16/int8 archive: calibration set and the accuracy gate's verdict."""
-    if not q:
+    if not isinstance(q, dict) or not q:
         return []
     lines = []
-    cal = q.get("calibration")
-    if cal:
-        lines.append(f"calibration {cal['count']} images ({cal['source']}), {cal['method']}, sha256 {cal['sha256'][:16]}")
-    lines.append(f"accuracy    {q.get('accuracy', {}).get('verdict', 'n/a')}")
+    if isinstance(q.get("calibration"), dict):
+        lines.append(f"calibration {_text(q, 'calibration', 'count')} images ({_text(q, 'calibration', 'source')}), "
+                     f"{_text(q, 'calibration', 'method')}, sha256 {_text(q, 'calibration', 'sha256')[:16]}")
+    lines.append(f"accuracy    {_text(q, 'accuracy', 'verdict')}")
     return lines
 
 
-def _plan_lines(backend: dict[str, Any], options: dict[str, Any]) -> list[str]:
+def _plan_lines(backend: Backend, options: Mapping[str, Any]) -> list[str]:
     """Backend-specific ``info`` lines (the runner's ``plan``), plus the fallback when the profile names one."""
     lines: list[str] = []
     try:
-        plan = getattr(runner_class(backend["name"]), "plan", None)
+        plan = getattr(runner_class(backend.name), "plan", None)
     except EdgesegError:
         plan = None
     if plan is not None:
-        lines += plan(backend, options)
-    fb = backend.get("fallback")
-    if fb:
-        lines.append(f"fallback    {fb['name']} on {fb['net']} when {backend['name']} is missing on the device "
+        try:
+            lines += plan(backend.details, options)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            lines.append(f"plan        (the {backend.name} details in the manifest are not readable)")
+    fb = backend.fallback
+    if fb is not None:
+        lines.append(f"fallback    {fb.name} on {fb.net} when {backend.name} is missing on the device "
                      "(profile's fallback_backend; said on stderr when used)")
     return lines
+
+
+def signature_line(archive: Archive) -> str:
+    """What ``info``/``verify`` say about ``manifest.sig``: UNSIGNED, signed (checked or not), or INVALID."""
+    if archive.signature is None:
+        return "UNSIGNED (devices refuse it; build with --sign-key)"
+    try:
+        doc = check_signature(archive.manifest_bytes, archive.signature)
+    except SignatureError as exc:
+        return f"signature INVALID: {exc}"
+    except ToolchainError as exc:
+        return f"signed by key {parse_signature(archive.signature).key_id}, not checked here ({exc})"
+    return f"signed by key {doc.key_id} (signature valid; a device installs it only if it trusts that key)"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     with Archive.open(args.archive) as archive:
         m = archive.manifest
-        sig = archive.path("manifest.sig")
-        try:
-            signed = f"signed by key {json.loads(sig.read_bytes())['key_id']} (devices check it on install)"
-        except FileNotFoundError:
-            signed = "UNSIGNED (devices refuse it; build with --sign-key)"
-        except (ValueError, KeyError, TypeError):
-            signed = "unreadable manifest.sig"
+        signed = signature_line(archive)
     if args.json:
-        print(json.dumps(m, indent=2))
-        return 0
-    model, target, backend = m["model"], m["target"], m["backend"]
+        print(json.dumps({**m.doc, "signature": signed}, indent=2))
+        return 1 if signed.startswith("signature INVALID") else 0
+    model, target, backend = m.model, m.target, m.backend
     try:
-        here = f"installed here ({backend['name']} {runner_class(backend['name']).version()})"
+        here = f"installed here ({backend.name} {runner_class(backend.name).version()})"
     except EdgesegError as exc:
         here = f"NOT usable here: {exc}"
+    tol = target.tolerance
     lines = [
         f"archive     {args.archive}",
-        f"model       {model['name']} {model['version']}  ({len(model['classes'])} classes: {', '.join(model['classes'][:8])}"
-        + (" ..." if len(model["classes"]) > 8 else "") + ")",
-        f"release     {m.get('release', {}).get('version', 'n/a')}; {signed}",
-        f"target      {target['name']}: {target.get('description', '')}",
-        f"backend     {backend['name']} {target['precision']}  net={backend['net']}"
-        + (f" weights={backend['weights']}" if backend.get("weights") else "") + f"  requires {backend['requirement']}",
+        f"model       {model.name} {model.version}  ({len(model.classes)} classes: {', '.join(model.classes[:8])}"
+        + (" ..." if len(model.classes) > 8 else "") + ")",
+        f"release     {m.release_version}; {signed}",
+        f"target      {target.name}: {target.description}",
+        f"backend     {backend.name} {target.precision}  net={backend.net}"
+        + (f" weights={backend.weights}" if backend.weights else "") + f"  requires {backend.requirement}",
         f"            {here}",
-        *_plan_lines(backend, target.get("backend_options", {})),
-        f"platform    {target['platform']['os']}/{target['platform']['arch']} python {target['platform']['python']}",
-        f"input       {model['input']['name']} {model['input']['dtype']} {model['input']['shape']} {model['input']['layout']}",
-        f"output      {model['output']['name']} {model['output']['dtype']} {model['output']['shape']} ({model['output']['kind']})",
-        "tolerance   " + ", ".join(f"{k}={v}" for k, v in target["tolerance"].items()),
-        f"golden      {len(m['golden'])} images; build check: {m.get('build_check', {}).get('verdict', 'n/a')}",
-        *_quantization_lines(m.get("quantization")),
-        f"runtime     edgeseg_runtime {m['runtime']['version']}; requires {', '.join(m['runtime']['requirements'])}",
-        "toolchain   " + ", ".join(f"{k} {v}" for k, v in sorted(m["toolchain"].items())),
+        *_plan_lines(backend, target.backend_options),
+        f"platform    {target.os}/{target.arch} python {target.python}",
+        f"input       {model.input.name} {model.input.dtype} {list(model.input.shape)} {model.input.layout}",
+        f"output      {model.output.name} {model.output.dtype} {list(model.output.shape)} ({model.output.kind})",
+        f"tolerance   atol={tol.atol}, rtol={tol.rtol}, min_label_agreement={tol.min_label_agreement}",
+        f"golden      {len(m.golden)} images; build check: {_text(m.doc, 'build_check', 'verdict')}",
+        *_quantization_lines(m.doc.get("quantization")),
+        f"runtime     edgeseg_runtime {m.runtime.version}; requires {', '.join(m.runtime.requirements)}",
+        "toolchain   " + (", ".join(f"{k} {_text(v)}" for k, v in sorted(m.doc["toolchain"].items()))
+                          if isinstance(m.doc.get("toolchain"), dict) else "n/a"),
         "files",
     ]
-    for rel, meta in sorted(m["files"].items()):
+    for rel, meta in sorted(m.files.items()):
         if not rel.startswith("runtime/"):
-            lines.append(f"  {rel:<40} {meta['size']:>10,d} B  sha256 {meta['sha256'][:16]}")
-    n_rt = sum(1 for rel in m["files"] if rel.startswith("runtime/"))
+            lines.append(f"  {rel:<40} {meta.size:>10,d} B  sha256 {meta.sha256[:16]}")
+    n_rt = sum(1 for rel in m.files if rel.startswith("runtime/"))
     lines.append(f"  runtime/ ({n_rt} files)")
     print("\n".join(lines))
-    return 0
+    return 1 if signed.startswith("signature INVALID") else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     with Archive.open(args.archive) as archive, Segmentor(archive) as seg:
-        image = args.image or archive.path(archive.manifest["golden"][0]["image"])
+        if args.image is None and not archive.manifest.golden:
+            raise EdgesegError(f"{archive.source} lists no golden image; name an IMAGE to time")
+        image = args.image or archive.path(archive.manifest.golden[0].image)
         result = bench(seg, image, runs=args.runs, warmup=args.warmup)
         name = archive.name
     print(json.dumps({"archive": name, **result.to_dict()}) if args.json else format_result(name, result))
@@ -273,6 +382,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     """
     args = parser.parse_args(argv)
     handler: Handler = args.func
+    previous = _terminate_on_signals()
     try:
         return handler(args)
     except VerifyError as exc:
@@ -284,6 +394,51 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated as exc:
+        print(f"{parser.prog}: stopped by signal {exc.signum}", file=sys.stderr)
+        return 128 + exc.signum
+    except BrokenPipeError:
+        # the reader went away (``edgeseg info A | head``): stop quietly, as tools killed by SIGPIPE do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
+    except MemoryError:
+        print(f"{parser.prog}: error: out of memory; lower --max-pixels or use smaller images", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001  a bug: one line for the user, the traceback with EDGESEG_DEBUG=1
+        if os.environ.get("EDGESEG_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:200]
+        print(f"{parser.prog}: internal error ({type(exc).__name__}: {first}); please report it "
+              "(EDGESEG_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+
+
+class _Terminated(BaseException):
+    """SIGTERM/SIGHUP received: unwinds like Ctrl-C so temporary folders and files are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate_on_signals() -> dict[int, Any]:
+    """Turn SIGTERM and SIGHUP into :class:`_Terminated` (main thread only); returns the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise _Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, handler)
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -365,9 +365,10 @@ def build_on_device(archive_path: Path, out_dir: Path) -> dict[str, Any]:
     from .verify import verify_archive
 
     with Archive.open(archive_path) as archive:
-        backend = archive.manifest["backend"]
-        if backend["name"] != "tensorrt":
-            raise ToolchainError(f"{archive_path.name} is a {backend['name']} archive; only TensorRT archives build engines on a device")
+        backend = archive.manifest.backend.details
+        if archive.manifest.backend.name != "tensorrt":
+            raise ToolchainError(f"{archive_path.name} is a {archive.manifest.backend.name} archive; "
+                                 "only TensorRT archives build engines on a device")
         TensorRTRunner.version()  # no TensorRT: say so here rather than falling back to the profile's fallback
         out_dir.mkdir(parents=True, exist_ok=True)
         previous = os.environ.get(CACHE_ENV)

@@ -15,6 +15,7 @@ F (32-bit float) and others  refused with :class:`ImageError`
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,10 @@ from .errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FORMATS",
     "IMAGE_SUFFIXES",
+    "load_label_map",
+    "save_scores",
     "load_image",
     "iter_image_paths",
     "save_label_map",
@@ -36,6 +40,11 @@ __all__ = [
 #: Largest image accepted by default, in pixels (width x height): 64 MP.
 #: A guard against decompression bombs; raise it with ``max_pixels``.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+#: The only formats decoded, whatever a file's name or content says (Pillow format ids; "JPEG" also
+#: opens multi-picture JPEGs, as phones write). Everything else (EPS, which runs Ghostscript, PSD,
+#: ICO, ...) is refused without reaching its decoder.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
 
 #: File suffixes picked up when a folder is given.
 IMAGE_SUFFIXES = frozenset(
@@ -68,7 +77,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         with warnings.catch_warnings():
             # our own limit below replaces Pillow's warning (its hard limit, 2 x 89 MP, still applies)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageError(
@@ -83,9 +92,12 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc}); the file is truncated or corrupt") from None
+        raise ImageError(f"{path}: not an image file in a format the runtime reads ({', '.join(FORMATS)})") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it; lower --max-pixels or free memory") from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct.error, EOFError, ZeroDivisionError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ImageError(f"{path}: cannot decode image ({first}); the file is truncated or corrupt") from None
 
 
 def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
@@ -145,8 +157,66 @@ def save_label_map(labels: np.ndarray, path: str | Path, palette: Sequence[Seque
     img.save(path, format="PNG", compress_level=6)
 
 
+def load_label_map(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a label map PNG (as :func:`save_label_map` writes it).
+
+    Returns:
+        ``(H, W)`` uint8 (palette / grey PNG) or uint16 (16-bit PNG) class ids.
+
+    Raises:
+        ImageError: not a PNG, over ``max_pixels``, not single-channel, or corrupt.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path, formats=("PNG",)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{path}: {img.width}x{img.height} label map is over {max_pixels:,} pixels")
+            if img.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+                raise ImageError(f"{path}: a label map is a single-channel PNG, this one is {img.mode}")
+            img.load()
+            labels = np.asarray(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: not a readable label map PNG ({str(exc)[:120]})") from None
+    return labels.astype(np.uint16) if labels.dtype.itemsize > 1 else labels
+
+
+def save_scores(planes: Iterable[np.ndarray], count: int, height: int, width: int, path: str | Path) -> None:
+    """Write per-class score planes as one ``(count, height, width)`` float32 ``.npy`` file, a plane at a time.
+
+    Memory stays at one plane whatever ``count`` is (``np.save`` of the stacked
+    scores would hold all of them).
+
+    Raises:
+        ValueError: a plane is not ``(height, width)`` or there are not ``count`` of them.
+
+    Source: NumPy NEP 1 (``.npy`` format 1.0 header, then the C-order data).
+    """
+    from numpy.lib import format as npy
+
+    written = 0
+    with open(path, "wb") as fh:
+        npy.write_array_header_1_0(fh, {"descr": npy.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                                        "shape": (count, height, width)})
+        for plane in planes:
+            if plane.shape != (height, width) or written == count:
+                raise ValueError(f"score plane {written} is {plane.shape}, not ({height}, {width}) of {count}")
+            np.ascontiguousarray(plane, dtype="<f4").tofile(fh)
+            written += 1
+    if written != count:
+        raise ValueError(f"{written} score planes, expected {count}")
+
+
+#: rows processed at a time by :func:`overlay` (bounds its temporary memory)
+BAND_ROWS = 256
+
+
 def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
     """Blend class colours over an image.
+
+    Works on bands of :data:`BAND_ROWS` rows, so its temporary memory is a few
+    bytes per pixel of one band, not of the image.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 image.
@@ -155,12 +225,18 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]
         alpha: colour weight in [0, 1].
 
     Returns:
-        ``(H, W, 3)`` uint8 blended image.
+        ``(H, W, 3)`` uint8 blended image: ``round((1 - alpha) * pixel + alpha * colour)``.
     """
-    colours = np.asarray(palette, dtype=np.float32)
-    out = rgb.astype(np.float32)
-    mask = labels > 0
-    if mask.any():
-        lab = np.clip(labels[mask], 0, len(colours) - 1)
-        out[mask] = (1.0 - alpha) * out[mask] + alpha * colours[lab]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
+    out = rgb.copy()
+    if len(colours) == 0:
+        return out
+    for y in range(0, rgb.shape[0], BAND_ROWS):
+        band = labels[y:y + BAND_ROWS]
+        mask = band > 0
+        if not mask.any():
+            continue
+        lab = np.clip(band[mask], 0, len(colours) - 1)
+        pixels = rgb[y:y + BAND_ROWS][mask].astype(np.float32)
+        out[y:y + BAND_ROWS][mask] = np.clip((1.0 - alpha) * pixels + alpha * colours[lab] + 0.5, 0, 255).astype(np.uint8)
+    return out

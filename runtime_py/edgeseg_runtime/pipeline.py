@@ -24,6 +24,7 @@ calibration) and on the device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -31,9 +32,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import ArchiveError
+from .contract import LIMITS, PipelineSpec
+from .errors import ImageError
 
-__all__ = ["Preprocess", "Postprocess", "parse_pipeline", "output_labels", "fits_input", "bilinear"]
+__all__ = ["Preprocess", "Postprocess", "parse_pipeline", "from_spec", "output_labels", "fits_input", "bilinear"]
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,25 @@ class Preprocess:
     to_rgb: bool
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
-        """Network input ``(W, H)`` for an image of ``width`` x ``height`` pixels."""
+        """Network input ``(W, H)`` for an image of ``width`` x ``height`` pixels.
+
+        Raises:
+            ImageError: no Resize step and the image is over the network input
+                limits (:attr:`~edgeseg_runtime.contract.Limits.net_pixels`, ``net_side``).
+        """
         if self.size is None:
-            return width, height
-        if not self.keep_ratio:
+            w, h = width, height
+        elif not self.keep_ratio:
             return self.size
-        long_edge, short_edge = max(self.size), min(self.size)
-        scale = min(long_edge / max(width, height), short_edge / min(width, height))
-        return int(width * scale + 0.5), int(height * scale + 0.5)
+        else:
+            long_edge, short_edge = max(self.size), min(self.size)
+            scale = min(long_edge / max(width, height), short_edge / min(width, height))
+            w, h = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+        if w * h > LIMITS.net_pixels or max(w, h) > LIMITS.net_side:
+            raise ImageError(f"a {width}x{height} image gives a {w}x{h} network input, over the runtime's limit of "
+                             f"{LIMITS.net_pixels:,} pixels ({LIMITS.net_side} per side); this archive's pipeline "
+                             "does not resize: shrink the image")
+        return w, h
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalize one image (:meth:`resize` then :meth:`normalize`).
@@ -144,18 +157,29 @@ class Postprocess:
                 labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
             return labels, None
         scores = output[0]
-        same_size = scores.shape[1:] == (height, width)
-
-        def resized(planes: np.ndarray) -> np.ndarray:
-            return planes if same_size else np.stack([_resize_plane(p, width, height) for p in planes])
-
         if scores.shape[0] == 2:
             # Two classes: bilinear resizing is linear, so argmax of the resized scores equals
             # the sign of the resized margin s1 - s0: one plane to resize instead of two.
-            labels = np.greater(resized((scores[1] - scores[0])[None])[0], 0).view(np.uint8)
-            return labels, (resized(scores) if want_scores else None)
-        all_scores = resized(scores)
-        return _argmax_channels(all_scores, self.label_dtype), (all_scores if want_scores else None)
+            margin = _resize_plane(scores[1] - scores[0], width, height)
+            labels = np.greater(margin, 0).view(np.uint8)
+        else:
+            labels = _argmax_planes(self.planes(output, height, width), self.label_dtype)
+        if not want_scores:
+            return labels, None
+        return labels, np.stack(list(self.planes(output, height, width)))
+
+    def planes(self, output: np.ndarray, height: int, width: int) -> Iterator[np.ndarray]:
+        """The class score planes resized to the image, one at a time (peak memory: one plane).
+
+        Args:
+            output: ``(1, C, h, w)`` float scores.
+            height, width: the image size in pixels.
+
+        Yields:
+            C ``(height, width)`` float32 planes, class 0 first.
+        """
+        for plane in output[0]:
+            yield _resize_plane(plane, width, height)
 
 
 def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
@@ -195,8 +219,21 @@ def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
 
 def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize (:func:`bilinear`) of one float32 ``(h, w)`` plane to ``(height, width)``."""
-    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode F
-    return np.asarray(bilinear(img, width, height))
+    plane = np.ascontiguousarray(plane, dtype=np.float32)
+    if plane.shape == (height, width):
+        return plane
+    return np.asarray(bilinear(Image.fromarray(plane), width, height))  # mode F
+
+
+def _argmax_planes(planes: Iterator[np.ndarray], dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Arg-max over a stream of equal-shape planes, first index on ties; holds two planes at a time."""
+    best = next(planes).copy()
+    labels = np.zeros(best.shape, dtype=dtype)
+    for c, plane in enumerate(planes, start=1):
+        better = plane > best
+        labels[better] = c
+        np.maximum(best, plane, out=best)
+    return labels
 
 
 def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -228,35 +265,25 @@ def output_labels(output: np.ndarray) -> np.ndarray:
 def fits_input(shape: tuple[int, ...], input_shape: list[Any] | tuple[Any, ...]) -> bool:
     """Whether a tensor shape fits a network input shape (str entries are dynamic axes)."""
     return len(shape) == len(input_shape) and all(
-        not isinstance(want, int) or got == want for got, want in zip(shape, input_shape, strict=True)
+        not isinstance(want, int) or got == want for got, want in zip(shape, input_shape)
     )
 
 
-def parse_pipeline(pipeline: dict[str, Any]) -> tuple[Preprocess, Postprocess]:
+def parse_pipeline(pipeline: Any) -> tuple[Preprocess, Postprocess]:
     """Read the pre/post-processing settings from a ``pipeline.json`` document.
+
+    Validation is :meth:`edgeseg_runtime.contract.PipelineSpec.from_doc`.
 
     Raises:
         ArchiveError: the document lacks the Transform or ResizeMask task, or
-            a field has the wrong type.
+            a field has the wrong type or range.
     """
-    try:
-        tasks = pipeline["pipeline"]["tasks"]
-        transform = next(t for t in tasks if t.get("module") == "Transform")
-        post = next(t for t in tasks if t.get("component") == "ResizeMask")
-        size, keep_ratio = None, False
-        mean, std, to_rgb = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), True
-        for step in transform["transforms"]:
-            if step["type"] == "Resize":
-                size = (int(step["size"][0]), int(step["size"][1]))
-                keep_ratio = bool(step.get("keep_ratio", False))
-            elif step["type"] == "Normalize":
-                mean = tuple(float(v) for v in step["mean"])
-                std = tuple(float(v) for v in step["std"])
-                to_rgb = bool(step.get("to_rgb", False))
-        params = post["params"]
-        return (
-            Preprocess(size=size, keep_ratio=keep_ratio, mean=mean, std=std, to_rgb=to_rgb),
-            Postprocess(num_classes=int(params["num_classes"]), with_argmax=bool(params["with_argmax"])),
-        )
-    except (KeyError, StopIteration, TypeError, ValueError, IndexError) as exc:
-        raise ArchiveError(f"pipeline.json is not a valid MMDeploy segmentation pipeline ({exc!r})") from None
+    return from_spec(PipelineSpec.from_doc(pipeline))
+
+
+def from_spec(spec: PipelineSpec) -> tuple[Preprocess, Postprocess]:
+    """The :class:`Preprocess` and :class:`Postprocess` of a validated pipeline."""
+    return (
+        Preprocess(size=spec.size, keep_ratio=spec.keep_ratio, mean=spec.mean, std=spec.std, to_rgb=spec.to_rgb),
+        Postprocess(num_classes=spec.num_classes, with_argmax=spec.with_argmax),
+    )

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .archive import Archive
-from .errors import ImageError
-from .pipeline import Postprocess, Preprocess, fits_input, parse_pipeline
+from .contract import Model, PipelineSpec
+from .errors import ArchiveError, EdgesegError, ImageError, ToolchainError
+from .pipeline import Postprocess, Preprocess, fits_input, from_spec
 from .runners import Runner, open_runner
 
 __all__ = ["Segmentor", "Segmentation", "nearest_variant"]
+
+
+@contextmanager
+def _backend_errors(name: str) -> Iterator[None]:
+    """A backend section the runner cannot read (wrong types, missing keys) is a bad archive, said in one line."""
+    try:
+        yield
+    except EdgesegError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArchiveError(f"manifest.json: backend section does not fit the {name} runner ({type(exc).__name__}: "
+                           f"{str(exc)[:120]})") from None
 
 
 def nearest_variant(shapes: list[tuple[int, int]], height: int, width: int) -> tuple[int, int]:
@@ -60,31 +74,60 @@ class Segmentor:
     Args:
         archive: an opened :class:`~edgeseg_runtime.archive.Archive`.
         options: backend options overriding the target profile's.
+
+    Raises:
+        ArchiveError: the manifest's backend section does not fit its runner.
+        ToolchainError: the backend library is missing (and no fallback is named).
     """
 
     def __init__(self, archive: Archive, options: Mapping[str, Any] | None = None) -> None:
         m = archive.manifest
-        self.archive = archive
+        merged = {**m.target.backend_options, **dict(options or {})}
+        backend = m.backend
+        runners: dict[tuple[int, int] | None, Runner] = {}
+        with _backend_errors(backend.name):
+            runner = open_runner(archive.root, backend.details, merged)
+            for i, variant in enumerate(backend.variants):
+                runners[variant.shape] = runner if i == 0 else open_runner(
+                    archive.root, {**backend.details, **variant.details}, merged)
+        if not runners:
+            runners[None] = runner
+        self.archive: Archive | None = archive
+        self._setup(m.model, archive.pipeline_spec, runners)
+
+    @classmethod
+    def from_parts(cls, model: Model, pipeline: PipelineSpec, runners: Mapping[tuple[int, int] | None, Runner]) -> Segmentor:
+        """A segmentor from a model description, a pipeline and runners (no archive), e.g. the build's reference.
+
+        Args:
+            model: what the network takes and gives (:class:`~edgeseg_runtime.contract.Model`).
+            pipeline: pre/post-processing settings.
+            runners: ``{None: runner}`` for one model, or ``{(H, W): runner, ...}`` for static-shape variants.
+        """
+        seg = cls.__new__(cls)
+        seg.archive = None
+        seg._setup(model, pipeline, runners)
+        return seg
+
+    def _setup(self, model: Model, pipeline: PipelineSpec, runners: Mapping[tuple[int, int] | None, Runner]) -> None:
+        self.model = model
         self.preprocess: Preprocess
         self.postprocess: Postprocess
-        self.preprocess, self.postprocess = parse_pipeline(archive.pipeline)
-        self.input_name: str = m["model"]["input"]["name"]
-        self.output_name: str = m["model"]["output"]["name"]
-        self.input_shape: list[Any] = m["model"]["input"]["shape"]
-        self.classes: list[str] = m["model"]["classes"]
-        self.palette: list[list[int]] = m["model"]["palette"]
-        merged = {**m["target"].get("backend_options", {}), **dict(options or {})}
-        self.runner: Runner = open_runner(archive.root, m["backend"], merged)
-        # static-shape variants (backend.variants): one runner per (H, W), the first is self.runner
-        self.variants: dict[tuple[int, int], Runner] = {}
-        for i, variant in enumerate(m["backend"].get("variants", [])):
-            shape = (int(variant["shape"][0]), int(variant["shape"][1]))
-            self.variants[shape] = self.runner if i == 0 else open_runner(archive.root, {**m["backend"], **variant}, merged)
+        self.preprocess, self.postprocess = from_spec(pipeline)
+        self.input_name: str = model.input.name
+        self.output_name: str = model.output.name
+        self.input_shape: list[Any] = list(model.input.shape)
+        self.classes: list[str] = list(model.classes)
+        self.palette: list[list[int]] = [list(rgb) for rgb in model.palette]
+        # static-shape variants: one runner per (H, W), the first is self.runner
+        self.variants: dict[tuple[int, int], Runner] = {s: r for s, r in runners.items() if s is not None}
+        self.runner: Runner = next(iter(runners.values()))
         self._pre = {s: replace(self.preprocess, size=(s[1], s[0]), keep_ratio=False) for s in self.variants}
 
     def __enter__(self) -> Segmentor:
-        for runner in self._runners():
-            runner.__enter__()
+        with _backend_errors(self.runner.backend):
+            for runner in self._runners():
+                runner.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,9 +166,27 @@ class Segmentor:
         return tensor
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the backend on one pre-processed tensor (the variant of its H, W); returns the raw output."""
+        """Run the backend on one pre-processed tensor (the variant of its H, W); returns the raw output.
+
+        Raises:
+            ToolchainError: the backend failed, or its output is not the manifest's
+                ``[1, C, h, w]`` scores / ``[1, 1, h, w]`` labels.
+        """
         runner = self.variants.get((tensor.shape[2], tensor.shape[3]), self.runner) if self.variants else self.runner
-        return runner.infer({self.input_name: tensor})[self.output_name]
+        try:
+            outputs = runner.infer({self.input_name: tensor})
+        except EdgesegError:
+            raise
+        except Exception as exc:  # noqa: BLE001  backends raise their own untyped errors: one line at this boundary
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ToolchainError(f"{runner.backend} failed on a {list(tensor.shape)} input: {first}") from None
+        output = outputs.get(self.output_name)
+        channels = 1 if self.postprocess.with_argmax else len(self.classes)
+        if not isinstance(output, np.ndarray) or output.ndim != 4 or output.shape[:2] != (1, channels):
+            got = getattr(output, "shape", None if output is None else type(output).__name__)
+            raise ToolchainError(f"the model's output {self.output_name!r} is {got}, not [1, {channels}, h, w] as the "
+                                 "manifest says; the archive does not fit its model")
+        return output
 
     def segment(self, rgb: np.ndarray, *, scores: bool = False) -> Segmentation:
         """Segment one image.

@@ -15,16 +15,17 @@ Tolerances come from the target profile (``[tolerance]``), stored in the manifes
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .archive import Archive
-from .images import load_image
+from .errors import ArchiveError
+from .images import load_image, load_label_map
 from .segmentor import Segmentor
 
-__all__ = ["ImageCheck", "VerifyReport", "compare_outputs", "verify_archive"]
+__all__ = ["ImageCheck", "VerifyReport", "compare_outputs", "verify_archive", "load_npy"]
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,43 @@ def compare_outputs(
     return max_diff, mean_diff, agreement, ok
 
 
-def verify_archive(archive: Archive, segmentor: Segmentor | None = None) -> VerifyReport:
+def load_npy(path: Path, max_bytes: int) -> np.ndarray:
+    """Read a ``.npy`` file of a plain numeric dtype, checking its header against its size before reading.
+
+    Raises:
+        ArchiveError: not a ``.npy`` file, an object or structured dtype, or a
+            header whose shape does not match the bytes present (or over ``max_bytes``).
+
+    Source: NumPy NEP 1 (the ``.npy`` format).
+    """
+    from numpy.lib import format as npy
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            version = npy.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"version {version}")
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = read(fh, max_header_size=4096)
+            if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+                raise ValueError(f"dtype {dtype}")
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if count * dtype.itemsize != size - fh.tell() or size > max_bytes:
+                raise ValueError(f"shape {shape} does not match the file's {size} bytes")
+            data = np.fromfile(fh, dtype=dtype, count=count)
+    except (OSError, ValueError, SyntaxError, TypeError) as exc:
+        raise ArchiveError(f"{path.name}: not a readable .npy array ({str(exc)[:100]})") from None
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
+def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, label: str | None = None) -> VerifyReport:
     """Run every golden image of an archive and compare with the reference.
 
     Args:
         archive: an opened archive (its files already checked against the manifest).
         segmentor: an active segmentor for it; one is opened when None.
+        label: the archive's name in the report (default: the file or folder opened).
 
     Returns:
         A :class:`VerifyReport`; ``report.passed`` says whether all images passed.
@@ -124,20 +156,22 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None) -> Veri
     m = archive.manifest
     if segmentor is None:
         with Segmentor(archive) as seg:
-            return verify_archive(archive, seg)
-    tol = {k: float(v) for k, v in m["target"]["tolerance"].items()}
-    ran, planned = segmentor.runner.backend, m["backend"]["name"]
+            return verify_archive(archive, seg, label=label)
+    t = m.target.tolerance
+    tol = {"atol": t.atol, "rtol": t.rtol, "min_label_agreement": t.min_label_agreement}
+    ran, planned = segmentor.runner.backend, m.backend.name
     report = VerifyReport(
-        archive=archive.source.name, backend=ran if ran == planned else f"{ran}, fallback for {planned}",
-        precision=m["target"]["precision"], tolerance=tol,
+        archive=label or archive.source.name, backend=ran if ran == planned else f"{ran}, fallback for {planned}",
+        precision=m.target.precision, tolerance=tol,
     )
-    for entry in m["golden"]:
-        result = segmentor.segment(load_image(archive.path(entry["image"])))
-        reference = np.load(archive.path(entry["output"]), allow_pickle=False)
-        with Image.open(archive.path(entry["labels"])) as img:
-            reference_labels = np.asarray(img)
+    if not m.golden:
+        raise ArchiveError(f"{archive.source}: the manifest lists no golden images; nothing to verify")
+    for entry in m.golden:
+        result = segmentor.segment(load_image(archive.path(entry.image)))
+        reference = load_npy(archive.path(entry.output), m.files[entry.output].size + 4096)
+        reference_labels = load_label_map(archive.path(entry.labels))
         max_diff, mean_diff, agreement, ok = compare_outputs(
             result.output, reference, result.labels, reference_labels, tol
         )
-        report.images.append(ImageCheck(entry["image"], max_diff, mean_diff, agreement, ok))
+        report.images.append(ImageCheck(entry.image, max_diff, mean_diff, agreement, ok))
     return report

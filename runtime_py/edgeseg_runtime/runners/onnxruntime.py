@@ -58,7 +58,7 @@ class OnnxRuntimeRunner:
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once. ``feed`` maps input names to arrays; returns output name -> array."""
-        return dict(zip(self._names, self._session.run(self._names, dict(feed)), strict=True))
+        return dict(zip(self._names, self._session.run(self._names, dict(feed))))
 
     def __exit__(self, *exc: object) -> None:
         self._session = None

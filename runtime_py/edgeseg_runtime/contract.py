@@ -1,0 +1,835 @@
+"""The archive contract: ``manifest.json`` and ``pipeline.json`` parsed into typed, validated, frozen records.
+
+Every byte of an archive that reaches a device is untrusted until checked, so
+the runtime, the on-device installer and the host read both documents only
+through this module. It turns them into frozen dataclasses or fails at one
+place with one :class:`~edgeseg_runtime.errors.ArchiveError` line naming the
+offending key (``manifest.json: model.input.shape[2]: expected a positive
+integer or an axis name, got -1``), never with a ``KeyError`` or a traceback.
+
+It also holds the limits that bound what the runtime will do for an archive
+(document sizes, file counts, total unpacked size, network input size), the
+rule for file names inside an archive, and the rule for release versions.
+
+Standard library only (the installer imports it on a device before numpy is
+installed); runs on Python 3.9+.
+
+Sources: RFC 8259 (JSON), the MMDeploy SDK pipeline schema
+(``mmdeploy/utils/export_info.py``), PEP 440's release segment
+(``N(.N)*``) for versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+from .errors import ArchiveError
+
+__all__ = [
+    "LIMITS",
+    "Limits",
+    "FileEntry",
+    "TensorSpec",
+    "Model",
+    "Tolerance",
+    "DeploySettings",
+    "Target",
+    "Variant",
+    "Backend",
+    "Golden",
+    "RuntimeInfo",
+    "Manifest",
+    "PipelineSpec",
+    "load_json",
+    "check_rel_path",
+    "parse_version",
+    "VERSION_RE",
+    "MANIFEST_NAME",
+    "PIPELINE_NAME",
+    "SIGNATURE_NAME",
+    "SCHEMA_VERSION",
+]
+
+MANIFEST_NAME = "manifest.json"
+PIPELINE_NAME = "pipeline.json"
+SIGNATURE_NAME = "manifest.sig"
+SCHEMA_VERSION = 1
+#: names an archive holds but its manifest does not list (the manifest itself and its detached signature)
+UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+
+#: a release version: dotted ASCII decimal numbers, 1-8 parts of 1-9 digits (``1.4.0``); full match only
+VERSION_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,7}", re.ASCII)
+_TEXT_RE = re.compile(r"[^\x00-\x1f\x7f]*")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the runtime accepts from an archive, whatever its signature says.
+
+    Attributes:
+        manifest_bytes: largest ``manifest.json``.
+        document_bytes: largest ``pipeline.json`` / ``manifest.sig`` / other small JSON.
+        files: most files a manifest may list.
+        total_bytes: largest sum of listed file sizes (the unpacked size); ``$EDGESEG_MAX_ARCHIVE_BYTES``.
+        net_side: longest network input side in pixels (``Resize`` size or dynamic input).
+        net_pixels: largest network input area in pixels.
+        classes: most classes (labels are uint16 above 256).
+        json_depth: deepest JSON nesting.
+    """
+
+    manifest_bytes: int = 16 << 20
+    document_bytes: int = 1 << 20
+    files: int = 10_000
+    total_bytes: int = 8 << 30
+    net_side: int = 8192
+    net_pixels: int = 4096 * 4096
+    classes: int = 65536
+    json_depth: int = 32
+
+
+def _limits() -> Limits:
+    raw = os.environ.get("EDGESEG_MAX_ARCHIVE_BYTES", "")
+    if raw.isascii() and raw.isdigit() and 0 < len(raw) <= 15:
+        return Limits(total_bytes=int(raw))
+    return Limits()
+
+
+#: the limits in force (``$EDGESEG_MAX_ARCHIVE_BYTES`` raises or lowers ``total_bytes``)
+LIMITS = _limits()
+
+
+# ------------------------------------------------------------------ JSON
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 18:
+        raise ValueError(f"integer with {len(text)} digits")
+    return int(text)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+def load_json(data: bytes, what: str, max_bytes: int | None = None) -> Any:
+    """Parse untrusted JSON bytes with bounds.
+
+    Refuses documents over ``max_bytes`` (default :attr:`Limits.document_bytes`),
+    non-UTF-8 bytes, ``NaN``/``Infinity``, integers over 18 digits (CPython's
+    int parsing is quadratic; 3.11+ raise on 4300 digits, 3.9/3.10 do not),
+    nesting deeper than :attr:`Limits.json_depth` and duplicate-free parsing
+    errors, all as one :class:`ArchiveError` line.
+
+    Raises:
+        ArchiveError: any of the above, or invalid JSON.
+    """
+    limit = LIMITS.document_bytes if max_bytes is None else max_bytes
+    if len(data) > limit:
+        raise ArchiveError(f"{what} is {len(data):,} bytes, over the limit of {limit:,}")
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_bounded_int)
+    except UnicodeDecodeError:
+        raise ArchiveError(f"{what} is not UTF-8 text") from None
+    except RecursionError:
+        raise ArchiveError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError included
+        raise ArchiveError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    if _depth(value, LIMITS.json_depth) > LIMITS.json_depth:
+        raise ArchiveError(f"{what} is nested deeper than {LIMITS.json_depth} levels")
+    return value
+
+
+# ----------------------------------------------------------------- paths
+def check_rel_path(rel: Any, where: str) -> str:
+    """Validate a file name inside an archive (manifest key, tar member, golden/backend reference).
+
+    A name is a relative POSIX path of 1-16 components joined by ``/``, each
+    1-255 bytes, without ``.``/``..`` components, backslashes, NUL or other
+    control characters, 1024 bytes at most.
+
+    Returns:
+        ``rel`` unchanged.
+
+    Raises:
+        ArchiveError: anything else (``where`` says whose name it is).
+    """
+    if not isinstance(rel, str) or not rel:
+        raise ArchiveError(f"{where}: file name {rel!r} is not a non-empty string")
+    if len(rel.encode("utf-8", "surrogatepass")) > 1024 or any(ord(c) < 32 or c in "\\\x7f" for c in rel):
+        raise ArchiveError(f"{where}: file name {rel[:80]!r} is too long or has control characters or backslashes")
+    parts = rel.split("/")
+    if len(parts) > 16 or any(p in ("", ".", "..") or len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts):
+        raise ArchiveError(f"{where}: file name {rel[:80]!r} escapes the archive root or is not a plain relative path")
+    return rel
+
+
+def parse_version(text: Any) -> Tuple[int, ...]:
+    """``"1.10.2"`` → ``(1, 10, 2)``; trailing zero parts are dropped (``1.0 == 1``).
+
+    A release version is 1-8 dotted parts of 1-9 ASCII digits, matched in
+    full (``"2.0.0\\n"`` and ``"٢.0.0"`` are refused).
+
+    Raises:
+        ArchiveError: anything else.
+    """
+    if not isinstance(text, str) or VERSION_RE.fullmatch(text) is None:
+        shown = repr(text)[:40] + ("..." if len(repr(text)) > 40 else "")
+        raise ArchiveError(
+            f"release version {shown} is not dotted numbers like 1.4.0 (ASCII digits, at most 8 parts of 9 digits); "
+            "rebuild with --release-version"
+        )
+    parts = [int(p) for p in text.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+# -------------------------------------------------------------- readers
+class _Doc:
+    """Typed reads from one JSON object, each failure one ArchiveError naming the key path."""
+
+    def __init__(self, value: Any, path: str, source: str) -> None:
+        self.path, self.source = path, source
+        if not isinstance(value, dict):
+            raise self.error("", f"expected an object, got {_kind(value)}")
+        self.value: dict[str, Any] = value
+
+    def error(self, key: str, message: str) -> ArchiveError:
+        where = ".".join(p for p in (self.path, key) if p) or "(top level)"
+        return ArchiveError(f"{self.source}: {where}: {message}" if self.source else f"{where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.value and self.value[key] is not None
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self.value.get(key, default)
+
+    def get(self, key: str) -> Any:
+        if key not in self.value:
+            raise self.error(key, "missing")
+        return self.value[key]
+
+    def obj(self, key: str, optional: bool = False) -> _Doc | None:
+        if optional and not self.has(key):
+            return None
+        return _Doc(self.get(key), _join(self.path, key), self.source)
+
+    def str(self, key: str, *, default: str | None = None, pattern: re.Pattern[str] | None = None,
+            choices: tuple[str, ...] | None = None, max_len: int = 1024) -> str:
+        if default is not None and not self.has(key):
+            return default
+        value = self.get(key)
+        if not isinstance(value, str) or len(value) > max_len:
+            raise self.error(key, f"expected a string of at most {max_len} characters, got {_kind(value)}")
+        if pattern is not None and pattern.fullmatch(value) is None:
+            raise self.error(key, f"{value[:60]!r} is not allowed here")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"{value[:60]!r} is not one of {', '.join(choices)}")
+        return value
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        if default is not None and not self.has(key):
+            return default
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def int(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
+        if default is not None and not self.has(key):
+            return default
+        return _int(self.get(key), lo, hi, lambda m: self.error(key, m))
+
+    def float(self, key: str, lo: float, hi: float, default: float | None = None, optional: bool = False) -> float | None:
+        if (default is not None or optional) and not self.has(key):
+            return default
+        return _float(self.get(key), lo, hi, lambda m: self.error(key, m))
+
+    def list(self, key: str, max_len: int, default: list[Any] | None = None) -> list[Any]:
+        if default is not None and not self.has(key):
+            return default
+        value = self.get(key)
+        if not isinstance(value, list) or len(value) > max_len:
+            raise self.error(key, f"expected a list of at most {max_len} items, got {_kind(value)}")
+        return value
+
+    def strings(self, key: str, max_len: int, default: list[str] | None = None) -> tuple[str, ...]:
+        items = self.list(key, max_len, default)
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or len(item) > 1024:
+                raise self.error(f"{key}[{i}]", f"expected a string, got {_kind(item)}")
+        return tuple(items)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        """A free-form object (backend details, options): checked to be an object with string keys only."""
+        if not self.has(key):
+            return {}
+        value = self.get(key)
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected an object, got {_kind(value)}")
+        return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value!r}"[:40]
+    if isinstance(value, str):
+        return f"{value[:40]!r}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return type(value).__name__
+
+
+def _int(value: Any, lo: int, hi: int, error: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise error(f"expected an integer in [{lo}, {hi}], got {_kind(value)}")
+    return value
+
+
+def _float(value: Any, lo: float, hi: float, error: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+        raise error(f"expected a number in [{lo:g}, {hi:g}], got {_kind(value)}")
+    return float(value)
+
+
+# -------------------------------------------------------------- records
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the archive: ``sha256`` (64 lower-case hex digits, FIPS 180-4) and ``size`` in bytes."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A network input or output.
+
+    Attributes:
+        name: tensor name in the model.
+        shape: dims; ``int`` > 0 for static axes, ``str`` for dynamic ones (e.g. ``"height"``).
+        dtype: ``float32``, ``int64``, ``int32``, ...
+        layout: ``NCHW`` (the only layout archives use).
+        kind: outputs only: ``scores`` (``[1, C, h, w]`` float) or ``labels`` (``[1, 1, h, w]`` integer).
+    """
+
+    name: str
+    shape: Tuple[Any, ...]
+    dtype: str
+    layout: str
+    kind: Optional[str] = None
+
+    @property
+    def static_hw(self) -> Optional[Tuple[int, int]]:
+        """``(H, W)`` when both spatial dims are fixed integers, else None."""
+        h, w = self.shape[2], self.shape[3]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
+@dataclass(frozen=True)
+class Model:
+    """``manifest.model``: what the network takes and gives, its classes and colours."""
+
+    name: str
+    version: str
+    description: str
+    license: str
+    classes: Tuple[str, ...]
+    palette: Tuple[Tuple[int, int, int], ...]
+    input: TensorSpec
+    output: TensorSpec
+    with_argmax: bool
+    variants: Tuple[Tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_doc(cls, value: Any, source: str = MANIFEST_NAME) -> Model:
+        """Validate a manifest's ``model`` section on its own (e.g. the build's reference model).
+
+        Raises:
+            ArchiveError: a missing key or a value of the wrong type or range.
+        """
+        return _model(_Doc(value, "model", source))
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Golden-check limits: ``|out - ref| <= atol + rtol * |ref|`` and a minimum label agreement in [0, 1]."""
+
+    atol: float
+    rtol: float
+    min_label_agreement: float
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """``target.deploy``: the install's latency budget (ms, None = none) and how many release slots to keep."""
+
+    latency_budget_ms: Optional[float] = None
+    keep_releases: int = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """``manifest.target``: the profile the archive was built for (the keys the runtime and installer use)."""
+
+    name: str
+    description: str
+    precision: str
+    os: str
+    arch: str
+    python: str
+    tolerance: Tolerance
+    backend_options: Mapping[str, Any]
+    deploy: DeploySettings
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One static-shape model of ``backend.variants``: ``(H, W)``, its files and its backend details."""
+
+    shape: Tuple[int, int]
+    net: str
+    weights: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """``manifest.backend``.
+
+    Attributes:
+        name: runner name (``onnxruntime``, ``openvino``, ...).
+        net, weights: model files (listed in ``files``; ``weights`` may be "").
+        requirement: pip requirement of the backend library on the device.
+        variants: static-shape variants, first one = ``net``.
+        fallback: the profile's explicit fallback backend, or None.
+        options: the fallback's runner options (fallback sections only).
+        details: the whole section as written (the runner reads its own keys from it).
+    """
+
+    name: str
+    net: str
+    weights: str
+    requirement: str
+    variants: Tuple[Variant, ...]
+    fallback: Optional["Backend"]
+    options: Mapping[str, Any]
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Golden:
+    """One golden image: the input photo, the fp32 reference output (``.npy``) and label map (``.png``)."""
+
+    image: str
+    output: str
+    labels: str
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """``manifest.runtime``: the runtime version and the pip requirements (and bundled wheels) it needs."""
+
+    version: str
+    requirements: Tuple[str, ...]
+    wheels: Tuple[str, ...] = ()
+
+
+_BACKENDS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite")
+_REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?\s*([<>=!~]=?[A-Za-z0-9.*+!_-]+\s*,?\s*)*", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Manifest(Mapping):  # type: ignore[type-arg]
+    """A validated ``manifest.json``.
+
+    The typed attributes are what the runtime, the installer and the host
+    read. The object is also a read-only :class:`~collections.abc.Mapping`
+    over the validated document, for the host's report-only sections
+    (``provenance``, ``toolchain``, ``quantization``, ``build_check``).
+
+    Build one with :meth:`parse` (bytes) or :meth:`from_doc` (a parsed object).
+    """
+
+    schema_version: int
+    release_version: str
+    model: Model
+    target: Target
+    backend: Backend
+    golden: Tuple[Golden, ...]
+    runtime: RuntimeInfo
+    files: Mapping[str, FileEntry]
+    doc: Mapping[str, Any] = field(repr=False, compare=False)
+
+    # Mapping over the document (read-only)
+    def __getitem__(self, key: str) -> Any:
+        return self.doc[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.doc)
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the listed file sizes (the unpacked size, manifest and signature aside)."""
+        return sum(f.size for f in self.files.values())
+
+    @property
+    def name(self) -> str:
+        """``<model>-<target>``."""
+        return f"{self.model.name}-{self.target.name}"
+
+    @classmethod
+    def parse(cls, data: bytes, source: str = MANIFEST_NAME) -> Manifest:
+        """Parse and validate ``manifest.json`` bytes.
+
+        Raises:
+            ArchiveError: not JSON, over the limits, a wrong schema version, a
+                missing key or a value of the wrong type or range (one line
+                naming the key).
+        """
+        return cls.from_doc(load_json(data, source, LIMITS.manifest_bytes), source)
+
+    @classmethod
+    def from_doc(cls, value: Any, source: str = MANIFEST_NAME) -> Manifest:
+        """Validate an already parsed manifest object (see :meth:`parse`)."""
+        d = _Doc(value, "", source)
+        version = d.raw("schema_version")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise ArchiveError(
+                f"{source}: schema_version {str(version)[:20]!r} is not {SCHEMA_VERSION}; "
+                "use the edgeseg runtime shipped inside this archive (runtime/)"
+            )
+        files = _files(d)
+        model = _model(d.obj("model"))
+        manifest = cls(
+            schema_version=SCHEMA_VERSION,
+            release_version=_release(d),
+            model=model,
+            target=_target(d.obj("target")),
+            backend=_backend(d.obj("backend"), files, model),
+            golden=_golden(d, files),
+            runtime=_runtime(d.obj("runtime")),
+            files=files,
+            doc=d.value,
+        )
+        return manifest
+
+
+def _files(d: _Doc) -> dict[str, FileEntry]:
+    raw = d.get("files")
+    if not isinstance(raw, dict):
+        raise d.error("files", f"expected an object, got {_kind(raw)}")
+    if len(raw) > LIMITS.files:
+        raise d.error("files", f"{len(raw):,} files, over the limit of {LIMITS.files:,}")
+    out: dict[str, FileEntry] = {}
+    dirs: set[str] = set()
+    for rel, meta in raw.items():
+        check_rel_path(rel, f"{d.source}: files")
+        if rel in UNLISTED:
+            raise d.error("files", f"{rel} must not list itself")
+        entry = _Doc(meta, f"files[{rel[:80]!r}]", d.source)
+        out[rel] = FileEntry(sha256=entry.str("sha256", pattern=_SHA256_RE), size=entry.int("size", 0, 1 << 50))
+        parts = rel.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    clash = dirs & out.keys()
+    if clash:
+        raise d.error("files", f"{sorted(clash)[0]!r} is listed as a file and used as a folder")
+    total = sum(f.size for f in out.values())
+    if total > LIMITS.total_bytes:
+        raise d.error("files", f"the listed files add up to {total / 1e9:.1f} GB, over the limit of "
+                      f"{LIMITS.total_bytes / 1e9:.1f} GB ($EDGESEG_MAX_ARCHIVE_BYTES raises it)")
+    return out
+
+
+def _release(d: _Doc) -> str:
+    rel = d.obj("release")
+    assert rel is not None
+    version = rel.get("version")
+    try:
+        parse_version(version)
+    except ArchiveError as exc:
+        raise rel.error("version", str(exc)) from None
+    return version
+
+
+def _tensor(d: _Doc, output: bool) -> TensorSpec:
+    shape = d.list("shape", 4)
+    if len(shape) != 4:
+        raise d.error("shape", f"expected 4 dims [N, C, H, W], got {len(shape)}")
+    dims: list[Any] = []
+    for i, dim in enumerate(shape):
+        if isinstance(dim, str) and _NAME_RE.fullmatch(dim):
+            dims.append(dim)
+        else:
+            dims.append(_int(dim, 1, 1 << 20, lambda m, i=i: d.error(f"shape[{i}]", m + " or an axis name")))
+    kind = d.str("kind", choices=("scores", "labels")) if output else None
+    return TensorSpec(
+        name=d.str("name", max_len=256),
+        shape=tuple(dims),
+        dtype=d.str("dtype", choices=("float32", "float16", "int64", "int32", "uint8")),
+        layout=d.str("layout", choices=("NCHW",)),
+        kind=kind,
+    )
+
+
+def _model(d: _Doc | None) -> Model:
+    assert d is not None
+    classes = d.strings("classes", LIMITS.classes)
+    if not classes:
+        raise d.error("classes", "no classes")
+    palette = []
+    for i, rgb in enumerate(d.list("palette", LIMITS.classes)):
+        if not isinstance(rgb, list) or len(rgb) != 3:
+            raise d.error(f"palette[{i}]", f"expected [R, G, B], got {_kind(rgb)}")
+        palette.append(tuple(_int(v, 0, 255, lambda m, i=i: d.error(f"palette[{i}]", m)) for v in rgb))
+    inp, out = d.obj("input"), d.obj("output")
+    assert inp is not None and out is not None
+    variants = []
+    for i, shape in enumerate(inp.list("variants", 64, default=[])):
+        if not isinstance(shape, list) or len(shape) != 2:
+            raise inp.error(f"variants[{i}]", f"expected [H, W], got {_kind(shape)}")
+        variants.append(tuple(_int(v, 1, LIMITS.net_side, lambda m, i=i: inp.error(f"variants[{i}]", m)) for v in shape))
+    input_spec, output_spec = _tensor(inp, False), _tensor(out, True)
+    if output_spec.kind == "scores" and output_spec.shape[1] != len(classes) and isinstance(output_spec.shape[1], int):
+        raise out.error("shape", f"{output_spec.shape[1]} score channels for {len(classes)} classes")
+    return Model(
+        name=d.str("name", pattern=_NAME_RE),
+        version=d.str("version", max_len=128),
+        description=d.str("description", default="", max_len=4096),
+        license=d.str("license", default="", max_len=4096),
+        classes=classes,
+        palette=tuple(palette),  # type: ignore[arg-type]
+        input=input_spec,
+        output=output_spec,
+        with_argmax=d.bool("with_argmax", default=output_spec.kind == "labels"),
+        variants=tuple(variants),  # type: ignore[arg-type]
+    )
+
+
+def _tolerance(d: _Doc) -> Tolerance:
+    return Tolerance(
+        atol=d.float("atol", 0.0, 1e6),  # type: ignore[arg-type]
+        rtol=d.float("rtol", 0.0, 1e6, default=0.0),  # type: ignore[arg-type]
+        min_label_agreement=d.float("min_label_agreement", 0.0, 1.0),  # type: ignore[arg-type]
+    )
+
+
+def _target(d: _Doc | None) -> Target:
+    assert d is not None
+    platform = d.obj("platform")
+    tolerance = d.obj("tolerance")
+    deploy = d.obj("deploy", optional=True)
+    assert platform is not None and tolerance is not None
+    settings = DeploySettings()
+    if deploy is not None:
+        settings = DeploySettings(
+            latency_budget_ms=deploy.float("latency_budget_ms", 1e-6, 1e9, optional=True),
+            keep_releases=deploy.int("keep_releases", 1, 1000, default=3),
+        )
+    return Target(
+        name=d.str("name", pattern=re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)),
+        description=d.str("description", default="", max_len=4096),
+        precision=d.str("precision", choices=("fp32", "fp16", "int8")),
+        os=platform.str("os", max_len=32),
+        arch=platform.str("arch", max_len=32),
+        python=platform.str("python", default="3", max_len=16),
+        tolerance=_tolerance(tolerance),
+        backend_options=d.mapping("backend_options"),
+        deploy=settings,
+    )
+
+
+def _listed(d: _Doc, key: str, files: Mapping[str, FileEntry], *, optional: bool = False) -> str:
+    value = d.str(key, default="" if optional else None)
+    if value == "" and optional:
+        return ""
+    check_rel_path(value, f"{d.source}: {_join(d.path, key)}")
+    if value not in files and not any(f.startswith(value + "/") for f in files):
+        raise d.error(key, f"{value!r} is not a file listed in the manifest")
+    return value
+
+
+def _backend(d: _Doc | None, files: Mapping[str, FileEntry], model: Model, fallback: bool = False) -> Backend:
+    assert d is not None
+    variants = []
+    for i, raw in enumerate(d.list("variants", 64, default=[])):
+        v = _Doc(raw, _join(d.path, f"variants[{i}]"), d.source)
+        shape = v.list("shape", 2)
+        if len(shape) != 2:
+            raise v.error("shape", "expected [H, W]")
+        hw = tuple(_int(s, 1, LIMITS.net_side, lambda m: v.error("shape", m)) for s in shape)
+        variants.append(Variant(shape=hw, net=_listed(v, "net", files), weights=_listed(v, "weights", files, optional=True),  # type: ignore[arg-type]
+                                details=v.value))
+    fb = d.obj("fallback", optional=True) if not fallback else None
+    return Backend(
+        name=d.str("name", choices=_BACKENDS),
+        net=_listed(d, "net", files),
+        weights=_listed(d, "weights", files, optional=True),
+        requirement=d.str("requirement", default="", pattern=_TEXT_RE, max_len=256),
+        variants=tuple(variants),
+        fallback=_backend(fb, files, model, fallback=True) if fb is not None else None,
+        options=d.mapping("options"),
+        details=d.value,
+    )
+
+
+def _golden(d: _Doc, files: Mapping[str, FileEntry]) -> tuple[Golden, ...]:
+    out = []
+    for i, raw in enumerate(d.list("golden", 1000)):
+        g = _Doc(raw, f"golden[{i}]", d.source)
+        out.append(Golden(image=_listed(g, "image", files), output=_listed(g, "output", files), labels=_listed(g, "labels", files)))
+    return tuple(out)
+
+
+def _runtime(d: _Doc | None) -> RuntimeInfo:
+    assert d is not None
+    reqs = d.strings("requirements", 64)
+    for i, req in enumerate(reqs):
+        if _REQUIREMENT_RE.fullmatch(req) is None:
+            raise d.error(f"requirements[{i}]", f"{req[:60]!r} is not a pip requirement")
+    return RuntimeInfo(version=d.str("version", max_len=64), requirements=reqs, wheels=d.strings("wheels", 1000, default=[]))
+
+
+# -------------------------------------------------------------- pipeline
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the runtime reads from ``pipeline.json`` (MMDeploy SDK schema), validated.
+
+    Attributes:
+        size: ``(W, H)`` of the ``Resize`` transform in pixels, or None (no resize).
+        keep_ratio: True to fit inside ``size`` keeping the aspect ratio.
+        mean, std: ``Normalize`` per channel in network channel order, 0..255 units; ``std`` non-zero.
+        to_rgb: True when the network takes RGB (False: BGR).
+        num_classes: ``ResizeMask`` class count C.
+        with_argmax: True when the network outputs labels.
+    """
+
+    size: Optional[Tuple[int, int]]
+    keep_ratio: bool
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    to_rgb: bool
+    num_classes: int
+    with_argmax: bool
+
+    @classmethod
+    def parse(cls, data: bytes, source: str = PIPELINE_NAME) -> PipelineSpec:
+        """Parse and validate ``pipeline.json`` bytes (see :meth:`from_doc`)."""
+        return cls.from_doc(load_json(data, source), source)
+
+    @classmethod
+    def from_doc(cls, value: Any, source: str = PIPELINE_NAME) -> PipelineSpec:
+        """Validate a parsed ``pipeline.json`` document.
+
+        Raises:
+            ArchiveError: ``<source> is not a valid MMDeploy segmentation
+                pipeline (<key>: <why>)``: no Transform or ResizeMask task, or
+                a value of the wrong type or range (Resize side outside
+                1..``net_side``, mean/std not three finite numbers, std 0, ...).
+        """
+        try:
+            return cls._from_doc(value)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{source} is not a valid MMDeploy segmentation pipeline ({exc})") from None
+
+    @classmethod
+    def _from_doc(cls, value: Any) -> PipelineSpec:
+        top = _Doc(value, "", "")
+        source = ""
+        pipe = top.obj("pipeline")
+        assert pipe is not None
+        tasks = pipe.list("tasks", 64)
+        if not all(isinstance(t, dict) for t in tasks):
+            raise pipe.error("tasks", "every task must be an object")
+        transform = next((i for i, t in enumerate(tasks) if t.get("module") == "Transform"), None)
+        post = next((i for i, t in enumerate(tasks) if t.get("component") == "ResizeMask"), None)
+        if transform is None or post is None:
+            raise pipe.error("tasks", "needs a Transform task and a ResizeMask post-processing task")
+        size: tuple[int, int] | None = None
+        keep_ratio, to_rgb = False, True
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        tdoc = _Doc(tasks[transform], f"pipeline.tasks[{transform}]", source)
+        for i, raw in enumerate(tdoc.list("transforms", 64)):
+            step = _Doc(raw, f"{tdoc.path}.transforms[{i}]", source)
+            kind = step.str("type", max_len=64)
+            if kind == "Resize":
+                wh = step.list("size", 2)
+                if len(wh) != 2:
+                    raise step.error("size", "expected [W, H]")
+                size = tuple(_int(v, 1, LIMITS.net_side, lambda m: step.error("size", m)) for v in wh)  # type: ignore[assignment]
+                assert size is not None
+                if size[0] * size[1] > LIMITS.net_pixels:
+                    raise step.error("size", f"{size[0]}x{size[1]} is over the limit of {LIMITS.net_pixels:,} network pixels")
+                keep_ratio = step.bool("keep_ratio", default=False)
+            elif kind == "Normalize":
+                mean = _three(step, "mean", -1e6, 1e6)
+                std = _three(step, "std", 1e-6, 1e6)
+                to_rgb = step.bool("to_rgb", default=False)
+        pdoc = _Doc(tasks[post], f"pipeline.tasks[{post}]", source).obj("params")
+        assert pdoc is not None
+        return cls(size=size, keep_ratio=keep_ratio, mean=mean, std=std, to_rgb=to_rgb,
+                   num_classes=pdoc.int("num_classes", 1, LIMITS.classes), with_argmax=pdoc.bool("with_argmax"))
+
+    def check_model(self, model: Model, source: str = PIPELINE_NAME) -> None:
+        """Refuse a pipeline that cannot feed ``model`` or read its output (checked when an archive is opened).
+
+        Raises:
+            ArchiveError: class count or argmax differ from the manifest; a
+                static-shape model without static-shape variants whose Resize
+                does not stretch to exactly its input size.
+        """
+        if self.num_classes != len(model.classes):
+            raise ArchiveError(f"{source}: ResizeMask num_classes {self.num_classes} but the model has "
+                               f"{len(model.classes)} classes")
+        if self.with_argmax != model.with_argmax:
+            raise ArchiveError(f"{source}: ResizeMask with_argmax is {str(self.with_argmax).lower()} but the model "
+                               f"outputs {model.output.kind}")
+        hw = model.input.static_hw
+        if hw is not None and not model.variants and (self.size != (hw[1], hw[0]) or self.keep_ratio):
+            got = "no Resize" if self.size is None else f"Resize to {self.size[0]}x{self.size[1]}" + (
+                " keeping the ratio" if self.keep_ratio else "")
+            raise ArchiveError(f"{source}: {got}, but the model takes a fixed {hw[1]}x{hw[0]} (WxH) input")
+
+
+def _three(step: _Doc, key: str, lo: float, hi: float) -> tuple[float, float, float]:
+    """Three finite numbers in [lo, hi] (one per channel)."""
+    values = step.list(key, 3)
+    if len(values) != 3:
+        raise step.error(key, f"expected 3 numbers (one per channel), got {len(values)}")
+    return tuple(_float(v, lo, hi, lambda m: step.error(key, m)) for v in values)  # type: ignore[return-value]
