@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,9 +17,15 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base for schema models: unknown keys are errors, instances are frozen."""
+    """Base for schema models: unknown keys are errors, types are strict, instances are frozen.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict means a value must already have the key's type: ``keep_releases = "3"``,
+    ``dynamic = "yes"`` or ``port = "42509"`` are errors, not silently converted
+    (an integer is still accepted where a float is expected, and a TOML array
+    where a tuple is, since :func:`validate` checks the document as JSON).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def load_toml(path: Path, what: str) -> dict[str, Any]:
@@ -42,7 +49,11 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         ConfigError: naming the first offending key, e.g. ``targets/x.toml: input.size: ...``.
     """
     try:
-        return model.model_validate(data)
+        document = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # a TOML date/time, NaN or inf where edgeseg takes none
+        raise ConfigError(f"{source}: a value is not a plain number, string, boolean, array or table ({exc})") from None
+    try:
+        return model.model_validate_json(document)
     except ValidationError as exc:
         errors = exc.errors()
         first = errors[0]

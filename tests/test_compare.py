@@ -226,4 +226,5 @@ def test_limit_reference_and_device_errors(archives: dict[str, Path], quantized:
     r = edgeseg_cli("compare", archives["cpu"], "--images", tmp_path / "nope")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
     r = edgeseg_cli("measure", "--archive", archives["cpu"], images, "--out", tmp_path / "m", "--runs", "0")
-    assert r.returncode == 2 and "--runs must be >= 1" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--runs: must be >= 1" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1  # one line, not argparse's usage block

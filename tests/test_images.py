@@ -107,3 +107,32 @@ def test_overlay_blends_only_foreground() -> None:
     labels = np.array([[0, 1], [1, 0]], np.uint8)
     out = overlay(rgb, labels, [[0, 0, 0], [200, 0, 0]], alpha=0.5)
     assert out[0, 0].tolist() == [100, 100, 100] and out[0, 1].tolist() == [150, 50, 50]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(orientation: int, tmp_path: Path) -> None:
+    """The runtime turns the decoded array upright with numpy: the same pixels as Pillow's exif_transpose."""
+    from PIL import ImageOps
+
+    arr = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(arr).save(path, exif=exif)
+    with Image.open(path) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    out = load_image(path)
+    assert out.flags["C_CONTIGUOUS"] and np.array_equal(out, expected)
+
+
+def test_large_image_decodes_in_bands(tmp_path: Path) -> None:
+    """Band-wise conversion (palette and 16-bit grey included) gives the same pixels as converting at once."""
+    from edgeseg_runtime.images import BAND_ROWS
+
+    h = BAND_ROWS * 2 + 37
+    pal = Image.fromarray(RNG.integers(0, 256, (h, 50), dtype=np.uint8), mode="L").convert("P")
+    pal.save(tmp_path / "p.png")
+    assert np.array_equal(load_image(tmp_path / "p.png"), np.asarray(pal.convert("RGB")))
+    grey16 = RNG.integers(0, 65536, (h, 40), dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g.png")
+    assert np.array_equal(load_image(tmp_path / "g.png")[..., 1], (grey16 >> 8).astype(np.uint8))

@@ -104,13 +104,14 @@ def static_input_shape(model: Any) -> list[int] | None:
     return [int(d) for d in dims] if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
-def check_option_types(options: dict[str, Any], allowed: dict[str, type], where: str) -> None:
-    """Check option names and value types against ``allowed``; raises ConfigError naming the key."""
+def check_option_types(options: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
+    """Check option names, types and ranges against ``allowed`` (``{name: type | Option}``); ConfigError names the key."""
+    from edgeseg_runtime.runners import option_error
+
     for key, value in options.items():
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown option (known: {', '.join(sorted(allowed)) or 'none'})")
-        if not isinstance(value, allowed[key]) or isinstance(value, bool) and allowed[key] is not bool:
-            raise ConfigError(f"{where}.{key}: expected {allowed[key].__name__}, got {value!r}")
+        why = option_error(key, value, allowed)
+        if why is not None:
+            raise ConfigError(f"{where}.{key}: {why}")
 
 
 #: backend name -> "module:Class"

@@ -146,7 +146,7 @@ class TFLiteBackend:
                 if target.precision == "fp16":
                     qt.load_quantization_recipe(FP16_RECIPE)
                     result = qt.quantize()
-                    details = {"quantizer": "ai-edge-quantizer float_casting", "weights": "float16", "compute": "float32"}
+                    details = {"quantizer": "ai-edge-quantizer float_casting", "weight_format": "float16", "compute": "float32"}
                 else:
                     assert calibration is not None
                     qt.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
@@ -154,7 +154,7 @@ class TFLiteBackend:
                     samples = [{name: t} for t in calibration.tensors()]
                     result = qt.quantize(qt.calibrate({SIGNATURE: samples}))
                     details = {
-                        "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weights": "int8 per-channel",
+                        "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weight_format": "int8 per-channel",
                         "activations": f"int{bits}", "calibration_method": target.quantization.calibration_method,
                         "calibration_images": len(samples),
                     }

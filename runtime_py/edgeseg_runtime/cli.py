@@ -32,7 +32,7 @@ from .segmentor import Segmentor
 from .signing import check_signature, parse_signature
 from .verify import verify_archive
 
-__all__ = ["build_parser", "main", "run_cli", "plan_outputs", "signature_line"]
+__all__ = ["OneLineParser", "build_parser", "main", "run_cli", "plan_outputs", "signature_line"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,8 +44,10 @@ def _count(low: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= 1_000_000:
-            raise argparse.ArgumentTypeError(f"must be between {low} and 1000000, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > 1_000_000_000:
+            raise argparse.ArgumentTypeError(f"must be <= 1000000000, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -58,9 +60,16 @@ def _archive_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``PROG: error: MESSAGE (see PROG --help)``, exit 2."""
+
+    def error(self, message: str) -> Any:  # noqa: D102 (argparse API)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     """The argument parser and its sub-command group (the host adds ``build`` to it)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description="Deploy semantic-segmentation models to edge devices and prove they still work there.",
     )
@@ -123,17 +132,18 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
 
 
 def _describe(labels: np.ndarray, classes: Sequence[str]) -> str:
-    """Coverage and bounding box of each non-background class present."""
+    """Coverage and bounding box of each non-background class present (memory: one mask, not its coordinates)."""
     parts = []
-    counts = np.bincount(labels.ravel(), minlength=len(classes))
+    counts = np.zeros(max(len(classes), int(labels.max()) + 1), dtype=np.int64)
+    for y in range(0, labels.shape[0], 256):  # bincount widens to int64: a band at a time, not the whole map
+        counts += np.bincount(labels[y:y + 256].ravel(), minlength=len(counts))
     for c in np.flatnonzero(counts):
         if c == 0:
             continue
-        ys, xs = np.nonzero(labels == c)
+        mask = labels == c
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         name = classes[c] if c < len(classes) else str(c)
-        parts.append(
-            f"{name} {counts[c] / labels.size:.1%} (x {xs.min()}..{xs.max()}, y {ys.min()}..{ys.max()})"
-        )
+        parts.append(f"{name} {counts[c] / labels.size:.1%} (x {xs[0]}..{xs[-1]}, y {ys[0]}..{ys[-1]})")
     return ", ".join(parts) or f"only {classes[0] if classes else 'class 0'}"
 
 
@@ -216,15 +226,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 with _atomic(dest) as tmp:
                     save_label_map(result.labels, tmp, seg.palette)
+                if args.probs:
+                    h, w = result.labels.shape
+                    with _atomic(plan[p][-1]) as tmp:
+                        save_scores(seg.postprocess.plane_images(result.output, h, w), len(seg.classes), h, w, tmp)
                 if args.overlay:
                     from PIL import Image
 
-                    with _atomic(next(dests)) as tmp:
-                        Image.fromarray(overlay(rgb, result.labels, seg.palette)).save(tmp, format="PNG")
-                if args.probs:
-                    h, w = result.labels.shape
-                    with _atomic(next(dests)) as tmp:
-                        save_scores(seg.postprocess.planes(result.output, h, w), len(seg.classes), h, w, tmp)
+                    with _atomic(next(dests)) as tmp:  # blended into the decoded photo itself: one image less
+                        Image.fromarray(overlay(rgb, result.labels, seg.palette, copy=False)).save(tmp, format="PNG")
             except OSError as exc:
                 raise EdgesegError(
                     f"cannot write results for {p.name} into {out} ({exc.strerror or exc}); "

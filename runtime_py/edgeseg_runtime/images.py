@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -45,6 +45,9 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: opens multi-picture JPEGs, as phones write). Everything else (EPS, which runs Ghostscript, PSD,
 #: ICO, ...) is refused without reaching its decoder.
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
+
+#: rows converted at a time when decoding and blending (bounds the temporary memory)
+BAND_ROWS = 256
 
 #: File suffixes picked up when a folder is given.
 IMAGE_SUFFIXES = frozenset(
@@ -85,8 +88,9 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                         f"{max_pixels / 1e6:.1f} MP (decompression-bomb guard); raise --max-pixels if you trust it"
                     )
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb_array(img, path)
+                rgb = _to_rgb_array(img, path)
+                orientation = img.getexif().get(_ORIENTATION, 1)
+            return _orient(rgb, orientation)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -101,18 +105,47 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
 
 
 def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
+    """The decoded image as ``(H, W, 3)`` uint8 RGB, converted a band of rows at a time.
+
+    Converting in bands keeps the peak at Pillow's image plus the output
+    array (``np.asarray`` of a whole image would add one or two more copies).
+    """
     mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img)
-    if mode in _CONVERTIBLE:
-        return np.asarray(img.convert("RGB"))
-    if mode in _SIXTEEN_BIT:
-        grey = np.asarray(img)
-        if grey.min() < 0 or grey.max() > 65535:
-            raise ImageError(f"{path}: 32-bit integer image with values outside 0..65535; convert it to 8-bit RGB")
-        grey8 = (grey.astype(np.uint32) >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey8[:, :, None], 3, axis=2))
-    raise ImageError(f"{path}: pixel format {mode!r} is not supported; convert the image to 8-bit RGB")
+    if mode != "RGB" and mode not in _CONVERTIBLE and mode not in _SIXTEEN_BIT:
+        raise ImageError(f"{path}: pixel format {mode!r} is not supported; convert the image to 8-bit RGB")
+    width, height = img.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for y in range(0, height, BAND_ROWS):
+        band = img.crop((0, y, width, min(height, y + BAND_ROWS)))
+        if mode == "RGB":
+            out[y:y + BAND_ROWS] = np.asarray(band)
+        elif mode in _CONVERTIBLE:
+            out[y:y + BAND_ROWS] = np.asarray(band.convert("RGB"))
+        else:
+            grey = np.asarray(band)
+            if grey.min() < 0 or grey.max() > 65535:
+                raise ImageError(f"{path}: 32-bit integer image with values outside 0..65535; convert it to 8-bit RGB")
+            out[y:y + BAND_ROWS] = (grey.astype(np.uint32) >> 8).astype(np.uint8)[:, :, None]
+    return out
+
+
+#: EXIF tag 0x0112 and the numpy view that shows each orientation upright (as Pillow's ``exif_transpose``)
+_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],                      # mirrored
+    3: lambda a: a[::-1, ::-1],                   # rotated 180
+    4: lambda a: a[::-1],                         # mirrored vertically
+    5: lambda a: a.transpose(1, 0, 2),            # transposed
+    6: lambda a: np.rot90(a, -1),                 # rotated 90 clockwise to be upright
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # transversed
+    8: lambda a: np.rot90(a, 1),                  # rotated 90 counter-clockwise to be upright
+}
+
+
+def _orient(rgb: np.ndarray, orientation: object) -> np.ndarray:
+    """Apply the EXIF orientation (Exif 2.3, tag 0x0112) with numpy; C-contiguous result."""
+    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return rgb if turn is None else np.ascontiguousarray(turn(rgb))
 
 
 def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
@@ -182,11 +215,12 @@ def load_label_map(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return labels.astype(np.uint16) if labels.dtype.itemsize > 1 else labels
 
 
-def save_scores(planes: Iterable[np.ndarray], count: int, height: int, width: int, path: str | Path) -> None:
-    """Write per-class score planes as one ``(count, height, width)`` float32 ``.npy`` file, a plane at a time.
+def save_scores(planes: Iterable[Image.Image], count: int, height: int, width: int, path: str | Path) -> None:
+    """Write per-class score planes (``F`` images) as one ``(count, height, width)`` float32 ``.npy`` file.
 
-    Memory stays at one plane whatever ``count`` is (``np.save`` of the stacked
-    scores would hold all of them).
+    Each plane is written a band of rows at a time, so memory stays at one
+    plane whatever ``count`` is (``np.save`` of the stacked scores would hold
+    all of them, twice).
 
     Raises:
         ValueError: a plane is not ``(height, width)`` or there are not ``count`` of them.
@@ -200,19 +234,19 @@ def save_scores(planes: Iterable[np.ndarray], count: int, height: int, width: in
         npy.write_array_header_1_0(fh, {"descr": npy.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
                                         "shape": (count, height, width)})
         for plane in planes:
-            if plane.shape != (height, width) or written == count:
-                raise ValueError(f"score plane {written} is {plane.shape}, not ({height}, {width}) of {count}")
-            np.ascontiguousarray(plane, dtype="<f4").tofile(fh)
+            if plane.size != (width, height) or plane.mode != "F" or written == count:
+                raise ValueError(f"score plane {written} is {plane.mode} {plane.size}, not F ({width}, {height}) of {count}")
+            for y in range(0, height, BAND_ROWS):
+                band = np.asarray(plane.crop((0, y, width, min(height, y + BAND_ROWS))))
+                np.ascontiguousarray(band, dtype="<f4").tofile(fh)
             written += 1
+            del plane  # before the generator makes the next one: one plane in memory at a time
     if written != count:
         raise ValueError(f"{written} score planes, expected {count}")
 
 
-#: rows processed at a time by :func:`overlay` (bounds its temporary memory)
-BAND_ROWS = 256
-
-
-def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
+def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5,
+            *, copy: bool = True) -> np.ndarray:
     """Blend class colours over an image.
 
     Works on bands of :data:`BAND_ROWS` rows, so its temporary memory is a few
@@ -223,12 +257,13 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]
         labels: ``(H, W)`` integer class ids of the same size.
         palette: ``(C, 3)`` RGB colours; class 0 is left unblended (background).
         alpha: colour weight in [0, 1].
+        copy: False to blend into ``rgb`` itself (saves one image of memory).
 
     Returns:
         ``(H, W, 3)`` uint8 blended image: ``round((1 - alpha) * pixel + alpha * colour)``.
     """
     colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
-    out = rgb.copy()
+    out = rgb.copy() if copy else rgb
     if len(colours) == 0:
         return out
     for y in range(0, rgb.shape[0], BAND_ROWS):
@@ -237,6 +272,6 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]
         if not mask.any():
             continue
         lab = np.clip(band[mask], 0, len(colours) - 1)
-        pixels = rgb[y:y + BAND_ROWS][mask].astype(np.float32)
+        pixels = out[y:y + BAND_ROWS][mask].astype(np.float32)
         out[y:y + BAND_ROWS][mask] = np.clip((1.0 - alpha) * pixels + alpha * colours[lab] + 0.5, 0, 255).astype(np.uint8)
     return out

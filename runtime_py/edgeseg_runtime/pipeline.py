@@ -35,7 +35,8 @@ from PIL import Image
 from .contract import LIMITS, PipelineSpec
 from .errors import ImageError
 
-__all__ = ["Preprocess", "Postprocess", "parse_pipeline", "from_spec", "output_labels", "fits_input", "bilinear"]
+__all__ = ["Preprocess", "Postprocess", "parse_pipeline", "from_spec", "output_labels", "fits_input", "bilinear",
+           "image_bands"]
 
 
 @dataclass(frozen=True)
@@ -160,26 +161,73 @@ class Postprocess:
         if scores.shape[0] == 2:
             # Two classes: bilinear resizing is linear, so argmax of the resized scores equals
             # the sign of the resized margin s1 - s0: one plane to resize instead of two.
-            margin = _resize_plane(scores[1] - scores[0], width, height)
-            labels = np.greater(margin, 0).view(np.uint8)
+            labels = np.empty((height, width), dtype=np.uint8)
+            for y, band in _bands(_plane_image(scores[1] - scores[0], width, height)):
+                np.greater(band, 0, out=labels[y:y + len(band)].view(bool))
         else:
-            labels = _argmax_planes(self.planes(output, height, width), self.label_dtype)
+            labels = _argmax_images(self.plane_images(output, height, width), height, width, self.label_dtype)
         if not want_scores:
             return labels, None
         return labels, np.stack(list(self.planes(output, height, width)))
 
-    def planes(self, output: np.ndarray, height: int, width: int) -> Iterator[np.ndarray]:
-        """The class score planes resized to the image, one at a time (peak memory: one plane).
+    def plane_images(self, output: np.ndarray, height: int, width: int) -> Iterator[Image.Image]:
+        """The class score planes resized to the image, as Pillow ``F`` images, one at a time.
 
         Args:
             output: ``(1, C, h, w)`` float scores.
             height, width: the image size in pixels.
 
         Yields:
-            C ``(height, width)`` float32 planes, class 0 first.
+            C images of ``width`` x ``height`` float32 pixels, class 0 first
+            (read them with :func:`image_bands` to keep memory at one plane).
         """
         for plane in output[0]:
-            yield _resize_plane(plane, width, height)
+            yield _plane_image(plane, width, height)
+
+    def planes(self, output: np.ndarray, height: int, width: int) -> Iterator[np.ndarray]:
+        """:meth:`plane_images` as ``(height, width)`` float32 arrays."""
+        for img in self.plane_images(output, height, width):
+            plane = np.empty((height, width), dtype=np.float32)
+            for y, band in _bands(img):
+                plane[y:y + len(band)] = band
+            del img
+            yield plane
+
+
+#: rows read at a time from a full-size score plane (bounds the temporary memory)
+BAND_ROWS = 256
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows as an array)`` of an image, :data:`BAND_ROWS` rows at a time (exact copies)."""
+    for y in range(0, img.height, BAND_ROWS):
+        yield y, np.asarray(img.crop((0, y, img.width, min(img.height, y + BAND_ROWS))))
+
+
+image_bands = _bands
+
+
+def _plane_image(plane: np.ndarray, width: int, height: int) -> Image.Image:
+    """One float32 ``(h, w)`` plane bilinearly resized (:func:`bilinear`) to ``width`` x ``height``, as an ``F`` image."""
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode F
+    return img if img.size == (width, height) else bilinear(img, width, height)
+
+
+def _argmax_images(images: Iterator[Image.Image], height: int, width: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Arg-max over a stream of ``F`` planes, first index on ties; holds one running maximum and one plane."""
+    best = np.empty((height, width), dtype=np.float32)
+    labels = np.zeros((height, width), dtype=dtype)
+    for c, img in enumerate(images):
+        for y, band in _bands(img):
+            rows = slice(y, y + len(band))
+            if c == 0:
+                best[rows] = band
+                continue
+            better = band > best[rows]
+            labels[rows][better] = c
+            np.maximum(best[rows], band, out=best[rows])
+        del img  # before the generator makes the next plane
+    return labels
 
 
 def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
@@ -215,25 +263,6 @@ def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
         return img.resize((width, height), Image.Resampling.BILINEAR)
     sx, sy = img.width / width, img.height / height
     return img.transform((width, height), Image.Transform.AFFINE, (sx, 0, 0, 0, sy, 0), resample=Image.Resampling.BILINEAR)
-
-
-def _resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize (:func:`bilinear`) of one float32 ``(h, w)`` plane to ``(height, width)``."""
-    plane = np.ascontiguousarray(plane, dtype=np.float32)
-    if plane.shape == (height, width):
-        return plane
-    return np.asarray(bilinear(Image.fromarray(plane), width, height))  # mode F
-
-
-def _argmax_planes(planes: Iterator[np.ndarray], dtype: type[np.unsignedinteger]) -> np.ndarray:
-    """Arg-max over a stream of equal-shape planes, first index on ties; holds two planes at a time."""
-    best = next(planes).copy()
-    labels = np.zeros(best.shape, dtype=dtype)
-    for c, plane in enumerate(planes, start=1):
-        better = plane > best
-        labels[better] = c
-        np.maximum(best, plane, out=best)
-    return labels
 
 
 def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:

@@ -13,16 +13,51 @@ from __future__ import annotations
 
 import importlib
 import sys
-from types import ModuleType
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Any, Optional, Protocol, Tuple
 
 import numpy as np
 
-from ..errors import ToolchainError
+from ..errors import ArchiveError, ToolchainError
 
-__all__ = ["Runner", "RUNNERS", "runner_class", "open_runner", "import_backend"]
+__all__ = ["Runner", "RUNNERS", "Option", "option_error", "runner_class", "open_runner", "import_backend"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A declared runner option (a target profile's ``[backend_options]`` key).
+
+    Attributes:
+        type: ``int``, ``float``, ``str``, ``bool`` or ``list``.
+        low, high: inclusive range of a number (None = open).
+        choices: the allowed strings (None = any).
+    """
+
+    type: type
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[Tuple[str, ...]] = None
+
+
+def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> Optional[str]:
+    """Why ``key = value`` is not a valid option among ``allowed`` (``{name: type | Option}``), or None."""
+    if key not in allowed:
+        return f"unknown option (known: {', '.join(sorted(allowed)) or 'none'})"
+    spec = allowed[key] if isinstance(allowed[key], Option) else Option(allowed[key])
+    kind = spec.type
+    numeric_ok = kind is float and isinstance(value, int)
+    if (not isinstance(value, kind) and not numeric_ok) or (isinstance(value, bool) and kind is not bool):
+        return f"expected {kind.__name__}, got {repr(value)[:40]}"
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        return f"{value!r} is outside [{spec.low}, {spec.high}]"
+    if spec.choices is not None and value not in spec.choices:
+        return f"{str(value)[:40]!r} is not one of {', '.join(spec.choices)}"
+    if kind is list and not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+        return "expected a list of strings or integers"
+    return None
 
 
 class Runner(Protocol):
@@ -90,6 +125,19 @@ def runner_class(backend: str) -> type[Runner]:
     return getattr(importlib.import_module(module), cls)
 
 
+def _check_options(name: Any, options: Mapping[str, Any]) -> None:
+    """Options reaching a runner from a manifest are untrusted: check names, types and ranges."""
+    if not isinstance(options, Mapping):
+        raise ArchiveError(f"manifest.json: {name} options are not an object")
+    if not isinstance(name, str) or name not in RUNNERS:
+        return  # runner_class says which backends exist
+    allowed = runner_class(name).OPTIONS
+    for key, value in options.items():
+        why = option_error(key, value, allowed)
+        if why is not None:
+            raise ArchiveError(f"manifest.json: {name} option {str(key)[:40]}: {why}")
+
+
 def open_runner(
     root: Path,
     backend: Mapping[str, Any],
@@ -113,8 +161,10 @@ def open_runner(
     Raises:
         ToolchainError: the backend is missing here and there is no fallback (or it is missing too).
     """
+    _check_options(backend.get("name"), options or {})
     fallback = backend.get("fallback")
     if fallback:
+        _check_options(fallback.get("name"), fallback.get("options", {}))
         try:
             runner_class(backend["name"]).version()
         except ToolchainError as exc:

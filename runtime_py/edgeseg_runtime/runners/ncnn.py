@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
-from . import import_backend
+from . import Option, import_backend
 
 _BOOL_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_vulkan_compute")
 
@@ -38,7 +38,7 @@ class NcnnRunner:
 
     backend = "ncnn"
     requirement = "ncnn>=1.0.20240410"
-    OPTIONS: dict[str, type] = {"num_threads": int, **{key: bool for key in _BOOL_OPTIONS}}
+    OPTIONS: dict[str, Any] = {"num_threads": Option(int, 0, 1024), **{key: bool for key in _BOOL_OPTIONS}}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.param = Path(root) / model["net"]

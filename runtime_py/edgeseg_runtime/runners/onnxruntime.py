@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
-from . import import_backend
+from . import Option, import_backend
 
 
 def _import() -> Any:
@@ -30,7 +30,7 @@ class OnnxRuntimeRunner:
     backend = "onnxruntime"
     requirement = "onnxruntime>=1.17"
     #: accepted ``[backend_options]`` keys and their types
-    OPTIONS = {"intra_op_num_threads": int, "providers": list}
+    OPTIONS = {"intra_op_num_threads": Option(int, 0, 1024), "providers": list}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.path = Path(root) / model["net"]

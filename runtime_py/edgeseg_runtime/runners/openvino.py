@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
-from . import import_backend
+from . import Option, import_backend
 
 
 def _import() -> Any:
@@ -32,7 +32,8 @@ class OpenVINORunner:
     backend = "openvino"
     requirement = "openvino>=2024.0"
     #: accepted ``[backend_options]`` keys and their types
-    OPTIONS = {"device": str, "inference_precision": str, "num_threads": int}
+    OPTIONS = {"device": str, "inference_precision": Option(str, choices=("f32", "f16", "bf16")),
+               "num_threads": Option(int, 0, 1024)}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.xml = Path(root) / model["net"]

@@ -36,6 +36,7 @@ import numpy as np
 from ..archive import sha256_file
 from ..engine import EngineCache, EngineSettings, build_engine, check_cuda, cuda_runtime, default_cache_dir, engine_key, gpu_identity
 from ..errors import ToolchainError
+from . import Option
 
 MISSING = (
     "TensorRT is not installed here ({why}); on a Jetson it comes with JetPack "
@@ -64,7 +65,8 @@ class TensorRTRunner:
     #: the device's system provides it (JetPack), so offline archives do not bundle it
     system_requirement = "tensorrt (JetPack: apt install python3-libnvinfer) and cuda-python"
     OPTIONS = {
-        "workspace_mb": int, "dla_core": int, "sparsity": bool, "optimization_level": int,
+        "workspace_mb": Option(int, 1, 1 << 20), "dla_core": Option(int, -1, 16), "sparsity": bool,
+        "optimization_level": Option(int, 0, 5),
         "min_shape": list, "opt_shape": list, "max_shape": list, "engine_cache": str,
     }
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ToolchainError
+from . import Option
 
 
 def _interpreter_class() -> Any:
@@ -50,7 +51,7 @@ class TFLiteRunner:
 
     backend = "tflite"
     requirement = "ai-edge-litert>=1.2"
-    OPTIONS = {"num_threads": int}
+    OPTIONS = {"num_threads": Option(int, 0, 1024)}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.path = Path(root) / model["net"]
