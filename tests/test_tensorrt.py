@@ -159,8 +159,9 @@ def test_without_tensorrt_verify_and_run_say_so(jetson: dict[str, edgeseg.BuildR
                  "capability + precision + shapes + ONNX sha256", "untested    the engine build and runner never ran"):
         assert line in info.stdout
     verify = edgeseg_cli("verify", "--archive", archive)
-    assert verify.returncode == 1
-    assert verify.stdout.startswith("FAIL: TensorRT is not installed here (No module named 'tensorrt')")
+    assert verify.returncode == 2  # could not run (the backend is missing), not a failed check
+    assert verify.stderr.startswith("edgeseg: error: TensorRT is not installed here (No module named 'tensorrt')")
+    assert verify.stderr.count("\n") == 1 and verify.stdout == ""
     run = edgeseg_cli("run", "--archive", archive, photos["astronaut"], "--out", tmp_path)
     assert run.returncode == 2 and "TensorRT is not installed here" in run.stderr and not any(tmp_path.iterdir())
 

@@ -378,7 +378,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_measure(args: argparse.Namespace) -> int:
     from .measure import DONE_PREFIX, measure
 
-    doc = measure(args.archive, list(iter_image_paths(args.images)), args.out, runs=args.runs, warmup=args.warmup,
+    images = list(iter_image_paths(args.images))
+    plan_outputs(images, args.out, [".png"] + ([] if args.no_scores else [".output.npy"]))
+    _output_folder(args.out)
+    doc = measure(args.archive, images, args.out, runs=args.runs, warmup=args.warmup,
                   scores=not args.no_scores, on_image=lambda name: print(f"{DONE_PREFIX}{name}", flush=True))
     print(f"{len(doc['images'])} images, {doc['runs']} timed runs -> {args.out}")
     return 0
