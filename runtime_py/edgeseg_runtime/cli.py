@@ -37,8 +37,8 @@ __all__ = ["OneLineParser", "build_parser", "main", "run_cli", "plan_outputs", "
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _count(low: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``low`` (and at most 10**6)."""
+def _count(low: int, high: int = 1_000_000) -> Callable[[str], int]:
+    """argparse type: an integer in [``low``, ``high``]."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -46,8 +46,8 @@ def _count(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if value > 1_000_000_000:
-            raise argparse.ArgumentTypeError(f"must be <= 1000000000, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -86,7 +86,7 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--overlay", action="store_true", help="also write OUT/<stem>_overlay.png (classes blended on the photo)")
     p.add_argument("--probs", action="store_true", help="also write OUT/<stem>_scores.npy: (C, H, W) float32 class scores")
-    p.add_argument("--max-pixels", type=_count(1), default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=_count(1, 1 << 34), default=DEFAULT_MAX_PIXELS,
                    help="refuse larger images (default %(default)s; peak memory grows ~13 bytes per pixel)")
     p.set_defaults(func=cmd_run)
 
@@ -149,9 +149,9 @@ def _describe(labels: np.ndarray, classes: Sequence[str]) -> str:
 
 def _output_folder(out: Path) -> Path:
     """Create ``--out`` (refusing a path that exists and is not a folder)."""
-    if out.exists() and not out.is_dir():
-        raise EdgesegError(f"--out {out} exists and is not a folder; choose another --out")
     try:
+        if out.exists() and not out.is_dir():
+            raise EdgesegError(f"--out {out} exists and is not a folder; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgesegError(f"cannot create --out {out} ({exc.strerror or exc})") from None
@@ -393,6 +393,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     Exit codes: 0 ok; 1 a measured check failed (:class:`VerifyError`, e.g. a
     build's accuracy gate); 2 any other error; 130 interrupted.
     """
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 are shown escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     handler: Handler = args.func
     previous = _terminate_on_signals()
@@ -417,6 +420,10 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
         return 128 + 13
     except MemoryError:
         print(f"{parser.prog}: error: out of memory; lower --max-pixels or use smaller images", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an I/O failure the command did not expect (a path it cannot use): one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{parser.prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001  a bug: one line for the user, the traceback with EDGESEG_DEBUG=1
         if os.environ.get("EDGESEG_DEBUG"):

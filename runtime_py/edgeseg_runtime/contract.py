@@ -675,12 +675,13 @@ def _target(d: _Doc | None) -> Target:
     )
 
 
-def _listed(d: _Doc, key: str, files: Mapping[str, FileEntry], *, optional: bool = False) -> str:
+def _listed(d: _Doc, key: str, files: Mapping[str, FileEntry], *, optional: bool = False, folder: bool = False) -> str:
+    """A reference to a listed file (``folder``: or to a folder of listed files, e.g. a CoreML ``.mlpackage``)."""
     value = d.str(key, default="" if optional else None)
     if value == "" and optional:
         return ""
     check_rel_path(value, f"{d.source}: {_join(d.path, key)}")
-    if value not in files and not any(f.startswith(value + "/") for f in files):
+    if value not in files and not (folder and any(f.startswith(value + "/") for f in files)):
         raise d.error(key, f"{value!r} is not a file listed in the manifest")
     return value
 
@@ -694,13 +695,13 @@ def _backend(d: _Doc | None, files: Mapping[str, FileEntry], model: Model, fallb
         if len(shape) != 2:
             raise v.error("shape", "expected [H, W]")
         hw = tuple(_int(s, 1, LIMITS.net_side, lambda m: v.error("shape", m)) for s in shape)
-        variants.append(Variant(shape=hw, net=_listed(v, "net", files), weights=_listed(v, "weights", files, optional=True),  # type: ignore[arg-type]
-                                details=v.value))
+        variants.append(Variant(shape=hw, net=_listed(v, "net", files, folder=True),  # type: ignore[arg-type]
+                                weights=_listed(v, "weights", files, optional=True, folder=True), details=v.value))
     fb = d.obj("fallback", optional=True) if not fallback else None
     return Backend(
         name=d.str("name", choices=_BACKENDS),
-        net=_listed(d, "net", files),
-        weights=_listed(d, "weights", files, optional=True),
+        net=_listed(d, "net", files, folder=True),
+        weights=_listed(d, "weights", files, optional=True, folder=True),
         requirement=d.str("requirement", default="", pattern=_TEXT_RE, max_len=256),
         variants=tuple(variants),
         fallback=_backend(fb, files, model, fallback=True) if fb is not None else None,

@@ -78,8 +78,9 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         raise ImageError(f"{path}: no such image file")
     try:
         with warnings.catch_warnings():
-            # our own limit below replaces Pillow's warning (its hard limit, 2 x 89 MP, still applies)
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # our own limit below replaces Pillow's bomb warning (its hard limit, 2 x 89 MP, still applies), and
+            # decoder warnings ("Corrupt EXIF data") are not errors: they must not add lines to the output
+            warnings.simplefilter("ignore")
             with Image.open(path, formats=FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
@@ -160,12 +161,16 @@ def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
     """
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        try:
+            is_dir, exists = p.is_dir(), p.exists()
+        except OSError as exc:  # a name over 255 bytes, a path through a file, ...
+            raise ImageError(f"{p}: cannot use this path ({exc.strerror or exc})") from None
+        if is_dir:
             found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise ImageError(f"{p}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             yield from found
-        elif p.exists():
+        elif exists:
             yield p
         else:
             raise ImageError(f"{p}: no such file or folder")
@@ -201,7 +206,8 @@ def load_label_map(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     try:
-        with Image.open(path, formats=("PNG",)) as img:
+        with warnings.catch_warnings(), Image.open(path, formats=("PNG",)) as img:
+            warnings.simplefilter("ignore")
             if img.width * img.height > max_pixels:
                 raise ImageError(f"{path}: {img.width}x{img.height} label map is over {max_pixels:,} pixels")
             if img.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I"):

@@ -10,6 +10,7 @@ Options (target profile ``[backend_options]``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from . import Option, import_backend
 
 
 def _import() -> Any:
+    # onnxruntime's telemetry writes $TMPDIR/.ses and ~/.cache/Microsoft/... on import unless told not to;
+    # the runtime writes nothing outside --out
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return import_backend("onnxruntime", extra="onnxruntime")
 
 
