@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edgeseg_cli, scale_weights
+from edgeseg_runtime.archive import Archive, sha256_file
+from edgeseg_runtime.contract import Manifest
+from edgeseg_runtime.images import load_image
+from edgeseg_runtime.install import parse_version, part_name
+from edgeseg_runtime.segmentor import Segmentor
 from PIL import Image
+from sshd import SshDevice, require_sshd, ssh_keygen
 
 import edgeseg
-from conftest import edgeseg_cli, scale_weights
 from edgeseg.bundle import pack
 from edgeseg.deploy import (
+    DeviceResult,
     deploy,
     deploy_device,
     device_status,
@@ -33,12 +46,8 @@ from edgeseg.deploy import (
     rollback_device,
 )
 from edgeseg.deploy.ssh import DeviceLink
-from edgeseg_runtime.archive import Archive, sha256_file
-from edgeseg_runtime.images import load_image
-from edgeseg_runtime.segmentor import Segmentor
 from edgeseg.signing import new_keypair, sign_stage
 from edgeseg.targets import load_target
-from sshd import SshDevice, require_sshd, ssh_keygen
 
 pytestmark = pytest.mark.device
 CHUNK = 64 * 1024
@@ -110,7 +119,7 @@ class Fleet:
         return self.root / "devices.toml"
 
     @property
-    def inventory(self):  # noqa: ANN201
+    def inventory(self):
         return load_inventory(self.root / "devices.toml")
 
     def close(self) -> None:
@@ -158,7 +167,7 @@ def _assert_working(fleet: Fleet, name: str, version: str | None) -> None:
         assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
 
 
-def _deploy(fleet: Fleet, archive: Path, name: str = "d1", **kw: object):  # noqa: ANN202
+def _deploy(fleet: Fleet, archive: Path, name: str = "d1", **kw: object):
     inv = fleet.inventory
     return deploy_device(archive, inv.get(name), inv, **kw)  # type: ignore[arg-type]
 
@@ -286,9 +295,10 @@ def test_device_refuses_altered_manifest_bad_paths_and_downgrade(
     dev = inv.get("d1")
     with DeviceLink(dev, inv.known_hosts) as link:
         msha = sha256_file(folder / "manifest.json")
-        link.upload(folder / "manifest.json", f"{dev.root}/incoming/{msha}.part", 0)
+        size = (folder / "manifest.json").stat().st_size
+        link.upload(folder / "manifest.json", f"{dev.root}/incoming/{part_name(msha, size, 'byhand')}", 0)
         link.put_bytes((folder / "manifest.sig").read_bytes(), f"{dev.root}/incoming/{msha}.sig")
-        with pytest.raises(edgeseg.DeployError, match="escapes the release slot"):
+        with pytest.raises(edgeseg.DeployError, match=r"refusing to install: .*'\.\./\.\./evil\.py' escapes the archive root"):
             link.agent("install", "--manifest", msha)
     assert not (Path(dev.root).parent / "evil.py").exists()
 
@@ -311,21 +321,22 @@ def test_tampered_archive_and_escaping_tar_members_never_reach_the_device(
     model.write_bytes(model.read_bytes()[:-8] + b"\0" * 8)
     tampered = _deploy(fleet, pack(folder, tmp_path / "tampered.tar.gz"))
     assert tampered.status == "failed" and "does not match its sha256" in tampered.error
+    manifest_bytes = (folder / "manifest.json").read_bytes()
     for name, member in (("dotdot", tarfile.TarInfo("../escape.txt")), ("link", tarfile.TarInfo("end2end.onnx"))):
         if name == "link":
             member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
         evil = tmp_path / f"{name}.tar.gz"
         with tarfile.open(evil, "w:gz") as tar:
             ok = tarfile.TarInfo("manifest.json")
-            ok.size = 2
-            tar.addfile(ok, io.BytesIO(b"{}"))
+            ok.size = len(manifest_bytes)
+            tar.addfile(ok, io.BytesIO(manifest_bytes))
             if member.isfile():
                 member.size = 1
                 tar.addfile(member, io.BytesIO(b"x"))
             else:
                 tar.addfile(member)
         res = _deploy(fleet, evil)
-        assert res.status == "failed" and ("escapes the archive root" in res.error or "is a link" in res.error)
+        assert res.status == "failed" and ("escapes the archive root" in res.error or "link" in res.error), res.error
         assert res.bytes_sent == 0
     state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
     assert state["store"] == [] and state["partials"] == {} and state["current"] is None
@@ -495,6 +506,294 @@ def test_power_loss_during_install(fleet: Fleet, releases: dict[str, Path], when
     _assert_working(fleet, "d1", "1.1.0")
 
 
+# ------------------------------------------------------------------ issue cases 2, 9-14
+def _manifest_of(archive: Path) -> Manifest:
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        return Manifest.parse(member.read())
+
+
+def _listing(root: Path) -> dict[str, list[str]]:
+    return {sub: sorted(p.name for p in (root / sub).iterdir()) for sub in ("incoming", "store")}
+
+
+def test_archive_altered_after_signing_is_refused_before_any_byte_goes_out(
+    fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Case 2: the host checks the signature with the key the device trusts before uploading anything."""
+    dev = _provisioned(fleet)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    before = _listing(dev.root)
+
+    def bump(manifest: dict) -> None:
+        manifest["release"]["version"] = "9.0.0"
+
+    # new model weights and a rewritten manifest; manifest.sig kept from the genuine 1.1.0
+    altered = pack(_unpacked(releases["1.1.0"], tmp_path / "altered", bump, None), tmp_path / "altered.tar.gz")
+    key_id = json.loads((tmp_path / "altered" / "manifest.sig").read_text())["key_id"]
+    expected = (f"d1: refused before sending anything: signature by key {key_id} does not match manifest.json: "
+                "the archive was altered after signing")
+    res = _deploy(fleet, altered)
+    assert (res.status, res.error, res.bytes_sent) == ("failed", expected, 0)
+    assert _listing(dev.root) == before
+    # an inventory without the key: the host reads the device's own trusted_keys/<key_id>.pem over SFTP
+    toml = fleet.root / "devices.toml"
+    toml.write_text("\n".join(line for line in toml.read_text().splitlines() if not line.startswith("trusted_keys")) + "\n")
+    res = _deploy(fleet, altered)
+    assert (res.status, res.error, res.bytes_sent) == ("failed", expected, 0)
+    assert _listing(dev.root) == before
+    _assert_working(fleet, "d1", "1.0.0")
+    good = _deploy(fleet, releases["1.1.0"])  # the genuine archive verifies with that same key
+    assert good.status == "installed", good.error
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+def _resigned(base: Path, version: str, dest: Path, key: Path) -> Path:
+    """``base`` as release ``version``, signed again (same files, another manifest)."""
+    def bump(manifest: dict) -> None:
+        manifest["release"]["version"] = version
+
+    return pack(_unpacked(base, dest / version, bump, key), dest / f"{version}.tar.gz")
+
+
+def _slot_matches_manifest(slot: Path) -> None:
+    manifest = Manifest.parse((slot / "manifest.json").read_bytes())
+    assert (slot / "manifest.sig").is_file()
+    for rel, entry in manifest.files.items():
+        assert (slot / rel).stat().st_size == entry.size and sha256_file(slot / rel) == entry.sha256, rel
+
+
+LOCKED = r"d1(-again)?: another install is running on {root} since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(pid \d+, install\)"
+
+
+@pytest.mark.slow
+def test_parallel_deploys_to_one_device_leave_a_complete_current(
+    fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Case 9: N deploys of different versions at once to one install root, through two inventory names."""
+    dev = _provisioned(fleet)
+    toml = fleet.root / "devices.toml"
+    toml.write_text(toml.read_text() + dev.toml("d1-again", groups=("lab",)))  # another operator's name for it
+    inv = fleet.inventory
+    names = ["d1", "d1-again"]
+    # every deploy pushes the installer too: none is there
+    (dev.root / "agent").unlink() if (dev.root / "agent").is_symlink() else shutil.rmtree(dev.root / "agent")
+    shutil.rmtree(dev.root / "agents", ignore_errors=True)
+    n, rounds = 4, int(os.environ.get("EDGESEG_RACE_ROUNDS", "3"))
+    locked = re.compile(LOCKED.format(root=re.escape(str(dev.root))))
+    tally: dict[str, int] = {}
+    for r in range(rounds):
+        versions = [f"{3 + r}.{i}.0" for i in range(n)]
+        archives = [_resigned(releases["1.1.0" if i % 2 else "1.0.0"], v, tmp_path / f"r{r}", keys["sign"])
+                    for i, v in enumerate(versions)]
+        jitter = random.Random(r)
+        delays = [0.0] + [jitter.uniform(0, 10) for _ in range(n - 1)]  # some arrive mid-install, some after
+
+        def one(i: int) -> DeviceResult:
+            time.sleep(delays[i])
+            return deploy_device(archives[i], inv.get(names[i % 2]), inv)
+
+        with ThreadPoolExecutor(n) as pool:
+            rows = list(pool.map(one, range(n)))
+        installed = []
+        for row in rows:
+            if row.status == "installed":
+                installed.append(row.after)
+                tally["installed"] = tally.get("installed", 0) + 1
+                continue
+            assert row.status == "failed" and "\n" not in row.error, row
+            if locked.fullmatch(row.error):
+                tally["lock"] = tally.get("lock", 0) + 1
+            elif re.fullmatch(r"d1(-again)?: version \d+\.\d+\.0 is older than the installed \d+\.\d+\.0; refusing a "
+                              r"downgrade \(anti-rollback\) unless --allow-downgrade", row.error):
+                tally["downgrade"] = tally.get("downgrade", 0) + 1
+            else:
+                pytest.fail(f"round {r}: unexpected failure: {row.error}")
+        print(f"round {r}: " + ", ".join(f"{versions[i]}@{delays[i]:.1f}s:{row.status}" for i, row in enumerate(rows)))
+        assert installed, rows
+        top = max(installed, key=parse_version)
+        status = device_status(inv.get("d1"), inv)
+        assert status.ok, status.error
+        state = status.details
+        assert (state["current"]["version"], state["version_floor"], state["journal"]) == (top, top, None)
+        assert not [p for p in (dev.root / "releases").iterdir() if p.name.startswith(".")]
+        _slot_matches_manifest((dev.root / "current").resolve())
+        _assert_working(fleet, "d1", top)
+    print(f"\n{rounds} rounds of {n} parallel deploys: {tally}")
+
+
+def test_a_corrupt_full_size_upload_is_sent_again(fleet: Fleet, releases: dict[str, Path]) -> None:
+    """Case 10: an upload with all its bytes but the wrong sha256 no longer blocks its release."""
+    dev = _provisioned(fleet)
+    for version, clear in (("1.0.0", "deploy"), ("1.1.0", "recover")):
+        staged = _deploy(fleet, releases[version], stage_only=True)
+        assert staged.status == "staged", staged.error
+        manifest = _manifest_of(releases[version])
+        entry = manifest.files[manifest.backend.net]
+        (part,) = (dev.root / "incoming").glob(f"{entry.sha256}*.part")
+        data = bytearray(part.read_bytes())
+        assert len(data) == entry.size
+        data[100] ^= 0xFF  # a lost write, bit rot: every byte there, one of them wrong
+        part.write_bytes(bytes(data))
+        if clear == "recover":
+            rec = recover_device(fleet.inventory.get("d1"), fleet.inventory)
+            assert (rec.status, rec.after) == ("repaired", "1.0.0"), rec.error
+            assert "deleted a corrupt upload" in rec.details["notes"][0] and not part.exists()
+        res = _deploy(fleet, releases[version])
+        assert (res.status, res.bytes_sent) == ("installed", entry.size), res.error
+        assert not part.exists()
+        _assert_working(fleet, "d1", version)
+
+
+def _interrupt_cli(fleet: Fleet, archive: Path, when: str, delay: float) -> tuple[int, float, list[str], str]:
+    """Run ``edgeseg deploy ARCHIVE --device d1`` as a real process, send SIGINT ``delay`` s after a stderr line
+    containing ``when``; returns exit code, seconds from SIGINT to exit, stderr lines, stdout."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "deploy", str(archive), "-i", str(fleet.root / "devices.toml"),
+                             "--device", "d1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if when in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(60), "\n".join(lines)
+        time.sleep(delay)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    assert proc.stdout is not None
+    return rc, took, lines, proc.stdout.read()
+
+
+INTERRUPTED = ("edgeseg: interrupted: uploads stopped and links closed; a device that had already started installing "
+               "finishes or discards that install on its own ('edgeseg status' shows which)")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_deploy_at_once_and_the_device_keeps_its_version(
+    fleet: Fleet, releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Case 11: SIGINT to ``edgeseg deploy`` during the upload (1 Mbit/s link), then during the device's install."""
+    dev = _provisioned(fleet, netns=True)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    veth = dev._veth  # type: ignore[attr-defined]
+    subprocess.run(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", "1mbit", "burst", "32kbit",
+                    "latency", "400ms"], check=True)
+    try:  # about 2 MB to send at 1 Mbit/s: SIGINT one second into it
+        rc, took, lines, out = _interrupt_cli(fleet, releases["1.1.0"], "d1: sending", 1.0)
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
+    print(f"\nCtrl-C during the upload: exit {rc} after {took:.2f} s")
+    assert (rc, lines[-1], out) == (130, INTERRUPTED, ""), lines
+    assert took < 3.0, f"took {took:.1f} s to stop"
+    assert not any("Traceback" in line for line in lines)
+    _assert_working(fleet, "d1", "1.0.0")
+    state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+    assert state["journal"] is None and 0 < sum(state["partials"].values())
+    again = _deploy(fleet, releases["1.1.0"])  # resumes what was sent
+    assert again.status == "installed" and again.bytes_sent < again.bytes_total, again.error
+    _assert_working(fleet, "d1", "1.1.0")
+
+    # Ctrl-C while the device runs the health check: the host stops at once, the device finishes that install
+    newer = _resigned(releases["1.1.0"], "1.2.0", tmp_path, keys["sign"])
+    rc, took, lines, out = _interrupt_cli(fleet, newer, "d1: health check: verify", 0.2)
+    print(f"Ctrl-C during the install: exit {rc} after {took:.2f} s")
+    assert (rc, lines[-1], out) == (130, INTERRUPTED, ""), lines
+    assert took < 3.0, f"took {took:.1f} s to stop"
+    deadline = time.monotonic() + 60
+    while True:  # the agent outlives the hang-up: it switches and cleans up on its own, no recover needed
+        state = device_status(fleet.inventory.get("d1"), fleet.inventory).details
+        if state["lock"] is None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (state["current"]["version"], state["previous"]["version"], state["journal"]) == ("1.2.0", "1.1.0", None)
+    _assert_working(fleet, "d1", "1.2.0")
+
+
+def test_a_missing_current_link_is_reported_repaired_and_no_downgrade_slips_through(
+    fleet: Fleet, releases: dict[str, Path]
+) -> None:
+    """Case 12: ``rm R/current``: status says so, a lower version is still refused, recover restores it."""
+    dev = _provisioned(fleet)
+    for v in ("1.0.0", "1.1.0"):
+        assert _deploy(fleet, releases[v]).status == "installed"
+    (dev.root / "current").unlink()
+    inv = fleet.inventory
+    status = device_status(inv.get("d1"), inv)
+    assert status.status == "problem" and "no current release" in status.error, status
+    cli = edgeseg_cli("status", "-i", fleet.root / "devices.toml", "--device", "d1", "--json")
+    assert cli.returncode == 1 and "no current release" in json.loads(cli.stdout)[0]["error"]
+    down = _deploy(fleet, releases["0.9.0"])
+    assert down.status == "failed" and "0.9.0 is older than" in down.error, down
+    # that deploy's install ran recover first: current is back (previous, complete)
+    _assert_working(fleet, "d1", "1.0.0")
+    # again, now without a previous link: the newest complete slot
+    assert not (dev.root / "previous").exists()
+    (dev.root / "current").unlink()
+    rec = recover_device(inv.get("d1"), inv)
+    assert (rec.status, rec.after) == ("repaired", "1.1.0"), rec
+    assert rec.details["notes"] == ["current was missing: now releases/1.1.0"]
+    assert device_status(inv.get("d1"), inv).status == "ok"
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+def test_a_corrupt_journal_does_not_block_status_or_recover(fleet: Fleet, releases: dict[str, Path]) -> None:
+    """Case 13: garbage, binary or a folder as journal.json: status reports it, recover discards it."""
+    dev = _provisioned(fleet)
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    inv = fleet.inventory
+    for kind, damage in (("garbage", lambda p: p.write_text("{\"phase\": \"assem")),
+                         ("binary", lambda p: p.write_bytes(bytes(range(256)))),
+                         ("folder", lambda p: p.mkdir())):
+        damage(dev.root / "journal.json")
+        status = device_status(inv.get("d1"), inv)
+        assert status.status == "problem" and "journal.json is unreadable" in status.error, (kind, status)
+        rec = recover_device(inv.get("d1"), inv)
+        assert (rec.status, rec.after) == ("discarded", "1.0.0"), (kind, rec)
+        assert not (dev.root / "journal.json").exists()
+    assert _deploy(fleet, releases["1.1.0"]).status == "installed"
+    _assert_working(fleet, "d1", "1.1.0")
+
+
+def test_read_only_root_and_nothing_installed_are_said_plainly(fleet: Fleet, releases: dict[str, Path]) -> None:
+    """Case 14: a read-only install root is named as such; R/bin/edgeseg with nothing installed is one line."""
+    dev = _provisioned(fleet, disk_mb=32)
+    root = fleet.inventory.get("d1").root
+    empty = _on_device(fleet, "d1", "info", "--archive", f"{root}/current")
+    assert (empty.returncode, empty.stdout) == (2, "")
+    assert empty.stderr == f"edgeseg: nothing is installed under {root}; deploy a release first\n"
+    assert _deploy(fleet, releases["1.0.0"]).status == "installed"
+    subprocess.run(["mount", "-o", "remount,ro", str(dev.root)], check=True)
+    try:
+        res = _deploy(fleet, releases["1.1.0"])
+        assert res.status == "failed" and res.bytes_sent == 0
+        assert res.error == (f"{root} on d1 is read-only (its file system is mounted read-only); remount it "
+                             "read-write and try again")
+        back = rollback_device(fleet.inventory.get("d1"), fleet.inventory)
+        assert back.status == "failed" and f"{root} is read-only" in back.error
+        status = device_status(fleet.inventory.get("d1"), fleet.inventory)
+        assert status.status == "problem" and f"{root} is read-only" in status.error
+        proc = _on_device(fleet, "d1", "verify", "--archive", f"{root}/current")
+        assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(dev.root)], check=True)
+    assert _deploy(fleet, releases["1.1.0"]).status == "installed"
+    _assert_working(fleet, "d1", "1.1.0")
+
+
 # ------------------------------------------------------------------ fleets
 def test_fleet_rollout_stops_at_the_wave_with_a_broken_device(fleet: Fleet, releases: dict[str, Path]) -> None:
     for i in range(1, 7):
@@ -536,7 +835,7 @@ def test_cli_keys_build_deploy_status(fleet: Fleet, keys: dict[str, Path], tmp_p
     info = edgeseg_cli("info", "--archive", archive)
     assert "release     4.0.0; signed by key" in info.stdout
     bad = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "x", "--release-version", "v4")
-    assert bad.returncode == 2 and "dotted numbers" in bad.stderr
+    assert bad.returncode == 2 and "dotted ASCII numbers" in bad.stderr, bad.stderr
     dep = edgeseg_cli("deploy", archive, "-i", fleet.root / "devices.toml", "--device", "d1")
     assert dep.returncode == 0, dep.stdout + dep.stderr
     assert "installed" in dep.stdout and "4.0.0" in dep.stdout

@@ -27,14 +27,16 @@ from .device import (
     recover_device,
     rollback_device,
 )
-from .fleet import Rollout, plan_waves, render_table, rollout
+from .fleet import Rollout, plan_waves, render_table, rollout, run_parallel
 from .inventory import Device, Inventory, load_inventory
+from .ssh import Cancel
 
 __all__ = [
     "Device",
     "DeviceResult",
     "Inventory",
     "Rollout",
+    "Cancel",
     "load_inventory",
     "deploy",
     "for_devices",
@@ -63,20 +65,30 @@ def deploy(
     stage_only: bool = False,
     parallel: int = 8,
     report: Report | None = None,
+    cancel: Cancel | None = None,
 ) -> Rollout:
     """Deploy ``archive`` to named devices or a group, in waves (see :func:`edgeseg.deploy.fleet.rollout`).
 
+    Ctrl-C (KeyboardInterrupt) fires ``cancel`` (one is made when none is
+    given): uploads stop, links close, and the interrupt is raised again
+    within about two seconds. A device that had started installing finishes
+    or discards that install on its own.
+
     Raises:
         ConfigError: unknown device or group, bad waves.
+        KeyboardInterrupt: interrupted (after cancelling).
     """
     targets = inventory.select(devices, group)
+    cancel = cancel or Cancel()
 
     def one(device: Device) -> DeviceResult:
         return deploy_device(
-            archive, device, inventory, allow_downgrade=allow_downgrade, stage_only=stage_only, report=report
+            archive, device, inventory, allow_downgrade=allow_downgrade, stage_only=stage_only, report=report,
+            cancel=cancel,
         )
 
-    return rollout(targets, one, waves=waves, max_failure_rate=max_failure_rate, parallel=parallel, report=report)
+    return rollout(targets, one, waves=waves, max_failure_rate=max_failure_rate, parallel=parallel, report=report,
+                   cancel=cancel)
 
 
 def for_devices(
@@ -88,9 +100,9 @@ def for_devices(
     parallel: int = 8,
     report: Report | None = None,
 ) -> list[DeviceResult]:
-    """Run one of the per-device commands (status, rollback, recover, provision) on many devices in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Run one of the per-device commands (status, rollback, recover, provision) on many devices in parallel.
 
+    An interrupt cancels the devices not started yet and is raised again without waiting for the others.
+    """
     targets = inventory.select(devices, group)
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
-        return list(pool.map(lambda d: action(d, inventory, report), targets))
+    return run_parallel(lambda d: action(d, inventory, report), targets, parallel)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,11 +127,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .inventory import load_inventory
 
     inv = load_inventory(args.inventory)
-    result = deploy(
-        args.archive, inv, devices=args.device, group=args.group, waves=args.waves,
-        max_failure_rate=args.max_failure_rate, allow_downgrade=args.allow_downgrade, stage_only=args.stage_only,
-        report=_say,
-    )
+    try:
+        result = deploy(
+            args.archive, inv, devices=args.device, group=args.group, waves=args.waves,
+            max_failure_rate=args.max_failure_rate, allow_downgrade=args.allow_downgrade, stage_only=args.stage_only,
+            report=_say,
+        )
+    except KeyboardInterrupt:
+        return _interrupted()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -137,6 +142,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if result.stopped_at is not None:
             print(f"rollout stopped: {result.reason}")
     return 0 if result.ok else 1
+
+
+def _interrupted() -> int:
+    """Ctrl-C during a deploy: one line, exit 130, without waiting for a device thread that has not stopped yet."""
+    print("edgeseg: interrupted: uploads stopped and links closed; a device that had already started installing "
+          "finishes or discards that install on its own ('edgeseg status' shows which)", file=sys.stderr, flush=True)
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        os._exit(130)  # a worker still in a blocking call: the interpreter would wait for it at exit
+    return 130
 
 
 def add_commands(sub: Any) -> None:

@@ -8,21 +8,56 @@ in parallel (one SSH connection each, a thread pool, as fabric's
 share of failed devices is above ``max_failure_rate``, the rollout stops and
 later waves are not touched (their rows say ``skipped``). The model is the
 phased rollouts of Mender / AWS IoT jobs (abort on failure threshold).
+
+Ctrl-C (or SIGTERM) stops a rollout at once: the cancel token stops every
+upload at its next chunk and closes every SSH link, devices not started yet
+are never started (``cancel_futures``), and the interrupt is raised again
+after at most :data:`CANCEL_GRACE` seconds, without waiting for a device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from .device import DeviceResult
 from .inventory import Device
+from .ssh import Cancel
 
-__all__ = ["parse_waves", "plan_waves", "Rollout", "rollout", "render_table"]
+__all__ = ["parse_waves", "plan_waves", "Rollout", "rollout", "render_table", "run_parallel", "CANCEL_GRACE"]
+
+#: seconds an interrupted rollout waits for its devices to notice before raising the interrupt again
+CANCEL_GRACE = 1.5
+
+
+def run_parallel(action: Callable[[Device], DeviceResult], devices: Iterable[Device], parallel: int,
+                 cancel: Cancel | None = None) -> list[DeviceResult]:
+    """``action`` on every device in a thread pool, rows in device order.
+
+    On an interrupt (KeyboardInterrupt, or any BaseException in the waiting
+    thread) the cancel token is fired, queued devices are cancelled, running
+    ones get :data:`CANCEL_GRACE` seconds to stop, and the exception goes on
+    (the pool is not waited for).
+    """
+    devices = list(devices)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices))))
+    futures: list[Future[DeviceResult]] = []
+    try:
+        futures = [pool.submit(action, d) for d in devices]
+        rows = [f.result() for f in futures]
+    except BaseException:
+        if cancel is not None:
+            cancel.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait_futures(futures, timeout=CANCEL_GRACE)
+        raise
+    pool.shutdown(wait=True)
+    return rows
 
 
 def parse_waves(text: str) -> list[tuple[float, bool]]:
@@ -96,6 +131,7 @@ def rollout(
     max_failure_rate: float = 0.0,
     parallel: int = 8,
     report: Callable[[str], None] | None = None,
+    cancel: Cancel | None = None,
 ) -> Rollout:
     """Run ``action`` on every device, wave by wave.
 
@@ -106,6 +142,7 @@ def rollout(
         max_failure_rate: in [0, 1]; a wave whose failed share is above it stops the rollout.
         parallel: devices updated at once within a wave.
         report: progress lines.
+        cancel: fired on an interrupt (the actions' links close, uploads stop).
 
     Raises:
         ConfigError: bad ``waves`` or ``max_failure_rate``.
@@ -120,8 +157,7 @@ def rollout(
             out.results += [DeviceResult(d.name, "skipped", error="rollout stopped before this wave") for d in wave]
             continue
         report(f"wave {i + 1}/{len(plan)}: {', '.join(d.name for d in wave)}")
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(wave)))) as pool:
-            rows = list(pool.map(action, wave))
+        rows = run_parallel(action, wave, parallel, cancel)
         out.results += rows
         failed = [r for r in rows if not r.ok]
         rate = len(failed) / len(rows)
@@ -146,7 +182,7 @@ def render_table(results: Sequence[DeviceResult], title: str = "") -> Any:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in results:
         sent = f"{r.bytes_sent / 1e6:.2f} MB" + (f" of {r.bytes_total / 1e6:.2f}" if r.bytes_total else "")
-        style = {"failed": "red", "skipped": "yellow"}.get(r.status, "green")
+        style = {"failed": "red", "problem": "red", "skipped": "yellow"}.get(r.status, "green")
         table.add_row(
             r.device, r.before or "-", r.after or "-", f"[{style}]{r.status}[/{style}]",
             f"{r.seconds:.1f} s", sent if r.bytes_total else "-", r.error or _health_note(r.details),

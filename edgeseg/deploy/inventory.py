@@ -10,7 +10,7 @@ Example::
     key = "~/.ssh/id_ed25519"          # SSH private key
     root = "/opt/edgeseg"              # install root on the device
     python = "python3"                 # the device's Python (needs numpy, Pillow, cryptography)
-    timeout = 15.0                     # seconds without an answer before a link counts as dead
+    timeout = 15.0                     # seconds without an answer before a link counts as dead (at most 3600)
     trusted_keys = ["keys/edgeseg-signing.pem"]   # signing keys the device accepts (provision)
 
     [[device]]
@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, model_validator
 
 from .._schema import Strict, load_toml, validate
 from ..errors import ConfigError
@@ -36,6 +36,8 @@ from ..errors import ConfigError
 __all__ = ["Device", "Inventory", "load_inventory", "DEFAULT_INVENTORY"]
 
 DEFAULT_INVENTORY = Path("devices.toml")
+#: longest ``timeout`` / ``connect_timeout`` (seconds): TCP_USER_TIMEOUT and the SSH timers take bounded values
+MAX_TIMEOUT = 3600.0
 _DEVICE_KEYS = ("user", "port", "key", "root", "python", "timeout", "connect_timeout", "trusted_keys", "target", "groups")
 
 
@@ -51,8 +53,9 @@ class Device(Strict):
     root: str = "/opt/edgeseg"
     python: str = "python3"
     groups: list[str] = Field(default_factory=list)
-    timeout: PositiveFloat = Field(default=15.0, description="seconds without an answer before the link counts as dead")
-    connect_timeout: PositiveFloat = 10.0
+    timeout: float = Field(default=15.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False,
+                           description="seconds without an answer before the link counts as dead")
+    connect_timeout: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     trusted_keys: list[str] = Field(default_factory=list, description="PEM public keys the device accepts")
 
     @property

@@ -10,9 +10,14 @@
   unacknowledged data older than the timeout kills the connection) and TCP
   keepalive; the SSH transport sends keepalives; the SFTP channel has a
   timeout. Whichever fires first ends the wait with :class:`DeployError`.
-* **Uploads** append to ``incoming/<sha256>.part`` from its current size, so a
-  dropped link loses nothing already written; the device checks the sha256
-  before using the file.
+* **Uploads** write ``incoming/<sha256>-<size>.<session>.part``, one file per
+  upload session, at explicit offsets (never ``O_APPEND``): a dropped link
+  loses nothing already written, a later session takes a partial over by
+  renaming it to its own name and resumes at its size, and two hosts sending
+  the same file never interleave. The device checks the sha256 before use.
+* **Cancelling** (Ctrl-C): a :class:`Cancel` token shared by the links of a
+  rollout; :meth:`Cancel.cancel` closes every open link (a blocked read or
+  write fails at once) and the upload loop checks it before every chunk.
 
 Sources: paramiko ``SSHClient``/``SFTPClient`` docs, fabric ``Connection``,
 ``tcp(7)`` for ``TCP_USER_TIMEOUT``/``TCP_KEEPIDLE``.
@@ -24,8 +29,10 @@ import base64
 import errno
 import hashlib
 import json
+import secrets
 import shlex
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +41,7 @@ from typing import Any
 from ..errors import DeployError, ToolchainError
 from .inventory import Device
 
-__all__ = ["DeviceLink", "AgentError", "fetch_host_key", "trust_host", "fingerprint"]
+__all__ = ["AgentError", "Cancel", "Cancelled", "DeviceLink", "fetch_host_key", "fingerprint", "trust_host"]
 
 Progress = Callable[[int], None]
 CHUNK = 64 * 1024
@@ -42,7 +49,7 @@ CHUNK = 64 * 1024
 
 def _paramiko() -> Any:
     try:
-        import fabric  # noqa: F401
+        import fabric
         import paramiko
     except ImportError:
         raise ToolchainError("deploying over SSH needs fabric and paramiko: pip install 'edgeseg[deploy]'") from None
@@ -72,6 +79,49 @@ class AgentError(DeployError):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Cancelled(DeployError):
+    """The command was interrupted on the host (Ctrl-C); the device keeps or finishes what it had started."""
+
+
+class Cancel:
+    """A cancel token for the links of one command: ``cancel()`` stops uploads and closes every open link.
+
+    Thread-safe: the main thread cancels (on Ctrl-C) while worker threads use the links.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._links: set[DeviceLink] = set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self, name: str = "") -> None:
+        """Raise :class:`Cancelled` once cancelled."""
+        if self._event.is_set():
+            raise Cancelled(f"{name + ': ' if name else ''}interrupted")
+
+    def cancel(self) -> None:
+        """Cancel: every link registered now or later is closed."""
+        self._event.set()
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.close()
+
+    def _add(self, link: DeviceLink) -> None:
+        with self._lock:
+            self._links.add(link)
+        if self._event.is_set():
+            link.close()
+
+    def _drop(self, link: DeviceLink) -> None:
+        with self._lock:
+            self._links.discard(link)
 
 
 def _open_socket(device: Device) -> socket.socket:
@@ -127,13 +177,16 @@ class DeviceLink:
     Args:
         device: the inventory entry.
         known_hosts: OpenSSH known_hosts file holding the device's host key.
+        cancel: closes this link when cancelled (Ctrl-C on the host).
     """
 
-    def __init__(self, device: Device, known_hosts: str | Path) -> None:
+    def __init__(self, device: Device, known_hosts: str | Path, cancel: Cancel | None = None) -> None:
         self.device = device
         self.known_hosts = Path(known_hosts).expanduser()
+        self.cancel = cancel
         self._conn: Any = None
         self._sftp: Any = None
+        self._close_lock = threading.Lock()
 
     # -------------------------------------------------------------- connect
     def __enter__(self) -> DeviceLink:
@@ -141,6 +194,8 @@ class DeviceLink:
         from fabric import Config, Connection
 
         d = self.device
+        if self.cancel is not None:
+            self.cancel.check(d.name)
         policy = _RefuseUnknown(d, self.known_hosts)
         sock = _open_socket(d)
         kwargs: dict[str, Any] = {
@@ -174,23 +229,41 @@ class DeviceLink:
             raise DeployError(f"{d.name} ({d.address}): SSH failed ({exc})") from None
         conn.transport.set_keepalive(max(1, int(d.timeout / 3)))
         self._conn = conn
+        if self.cancel is not None:
+            self.cancel._add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+        if self.cancel is not None:
+            self.cancel._drop(self)
 
     def close(self) -> None:
-        """Close SFTP and SSH (never raises: the link may already be dead)."""
-        for obj in (self._sftp, self._conn):
+        """Close SFTP and SSH (never raises: the link may already be dead; any thread may call it)."""
+        with self._close_lock:
+            objs, self._sftp, self._conn = (self._sftp, self._conn), None, None
+        for obj in objs:
             try:
                 if obj is not None:
                     obj.close()
-            except Exception:  # noqa: BLE001  closing a dead link may fail in many ways; nothing to save
+            except Exception:
                 pass
-        self._sftp = self._conn = None
+
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.cancelled
+
+    def _conn_or_lost(self, doing: str) -> Any:
+        conn = self._conn
+        if conn is None:
+            if self._cancelled():
+                raise Cancelled(f"{self.device.name}: interrupted while {doing}")
+            raise self.lost(doing, EOFError("connection closed"))
+        return conn
 
     def lost(self, doing: str, exc: BaseException) -> DeployError:
-        """The DeployError for a link that died while ``doing`` something."""
+        """The DeployError for a link that died while ``doing`` something (Cancelled when it was closed on purpose)."""
+        if self._cancelled():
+            return Cancelled(f"{self.device.name}: interrupted while {doing}")
         why = "no answer" if isinstance(exc, (socket.timeout, TimeoutError)) else (str(exc) or type(exc).__name__)
         return DeployError(
             f"{self.device.name}: link lost while {doing} ({why}; timeout {self.device.timeout:g} s); "
@@ -210,8 +283,9 @@ class DeviceLink:
         from invoke.exceptions import CommandTimedOut
 
         sink = _LineSink(on_line)
+        conn = self._conn_or_lost(f"running {shlex.join(argv[:3])} ...")
         try:
-            result = self._conn.run(
+            result = conn.run(
                 shlex.join(argv), hide="stderr", warn=True, out_stream=sink, in_stream=False, timeout=timeout, pty=False
             )
         except CommandTimedOut:
@@ -219,7 +293,7 @@ class DeviceLink:
         except _link_errors() as exc:
             raise self.lost(f"running {shlex.join(argv[:3])} ...", exc) from None
         sink.flush()
-        if result.exited == -1 or not self._conn.transport or not self._conn.transport.is_active():
+        if result.exited == -1 or not conn.transport or not conn.transport.is_active():
             raise self.lost(f"running {' '.join(argv[:3])} ...", EOFError("connection closed"))
         return result
 
@@ -245,11 +319,16 @@ class DeviceLink:
 
         result = self.run(argv, on_line=line, timeout=timeout)
         for text in reversed(result.stdout.splitlines()):
-            if text.startswith("= "):
-                return json.loads(text[2:])
-            if text.startswith("! "):
-                err = json.loads(text[2:])
-                raise AgentError(f"{d.name}: {err['error']}", err.get("kind", ""))
+            if text.startswith(("= ", "! ")):
+                try:
+                    doc = json.loads(text[2:])
+                except ValueError:
+                    doc = None
+                if text.startswith("= ") and isinstance(doc, dict):
+                    return doc
+                if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+                    raise AgentError(f"{d.name}: {doc['error']}", str(doc.get("kind", "")))
+                raise DeployError(f"{d.name}: the edgeseg agent answered with an unreadable line ({text[:80]!r})")
         tail = " | ".join(result.stderr.strip().splitlines()[-2:]) or f"exit {result.exited}"
         raise DeployError(f"{d.name}: the edgeseg agent did not run with {d.python!r} ({tail})")
 
@@ -257,13 +336,16 @@ class DeviceLink:
     @property
     def sftp(self) -> Any:
         """The SFTP client, its channel bounded by the device's timeout."""
-        if self._sftp is None:
+        sftp = self._sftp
+        if sftp is None:
+            conn = self._conn_or_lost("opening SFTP")
             try:
-                self._sftp = self._conn.sftp()
+                sftp = conn.sftp()
             except _link_errors() as exc:
                 raise self.lost("opening SFTP", exc) from None
-            self._sftp.get_channel().settimeout(self.device.timeout)
-        return self._sftp
+            sftp.get_channel().settimeout(self.device.timeout)
+            self._sftp = sftp
+        return sftp
 
     def mkdirs(self, *paths: str) -> None:
         """``mkdir -p`` on the device."""
@@ -277,23 +359,57 @@ class DeviceLink:
         except (TimeoutError, EOFError) as exc:
             raise self.lost(doing, exc) from None
         except OSError as exc:
-            if self._conn is None or not self._conn.transport.is_active():
+            conn = self._conn
+            if conn is None or not conn.transport or not conn.transport.is_active():
                 raise self.lost(doing, exc) from None
             raise
         except _link_errors() as exc:
             raise self.lost(doing, exc) from None
 
     def put_bytes(self, data: bytes, remote: str) -> None:
-        """Write a small file (written to ``remote.tmp`` and renamed).
+        """Write a small file (written to ``remote.<random>.tmp`` and renamed, so concurrent writers never mix).
 
         Raises:
             OSError: an SFTP failure such as a full disk.
             DeployError: the link died.
         """
+        tmp = f"{remote}.{secrets.token_hex(6)}.tmp"
         with self._guard(f"writing {remote}"):
-            with self.sftp.open(remote + ".tmp", "wb") as fh:
-                fh.write(data)
-            self.sftp.posix_rename(remote + ".tmp", remote)
+            try:
+                with self.sftp.open(tmp, "wb") as fh:
+                    fh.write(data)
+                self.sftp.posix_rename(tmp, remote)
+            except OSError:
+                try:
+                    self.sftp.remove(tmp)
+                except OSError:
+                    pass
+                raise
+
+    def read_bytes(self, remote: str, limit: int = 1 << 20) -> bytes | None:
+        """Content of a small remote file (at most ``limit`` bytes), None when missing."""
+        try:
+            with self._guard(f"reading {remote}"), self.sftp.open(remote, "rb") as fh:
+                return fh.read(limit)
+        except FileNotFoundError:
+            return None
+
+    def rename(self, old: str, new: str) -> bool:
+        """``rename(2)`` on the device (SFTP posix-rename); False when ``old`` is gone (someone else took it)."""
+        try:
+            with self._guard(f"renaming {old}"):
+                self.sftp.posix_rename(old, new)
+        except OSError:
+            return False
+        return True
+
+    def size(self, remote: str) -> int | None:
+        """Size of a remote file, None when missing."""
+        try:
+            with self._guard(f"reading the size of {remote}"):
+                return int(self.sftp.stat(remote).st_size)
+        except FileNotFoundError:
+            return None
 
     def read_text(self, remote: str) -> str | None:
         """Content of a small remote file, None when missing."""
@@ -320,25 +436,38 @@ class DeviceLink:
             return sorted(self.sftp.listdir(remote))
 
     def upload(self, local: Path, remote: str, offset: int, progress: Progress | None = None) -> int:
-        """Append ``local[offset:]`` to ``remote`` (resume); returns the bytes sent.
+        """Write ``local[offset:]`` into ``remote`` at the same offsets (resume at ``offset``); returns the bytes sent.
+
+        ``remote`` is created when ``offset`` is 0 and must exist otherwise. Writes
+        carry explicit offsets (no ``O_APPEND``), so a second writer of the same
+        file writes the same bytes at the same places instead of interleaving.
+        The cancel token is checked before every chunk.
 
         Raises:
             OSError: an SFTP failure such as a full disk (SFTP says only "Failure").
+            Cancelled: the command was interrupted.
             DeployError: the link died (what was written stays for the next attempt).
         """
         sent = 0
+        name = self.device.name
         with self._guard(f"uploading {local.name} (from byte {offset:,} of {local.stat().st_size:,})"):
-            with open(local, "rb") as src, self.sftp.open(remote, "ab" if offset else "wb") as dst:
+            with open(local, "rb") as src, self.sftp.open(remote, "r+b" if offset else "wb") as dst:
                 dst.set_pipelined(True)
                 src.seek(offset)
-                while chunk := src.read(CHUNK):
+                dst.seek(offset)
+                while True:
+                    if self.cancel is not None:
+                        self.cancel.check(name)
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
                     dst.write(chunk)
                     sent += len(chunk)
                     if progress is not None:
                         progress(len(chunk))
             # pipelined writes may fail without an error reaching us: the size on the device says
             arrived = self.sftp.stat(remote).st_size
-            if arrived != offset + sent:
+            if arrived < offset + sent:
                 raise OSError(errno.EIO, f"only {arrived:,} of {offset + sent:,} bytes of {local.name} arrived")
         return sent
 

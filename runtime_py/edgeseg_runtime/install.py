@@ -1,92 +1,163 @@
-"""On-device A/B install of edgeseg archives: signed, atomic, health-checked, reversible.
+"""On-device A/B install of edgeseg archives: signed, atomic, health-checked, reversible, one at a time.
 
-The host (``edgeseg deploy``) uploads the files a device lacks into its
-content-addressed store and then asks this module, running on the device, to
-install one manifest. Layout under the install root ``R``::
+The host (``edgeseg deploy``) uploads the files a device lacks and then asks
+this module, running on the device, to install one manifest. Layout under
+the install root ``R``::
 
-    agent/                   this package as the host pushed it (the installer code)
-    trusted_keys/*.pem       Ed25519 public keys whose signatures this device accepts
-    incoming/<sha256>.part   uploads in progress; a new upload resumes at their size
-    store/<sha256>           received files, named by their content (read-only)
-    releases/<version>/      installed slots: the archive's files, hard links into store/
-    releases/.staging-<v>/   a slot being assembled
-    sites/<sha256>/          dependencies installed from an archive's wheels/ (shared by
-                             every slot with the same wheels)
-    engines/<key>.engine     TensorRT engines the health check built here, keyed by
-                             TensorRT + GPU + precision + shapes + ONNX (edgeseg_runtime.engine)
-    current  -> releases/<v> the version in use (symbolic link, switched by rename(2))
-    previous -> releases/<v> the version before it (``rollback`` target)
-    journal.json             the install in progress and its phase
-    bin/edgeseg              runs the runtime of ``current`` (``R/bin/edgeseg verify --archive R/current``)
+    agent -> agents/<digest>   this package as the host pushed it (the installer code)
+    trusted_keys/*.pem         Ed25519 public keys whose signatures this device accepts
+    incoming/<sha256>-<size>.<session>.part
+                               uploads in progress, one file per upload session; a new
+                               session takes over (renames) a partial and resumes at its size
+    incoming/<sha256>.sig      the signature of the manifest stored under that sha256
+    store/<sha256>             received files, named by their content (read-only)
+    releases/<version>/        installed slots: the archive's files, hard links into store/
+    releases/.staging-<v>/     a slot being assembled
+    sites/<sha256>/            dependencies installed from an archive's wheels/ (shared by
+                               every slot with the same wheels)
+    engines/<key>.engine       TensorRT engines the health check built here, keyed by
+                               TensorRT + GPU + precision + shapes + ONNX (edgeseg_runtime.engine)
+    current  -> releases/<v>   the version in use (symbolic link, switched by rename(2))
+    previous -> releases/<v>   the version before it (``rollback`` target)
+    version_floor              the highest release version ever installed here (anti-rollback)
+    journal.json               the install in progress and its phase
+    lock                       flock(2)ed by the command that changes the root (see below)
+    bin/edgeseg                runs the runtime of ``current`` (``R/bin/edgeseg verify --archive R/current``)
+
+**One at a time.** Every command that changes the root (``install``,
+``rollback``, ``recover``, ``prune``, ``engine``) holds an exclusive
+``flock(LOCK_EX | LOCK_NB)`` on ``R/lock`` from start to end; a second one
+fails at once with ``another install is running on R since T (pid N,
+COMMAND)``. The file's content (pid, command, start time) only feeds that
+message. *Stale-lock rule*: there is none to apply, since the kernel releases
+a flock when the process holding it ends, however it ends (crash,
+``kill -9``, power loss), so a lock never outlives its holder and nobody ever
+deletes ``R/lock``. ``state`` and ``exec`` take no lock; they read whatever
+half-done state they find without failing.
+
+**Uploads need no lock.** Each host upload session writes its own
+``incoming/<sha256>-<size>.<session>.part`` (resuming means renaming a partial
+to the session's own name first, then writing at explicit offsets), so two
+hosts never append to one file, and identical bytes land at identical offsets
+whatever happens. An install takes into the store only the parts its own
+manifest lists; a part whose size reached ``<size>`` but whose sha256 differs
+is deleted (the host sends it again); other parts are deleted only when no
+session touched them for a day.
 
 An install is a sequence of idempotent steps; each records its phase in
 ``journal.json`` before it starts (written to a temporary file, fsynced and
 renamed, POSIX ``rename(2)`` being atomic):
 
-1. ingest: hash every completed upload in ``incoming/`` and move it into the store;
-2. check: signature of ``manifest.json`` by a trusted key, every path inside the
-   slot, the release version against the installed one (anti-rollback);
-3. assemble ``releases/.staging-<v>`` from the store, re-checking every sha256;
-4. dependencies: ``pip install --no-index`` from the archive's ``wheels/`` into
+1. check: signature of ``manifest.json`` by a trusted key, the manifest's
+   contract (:class:`~edgeseg_runtime.contract.Manifest`: every path inside the
+   slot), the release version against ``current`` and ``version_floor``
+   (anti-rollback), then ingest the uploads the manifest lists;
+2. assemble ``releases/.staging-<v>`` from the store, re-checking every sha256;
+3. dependencies: ``pip install --no-index`` from the archive's ``wheels/`` into
    ``sites/<sha>`` (skipped when the archive has none or the site exists);
-5. health check: the slot's own runtime runs ``verify`` on the golden set and,
+4. health check: the slot's own runtime runs ``verify`` on the golden set and,
    when the profile sets ``[deploy] latency_budget_ms``, ``bench``;
-6. switch: rename the slot to ``releases/<v>``, point ``current`` at it by
-   renaming a new symbolic link over the old one, ``previous`` at the old one;
-7. prune slots beyond the profile's ``keep_releases`` and unreferenced store files.
+5. switch: rename the slot to ``releases/<v>``, point ``previous`` at the old
+   release, raise ``version_floor``, then point ``current`` at the slot by
+   renaming a new symbolic link over the old one;
+6. prune slots beyond the profile's ``keep_releases`` and unreferenced store files.
 
 Power may fail at any point: ``current`` always names a complete, checked
-slot, because nothing but step 6's rename changes it. :meth:`Device.recover`
+slot, because nothing but step 5's rename changes it. :meth:`Device.recover`
 (run at boot, and before every install) finishes an install whose switch
-already happened and discards any other half-done one.
+already happened and discards any other half-done one (an unreadable
+journal included), deletes corrupt uploads, and points a missing or broken
+``current`` at ``previous`` or the newest complete slot.
+
+Standard library only (this runs before numpy is installed); Python 3.9+.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .archive import MANIFEST_NAME, sha256_file
-from .errors import EdgesegError, InstallError
-from .signing import SIGNATURE_NAME, load_public_key, verify_manifest
+from .archive import sha256_file
+from .contract import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
+from .contract import parse_version as _contract_version
+from .device_state import (
+    DeviceState,
+    Health,
+    InstallResult,
+    Journal,
+    LockHolder,
+    Part,
+    PruneResult,
+    RecoverResult,
+    Release,
+    RollbackResult,
+)
+from .errors import ArchiveError, EdgesegError, InstallError
+from .signing import load_public_key, verify_manifest
 
-__all__ = ["Device", "parse_version", "wheels_digest", "VERSION_PATTERN"]
+__all__ = ["PART_RE", "STALE_SECONDS", "Device", "DeviceBusy", "parse_version", "part_name", "wheels_digest"]
 
 Report = Callable[[str], None]
-VERSION_PATTERN = r"^\d+(\.\d+)*$"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: uploads and signatures nobody touched for this long are deleted (seconds)
+STALE_SECONDS = 24 * 3600
+LOCK_NAME = "lock"
+FLOOR_NAME = "version_floor"
+JOURNAL_NAME = "journal.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+#: ``<sha256>-<size>.<session>.part``: an upload of ``size`` bytes by one host session
+PART_RE = re.compile(r"(?P<sha>[0-9a-f]{64})-(?P<size>[0-9]{1,15})\.(?P<session>[0-9A-Za-z_-]{1,64})\.part", re.ASCII)
+_SIG_RE = re.compile(r"(?P<sha>[0-9a-f]{64})\.sig", re.ASCII)
+_MAX_SMALL = 1 << 16  # journal.json, lock, version_floor, manifest.sig are small
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"1.10.2"`` → ``(1, 10, 2)``; release versions are dotted non-negative integers.
+def parse_version(text: Any) -> tuple[int, ...]:
+    """``"1.10.2"`` → ``(1, 10, 2)`` (:func:`edgeseg_runtime.contract.parse_version`, the one rule).
 
     Raises:
-        InstallError: anything else.
+        InstallError: not 1-8 dotted parts of 1-9 ASCII digits.
     """
-    if not isinstance(text, str) or not re.match(VERSION_PATTERN, text):
-        raise InstallError(f"release version {text!r} is not dotted numbers like 1.4.0; rebuild with --release-version")
-    parts = [int(p) for p in text.split(".")]
-    while len(parts) > 1 and parts[-1] == 0:  # 1.0 == 1.0.0
-        parts.pop()
-    return tuple(parts)
+    try:
+        return _contract_version(text)
+    except ArchiveError as exc:
+        raise InstallError(str(exc)) from None
 
 
-def wheels_digest(files: dict[str, dict[str, Any]]) -> str | None:
+def _version_key(name: str) -> tuple[int, ...]:
+    try:
+        return parse_version(name)
+    except InstallError:
+        return (-1,)
+
+
+def _is_version(name: Any) -> bool:
+    return _version_key(name) != (-1,)
+
+
+def part_name(sha256: str, size: int, session: str) -> str:
+    """Name of an upload in ``incoming/``: ``<sha256>-<size>.<session>.part``."""
+    return f"{sha256}-{size}.{session}.part"
+
+
+def wheels_digest(files: Mapping[str, FileEntry]) -> str | None:
     """Identity of an archive's ``wheels/`` set: sha256 over its sorted ``name sha256`` lines; None without wheels."""
-    lines = sorted(f"{rel} {meta['sha256']}" for rel, meta in files.items() if rel.startswith("wheels/"))
+    lines = sorted(f"{rel} {entry.sha256}" for rel, entry in files.items() if rel.startswith("wheels/"))
     if not lines:
         return None
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -113,52 +184,169 @@ def _write_atomic(path: Path, text: str) -> None:
 def _symlink_atomic(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` by renaming a fresh symbolic link over it (atomic)."""
     tmp = link.with_name(f".{link.name}.new")
-    tmp.unlink(missing_ok=True)
+    _remove(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
 
 
-def _disk_full(exc: OSError, where: Path) -> InstallError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InstallError(f"disk full on the device while writing {where}; free space and deploy again")
-    return InstallError(f"cannot write {where}: {exc.strerror or exc}")
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder if it is there."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _read_small(path: Path) -> bytes:
+    """The bytes of a small regular file (OSError when missing, not regular or too big)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+    if st.st_size > _MAX_SMALL:
+        raise OSError(errno.EFBIG, f"over {_MAX_SMALL} bytes", str(path))
+    return path.read_bytes()
+
+
+def _holder(data: bytes) -> LockHolder | None:
+    try:
+        return LockHolder.from_dict(json.loads(data.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+class DeviceBusy(InstallError):
+    """Another command that changes the install root holds ``R/lock``."""
 
 
 class Device:
     """The install root of one device (see the module docstring for the layout).
 
     Args:
-        root: install root folder (created if missing).
+        root: install root folder (created if missing and possible).
         report: callback receiving one progress line per step.
     """
 
     def __init__(self, root: str | Path, report: Report | None = None) -> None:
         self.root = Path(root).absolute()
         self.report = report or (lambda _line: None)
+        self._lock_fd: int | None = None
         for sub in ("store", "incoming", "releases", "sites", "trusted_keys"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError:  # a read-only root: state still answers, changes say why they cannot
+                pass
+
+    # ------------------------------------------------------------------- lock
+    @contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold ``R/lock`` (exclusive, non-blocking flock) for a command that changes the root.
+
+        Re-entrant within this object (an install runs ``recover`` and ``prune``).
+
+        Raises:
+            DeviceBusy: another process holds it.
+            InstallError: the root is read-only or the lock cannot be created.
+        """
+        if self._lock_fd is not None:
+            yield
+            return
+        path = self.root / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise self._write_error(exc, path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = _holder(os.pread(fd, _MAX_SMALL, 0))
+            except OSError:
+                holder = None
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = holder.describe() if holder else "(its holder did not say who it is yet)"
+                raise DeviceBusy(f"another install is running on {self.root} {who}") from None
+            raise InstallError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        try:
+            doc = json.dumps({"pid": os.getpid(), "command": command, "since": round(time.time(), 3)}).encode()
+            try:  # write over, then cut: a reader never sees an empty file while the lock is held
+                os.pwrite(fd, doc, 0)
+                os.ftruncate(fd, len(doc))
+            except OSError:
+                pass  # the content is only for messages
+            self._lock_fd = fd
+            yield
+        finally:
+            self._lock_fd = None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            os.close(fd)  # releases the flock
+
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds ``R/lock`` now, as its file says (None when nobody, or the holder is gone)."""
+        try:
+            holder = _holder(_read_small(self.root / LOCK_NAME))
+        except OSError:
+            return None
+        if holder is None or holder.pid <= 0:
+            return None
+        try:
+            os.kill(holder.pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:  # alive, another user's
+            pass
+        return holder
 
     # ------------------------------------------------------------------ state
-    def _release(self, link: str) -> dict[str, Any] | None:
+    def _release(self, link: str) -> Release | None:
+        """The release a link names; ``broken`` when its slot is missing, not a slot, or unreadable."""
         path = self.root / link
-        if not path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except FileNotFoundError:
             return None
-        slot = path.resolve()
-        manifest = slot / MANIFEST_NAME
-        if not manifest.is_file():
-            return {"version": None, "slot": str(slot), "manifest_sha256": None, "broken": True}
-        return {
-            "version": slot.name,
-            "slot": str(slot),
-            "manifest_sha256": sha256_file(manifest),
-            "target": json.loads(manifest.read_text(encoding="utf-8"))["target"]["name"],
-        }
+        except OSError:  # there, but not a symbolic link
+            return Release(version=None, slot=str(path), manifest_sha256=None, broken=True)
+        parts = Path(target).parts
+        name = parts[-1] if parts else ""
+        slot = self.root / "releases" / name
+        if parts != ("releases", name) or not _is_version(name):
+            return Release(version=None, slot=str(self.root / target), manifest_sha256=None, broken=True)
+        try:
+            mbytes = (slot / MANIFEST_NAME).read_bytes()
+            manifest = Manifest.parse(mbytes)
+        except (OSError, ArchiveError):
+            return Release(version=None, slot=str(slot), manifest_sha256=None, broken=True)
+        if manifest.release_version != name:
+            return Release(version=None, slot=str(slot), manifest_sha256=None, broken=True)
+        return Release(version=name, slot=str(slot), manifest_sha256=hashlib.sha256(mbytes).hexdigest(),
+                       target=manifest.target.name)
+
+    def _current_version(self) -> str | None:
+        cur = self._release("current")
+        return cur.version if cur and not cur.broken else None
 
     def releases(self) -> list[str]:
         """Installed slot versions, oldest first (by version number)."""
-        names = [p.name for p in (self.root / "releases").iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(names, key=lambda v: parse_version(v) if re.match(VERSION_PATTERN, v) else (-1,))
+        try:
+            entries = list(os.scandir(self.root / "releases"))
+        except OSError:
+            return []
+        names = []
+        for entry in entries:
+            try:
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                    names.append(entry.name)
+            except OSError:
+                continue
+        return sorted(names, key=_version_key)
 
     def trusted_keys(self) -> dict[str, Any]:
         """``{key_id: public key}`` of ``trusted_keys/*.pem``."""
@@ -168,62 +356,166 @@ class Device:
             out[key_id] = key
         return out
 
-    def state(self) -> dict[str, Any]:
-        """What the host needs before an upload: versions, stored files, partial uploads, free space.
+    def _floor_file(self) -> tuple[str | None, str | None]:
+        """``(version, None)`` from ``R/version_floor``; ``(None, why)`` when unreadable; ``(None, None)`` when absent."""
+        try:
+            data = _read_small(self.root / FLOOR_NAME)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"cannot read it: {exc.strerror or exc}"
+        try:
+            text = data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return None, "it is not a release version"
+        return (text, None) if _is_version(text) else (None, "it is not a release version")
 
-        Returns:
-            JSON-ready dict: ``agent``, ``python``, ``arch``, ``current``/``previous``
-            (version, manifest sha256, target), ``releases``, ``store`` (sha256
-            list), ``partials`` (``{sha256: bytes received}``), ``free_bytes``,
-            ``trusted_keys`` (ids; None when ``cryptography`` is missing), ``journal``.
-        """
-        keys: list[str] | None = sorted(p.stem for p in (self.root / "trusted_keys").glob("*.pem"))
+    def version_floor(self) -> str | None:
+        """The highest release version ever installed: ``R/version_floor``, or a higher slot still here."""
+        candidates = [v for v in (self._floor_file()[0], *self.releases()) if v and _is_version(v)]
+        return max(candidates, key=parse_version) if candidates else None
+
+    def _raise_floor(self, version: str) -> None:
+        """Make ``R/version_floor`` at least ``version`` (written atomically, fsynced)."""
+        stored, _ = self._floor_file()
+        floor = max([v for v in (stored, self.version_floor(), version) if v], key=parse_version)
+        if stored != floor:
+            _write_atomic(self.root / FLOOR_NAME, floor + "\n")
+
+    def _read_journal(self) -> tuple[Journal | None, str | None]:
+        """``(journal, None)``, ``(None, None)`` when there is none, ``(None, why)`` when it is unreadable."""
+        path = self.root / JOURNAL_NAME
+        try:
+            data = _read_small(path)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"it is {exc.strerror or exc}".replace("it is not a regular file", "it is not a file")
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None, "not valid JSON: truncated or overwritten"
+        try:
+            journal = Journal.from_dict(doc, JOURNAL_NAME)
+        except ValueError as exc:
+            return None, str(exc)[:160]
+        for value in (journal.version, journal.old):
+            if value is not None and not _is_version(value):
+                return None, f"{str(value)[:40]!r} is not a release version"
+        if journal.manifest is not None and not _SHA256.fullmatch(journal.manifest):
+            return None, "its manifest is not a sha256"
+        return journal, None
+
+    def _parts(self, check: bool) -> list[tuple[Path, Part]]:
+        """Uploads in ``incoming/``; with ``check``, full-size ones are hashed (``complete`` / ``corrupt``)."""
+        incoming = self.root / "incoming"
+        try:
+            entries = list(os.scandir(incoming))
+        except OSError:
+            return []
+        now = time.time()
+        out = []
+        for entry in entries:
+            m = PART_RE.fullmatch(entry.name)
+            if m is None:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                size, complete = int(m["size"]), False
+                corrupt = st.st_size > size
+                if check and st.st_size == size:
+                    complete = sha256_file(Path(entry.path), limit=size) == m["sha"]
+                    corrupt = not complete
+            except OSError:  # taken by an install or renamed by an upload meanwhile
+                continue
+            out.append((Path(entry.path), Part(name=entry.name, sha256=m["sha"], size=size, received=st.st_size,
+                                               complete=complete, corrupt=corrupt,
+                                               age_s=round(max(0.0, now - st.st_mtime), 1))))
+        return out
+
+    def state(self) -> DeviceState:
+        """What the host needs before an upload; reads only, takes no lock, never fails on a half-done state."""
+        keys: tuple[str, ...] | None = tuple(sorted(p.stem for p in (self.root / "trusted_keys").glob("*.pem")))
         if importlib.util.find_spec("cryptography") is None:  # signatures cannot be checked here
             keys = None
-        st = os.statvfs(self.root)
-        journal = self.root / "journal.json"
-        return {
-            "agent": __version__,
-            "python": platform.python_version(),
-            "arch": platform.machine(),
-            "current": self._release("current"),
-            "previous": self._release("previous"),
-            "releases": self.releases(),
-            "store": sorted(p.name for p in (self.root / "store").iterdir() if _SHA256.match(p.name)),
-            "partials": {
-                p.name[: -len(".part")]: p.stat().st_size
-                for p in (self.root / "incoming").glob("*.part")
-                if _SHA256.match(p.name[: -len(".part")])
-            },
-            "free_bytes": st.f_bavail * st.f_frsize,
-            "trusted_keys": keys,
-            "journal": json.loads(journal.read_text(encoding="utf-8")) if journal.is_file() else None,
-        }
+        try:
+            st = os.statvfs(self.root)
+            free, read_only = st.f_bavail * st.f_frsize, bool(st.f_flag & getattr(os, "ST_RDONLY", 1))
+        except OSError:
+            free, read_only = 0, False
+        journal, journal_error = self._read_journal()
+        _, floor_error = self._floor_file()
+        current, previous = self._release("current"), self._release("previous")
+        releases = self.releases()
+        try:
+            store = tuple(sorted(n for n in os.listdir(self.root / "store") if _SHA256.fullmatch(n)))
+        except OSError:
+            store = ()
+        parts = [p for _, p in self._parts(check=True)]
+        partials: dict[str, int] = {}
+        for p in parts:
+            partials[p.sha256] = max(partials.get(p.sha256, 0), p.received)
+        holder = self.lock_holder()
+        problems = []
+        if read_only:
+            problems.append(f"{self.root} is read-only (its file system is mounted read-only)")
+        if journal_error is not None:
+            problems.append(f"journal.json is unreadable ({journal_error}); 'edgeseg recover' discards the half-done install")
+        elif journal is not None and holder is None:
+            problems.append(f"an install of {journal.version or 'a release'} stopped in phase {journal.phase}; "
+                            "'edgeseg recover' finishes or discards it")
+        if current is None and releases:
+            problems.append(f"no current release (the link {self.root}/current is missing; installed: "
+                            f"{', '.join(releases)}); 'edgeseg recover' restores it")
+        elif current is not None and current.broken:
+            problems.append(f"current names a missing or unreadable release ({current.slot}); 'edgeseg recover' restores it")
+        if floor_error is not None:
+            problems.append(f"version_floor is unreadable ({floor_error}); 'edgeseg recover' rewrites it")
+        return DeviceState(
+            agent=__version__, python=platform.python_version(), arch=platform.machine(), root=str(self.root),
+            current=current, previous=previous, releases=tuple(releases), store=store, partials=partials,
+            parts=tuple(parts), free_bytes=free, read_only=read_only, trusted_keys=keys, journal=journal,
+            journal_error=journal_error, version_floor=self.version_floor(), lock=holder, problems=tuple(problems),
+        )
 
     # ----------------------------------------------------------------- ingest
-    def ingest(self) -> list[str]:
-        """Move completed uploads from ``incoming/`` into the store after checking their sha256.
+    def ingest(self, wanted: Mapping[str, int | None]) -> list[str]:
+        """Move completed uploads of the ``wanted`` files (``{sha256: size or None}``) into the store.
 
-        A ``.part`` whose content hashes to its name is complete; one that is a
-        prefix is left for the upload to resume; anything longer or different
-        than the name promises cannot be completed and is deleted.
+        Only the files asked for are taken: uploads for another deploy stay in
+        ``incoming/``. A part with all its bytes whose sha256 differs, or with
+        more bytes than its name says, is deleted (the host sends it again); a
+        shorter one is left for its upload to resume.
 
         Returns:
             The sha256 names moved into the store.
         """
+        store = self.root / "store"
+        by_sha: dict[str, list[tuple[Path, Part]]] = {}
+        for path, part in self._parts(check=False):
+            by_sha.setdefault(part.sha256, []).append((path, part))
         moved = []
-        for part in sorted((self.root / "incoming").glob("*.part")):
-            name = part.name[: -len(".part")]
-            if not _SHA256.match(name):
-                part.unlink()
+        for sha, size in wanted.items():
+            if (store / sha).is_file():
                 continue
-            if sha256_file(part) == name:
-                dest = self.root / "store" / name
-                os.chmod(part, 0o444)
-                os.replace(part, dest)
-                moved.append(name)
+            for path, part in sorted(by_sha.get(sha, []), key=lambda item: -item[1].received):
+                if (size is not None and part.size != size) or part.received < part.size:
+                    continue
+                try:
+                    if part.received == part.size and sha256_file(path, limit=part.size) == sha:
+                        os.chmod(path, 0o444)
+                        os.replace(path, store / sha)
+                        moved.append(sha)
+                        break
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                self.report(f"deleted a corrupt upload of {sha[:16]} ({part.received:,} bytes that do not hash to "
+                            "its name); it will be sent again")
         if moved:
-            _fsync_dir(self.root / "store")
+            _fsync_dir(store)
         return moved
 
     def _blob(self, sha: str) -> Path:
@@ -233,133 +525,149 @@ class Device:
         return path
 
     # ---------------------------------------------------------------- install
-    def _journal(self, **doc: Any) -> None:
-        _write_atomic(self.root / "journal.json", json.dumps(doc, sort_keys=True))
+    def _journal(self, journal: Journal) -> None:
+        _write_atomic(self.root / JOURNAL_NAME, json.dumps(journal.to_dict(), sort_keys=True))
 
-    def _check(
-        self, manifest_sha: str, current: dict[str, Any] | None, allow_downgrade: bool
-    ) -> tuple[dict[str, Any], str, str]:
-        """Signature, paths and version (against ``current``) of the manifest stored under ``manifest_sha``."""
-        mbytes = self._blob(manifest_sha).read_bytes()
+    def _remove_journal(self) -> None:
+        _remove(self.root / JOURNAL_NAME)
+
+    def _write_error(self, exc: OSError, where: Path) -> InstallError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return InstallError(f"disk full on the device while writing {where}; free space and deploy again")
+        if exc.errno == errno.EROFS:
+            return InstallError(f"{self.root} is read-only (its file system is mounted read-only); "
+                                "remount it read-write and try again")
+        return InstallError(f"cannot write {where}: {exc.strerror or exc}")
+
+    def _check_manifest(self, manifest_sha: str) -> tuple[Manifest, str]:
+        """Signature (over the exact bytes, before parsing) and contract of the manifest stored under ``manifest_sha``."""
+        blob = self._blob(manifest_sha)
+        mbytes = blob.read_bytes()
         if hashlib.sha256(mbytes).hexdigest() != manifest_sha:
-            self._blob(manifest_sha).unlink()
+            blob.unlink()
             raise InstallError("manifest.json on the device is corrupt (sha256 mismatch); deploy again")
         trusted = self.trusted_keys()
         if not trusted:
             raise InstallError("this device trusts no signing key; run 'edgeseg devices provision' with trusted_keys")
         try:
-            manifest = json.loads(mbytes)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InstallError("manifest.json is not valid JSON") from None
-        sig_path = self.root / "incoming" / f"{manifest_sha}.sig"
-        key_id = verify_manifest(mbytes, sig_path.read_bytes() if sig_path.is_file() else None, trusted)
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise InstallError("manifest lists no files")
-        for rel, meta in files.items():
-            p = PurePosixPath(rel)
-            if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")) or not p.parts:
-                raise InstallError(f"manifest path {rel!r} escapes the release slot; refusing to install")
-            if rel in (MANIFEST_NAME, SIGNATURE_NAME) or not _SHA256.match(str(meta.get("sha256", ""))):
-                raise InstallError(f"manifest entry {rel!r} is not a file with a sha256")
-        version = str(manifest.get("release", {}).get("version", ""))
-        new = parse_version(version)
-        if current and current.get("version"):
-            old = parse_version(current["version"])
-            if new == old and current["manifest_sha256"] != manifest_sha:
-                raise InstallError(
-                    f"version {version} is installed with other contents; give the new build another "
-                    "--release-version"
-                )
-            if new < old and not allow_downgrade:
-                raise InstallError(
-                    f"version {version} is older than the installed {current['version']}; refusing a downgrade "
-                    "(anti-rollback) unless --allow-downgrade"
-                )
-        return manifest, version, key_id
+            sig: bytes | None = _read_small(self.root / "incoming" / f"{manifest_sha}.sig")
+        except FileNotFoundError:
+            sig = None
+        key_id = verify_manifest(mbytes, sig, trusted)
+        try:
+            manifest = Manifest.parse(mbytes)
+        except ArchiveError as exc:
+            raise InstallError(f"refusing to install: {exc}") from None
+        return manifest, key_id
 
-    def install(
-        self,
-        manifest_sha: str,
-        *,
-        allow_downgrade: bool = False,
-        health_timeout: float = 600.0,
-    ) -> dict[str, Any]:
-        """Install the release whose ``manifest.json`` is stored under ``manifest_sha``.
+    def _check_version(self, version: str, manifest_sha: str, current: Release | None, allow_downgrade: bool) -> None:
+        """Anti-rollback against ``current`` and ``version_floor``; one version, one content."""
+        new = parse_version(version)
+        slot = self.root / "releases" / version
+        if slot.is_dir():
+            try:
+                existing: str | None = sha256_file(slot / MANIFEST_NAME)
+            except OSError:
+                existing = None
+            if existing is not None and existing != manifest_sha:
+                raise InstallError(f"version {version} is installed with other contents; give the new build another "
+                                   "--release-version")
+        if allow_downgrade:
+            return
+        cur = current.version if current and not current.broken else None
+        if cur and new < parse_version(cur):
+            raise InstallError(f"version {version} is older than the installed {cur}; refusing a downgrade "
+                               "(anti-rollback) unless --allow-downgrade")
+        floor = self.version_floor()
+        if floor and new < parse_version(floor):
+            raise InstallError(f"version {version} is older than {floor}, the highest version installed on this device "
+                               "(version_floor); refusing a downgrade (anti-rollback) unless --allow-downgrade")
+
+    def install(self, manifest_sha: str, *, allow_downgrade: bool = False, health_timeout: float = 600.0) -> InstallResult:
+        """Install the release whose ``manifest.json`` is uploaded under ``manifest_sha`` (holds ``R/lock``).
 
         The signature travels as ``incoming/<manifest_sha>.sig`` (uploaded by the host).
 
-        Returns:
-            ``{"status": "installed" | "unchanged", "version", "previous", "key_id", "health"}``.
-
         Raises:
+            DeviceBusy: another install (or rollback, recover, ...) is running.
             SignatureError: unsigned, untrusted or altered manifest.
-            InstallError: bad paths, downgrade, missing or corrupt files, disk
-                full, failed dependencies or health check. ``current`` is
-                unchanged in every case.
+            InstallError: bad manifest or paths, downgrade, missing or corrupt
+                files, disk full, read-only root, failed dependencies or health
+                check. ``current`` is unchanged in every case.
         """
-        self.recover()
-        try:
-            self.ingest()
-        except OSError as exc:
-            raise _disk_full(exc, self.root / "store") from None
-        current = self._release("current")
-        manifest, version, key_id = self._check(manifest_sha, current, allow_downgrade)
-        self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest['files'])} files")
-        if current and current["manifest_sha256"] == manifest_sha:
-            self.report(f"version {version} is already current")
-            return {"status": "unchanged", "version": version, "previous": current["version"], "key_id": key_id}
-        slot = self.root / "releases" / version
-        staging = self.root / "releases" / f".staging-{version}"
-        try:
-            self._journal(phase="assemble", version=version, manifest=manifest_sha)
-            self._assemble(manifest, manifest_sha, staging)
-            self._journal(phase="dependencies", version=version, manifest=manifest_sha)
-            site = self._dependencies(manifest, staging)
-            self._journal(phase="health", version=version, manifest=manifest_sha)
-        except OSError as exc:
-            self._discard(staging)
-            raise _disk_full(exc, staging) from None
-        except EdgesegError:
-            self._discard(staging)
-            raise
-        health = self._health(staging, site, manifest, health_timeout)
-        if not health["passed"]:
-            self._discard(staging)
-            raise InstallError(f"health check failed, kept version {current['version'] if current else 'none'}: "
-                               f"{health['verdict']}")
-        self._journal(phase="switch", version=version, manifest=manifest_sha, old=current["version"] if current else None)
-        if slot.exists():
-            shutil.rmtree(slot)
-        os.replace(staging, slot)
-        _fsync_dir(slot.parent)
-        if current and current["version"] != version:
-            _symlink_atomic(self.root / "previous", f"releases/{current['version']}")
-        _symlink_atomic(self.root / "current", f"releases/{version}")
-        self.report(f"switched: current -> releases/{version}")
-        self._finish(manifest)
-        return {
-            "status": "installed",
-            "version": version,
-            "previous": current["version"] if current else None,
-            "key_id": key_id,
-            "health": health,
-        }
+        if not isinstance(manifest_sha, str) or not _SHA256.fullmatch(manifest_sha):
+            raise InstallError("--manifest must be the sha256 of manifest.json (64 lower-case hex digits)")
+        with self.lock("install"):
+            self._recover()
+            try:
+                self.ingest({manifest_sha: None})
+            except OSError as exc:
+                raise self._write_error(exc, self.root / "store") from None
+            manifest, key_id = self._check_manifest(manifest_sha)
+            version = manifest.release_version
+            current = self._release("current")
+            self._check_version(version, manifest_sha, current, allow_downgrade)
+            self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest.files)} files")
+            if current and not current.broken and current.manifest_sha256 == manifest_sha:
+                self.report(f"version {version} is already current")
+                return InstallResult(status="unchanged", version=version, previous=current.version, key_id=key_id)
+            old = current.version if current and not current.broken else None
+            staging = self.root / "releases" / f".staging-{version}"
+            try:
+                self.ingest({entry.sha256: entry.size for entry in manifest.files.values()})
+                self._journal(Journal(phase="assemble", version=version, manifest=manifest_sha))
+                self._assemble(manifest, manifest_sha, staging)
+                self._journal(Journal(phase="dependencies", version=version, manifest=manifest_sha))
+                site = self._dependencies(manifest, staging)
+                self._journal(Journal(phase="health", version=version, manifest=manifest_sha))
+            except OSError as exc:
+                self._discard(staging)
+                raise self._write_error(exc, staging) from None
+            except EdgesegError:
+                self._discard(staging)
+                raise
+            health = self._health(staging, site, manifest, health_timeout)
+            if not health.passed:
+                self._discard(staging)
+                raise InstallError(f"health check failed, kept version {old or 'none'}: {health.verdict}")
+            try:
+                self._journal(Journal(phase="switch", version=version, manifest=manifest_sha, old=old))
+                self._switch(version, staging, old)
+                self._finish(manifest)
+            except OSError as exc:  # the journal says what recover must finish or discard
+                raise self._write_error(exc, self.root) from None
+            return InstallResult(status="installed", version=version, previous=old, key_id=key_id, health=health)
 
-    def _assemble(self, manifest: dict[str, Any], manifest_sha: str, staging: Path) -> None:
-        if staging.exists():
-            shutil.rmtree(staging)
+    def _switch(self, version: str, staging: Path, old: str | None) -> None:
+        releases = self.root / "releases"
+        slot = releases / version
+        aside = releases / f".old-{version}-{os.getpid()}"
+        if slot.exists():  # the same version installed again (after a rollback): out of the way first
+            os.replace(slot, aside)
+        os.replace(staging, slot)
+        _fsync_dir(releases)
+        if old and old != version:
+            _symlink_atomic(self.root / "previous", f"releases/{old}")
+        self._raise_floor(version)
+        _symlink_atomic(self.root / "current", f"releases/{version}")
+        _remove(aside)
+        self.report(f"switched: current -> releases/{version}")
+
+    def _assemble(self, manifest: Manifest, manifest_sha: str, staging: Path) -> None:
+        _remove(staging)
         tmp = staging.with_name(staging.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)
         tmp.mkdir()
-        for rel, meta in sorted(manifest["files"].items()):
-            blob = self._blob(meta["sha256"])
-            if blob.stat().st_size != meta["size"] or sha256_file(blob) != meta["sha256"]:
+        top = os.path.realpath(tmp)
+        for rel, entry in sorted(manifest.files.items()):
+            dest = tmp / rel
+            if not os.path.realpath(dest).startswith(top + os.sep):  # the contract refused these already
+                raise InstallError(f"manifest path {rel!r} escapes the release slot; refusing to install")
+            blob = self._blob(entry.sha256)
+            if blob.stat().st_size != entry.size or sha256_file(blob) != entry.sha256:
                 blob.unlink()
                 shutil.rmtree(tmp)
                 raise InstallError(f"{rel}: the device's copy does not match the manifest's sha256 (corrupt); deploy again")
-            dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(blob, dest)
@@ -368,17 +676,16 @@ class Device:
                     raise
                 shutil.copyfile(blob, dest)
         shutil.copyfile(self._blob(manifest_sha), tmp / MANIFEST_NAME)
-        sig = self.root / "incoming" / f"{manifest_sha}.sig"
-        shutil.copyfile(sig, tmp / SIGNATURE_NAME)
+        shutil.copyfile(self.root / "incoming" / f"{manifest_sha}.sig", tmp / SIGNATURE_NAME)
         os.replace(tmp, staging)
-        self.report(f"assembled releases/{staging.name} ({len(manifest['files'])} files)")
+        self.report(f"assembled releases/{staging.name} ({len(manifest.files)} files)")
 
-    def site_of(self, manifest: dict[str, Any]) -> Path | None:
+    def site_of(self, manifest: Manifest) -> Path | None:
         """The dependency folder of a release (None when its archive carries no wheels)."""
-        digest = wheels_digest(manifest["files"])
+        digest = wheels_digest(manifest.files)
         return None if digest is None else self.root / "sites" / digest
 
-    def _dependencies(self, manifest: dict[str, Any], slot: Path) -> Path | None:
+    def _dependencies(self, manifest: Manifest, slot: Path) -> Path | None:
         site = self.site_of(manifest)
         if site is None:
             self.report("dependencies: none bundled; using the device's Python packages")
@@ -391,9 +698,10 @@ class Device:
         argv = [
             sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(slot / "wheels"),
             "--only-binary=:all:", "--no-compile", "--disable-pip-version-check", "--target", str(tmp),
-            *manifest["runtime"]["requirements"],
+            *manifest.runtime.requirements,
         ]
-        self.report(f"dependencies: pip install --no-index from {len([f for f in manifest['files'] if f.startswith('wheels/')])} wheels")
+        wheels = [rel for rel in manifest.files if rel.startswith("wheels/")]
+        self.report(f"dependencies: pip install --no-index from {len(wheels)} wheels")
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -411,27 +719,28 @@ class Device:
         return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1",
                 "EDGESEG_ENGINE_CACHE": str(self.root / "engines")}
 
-    def _health(self, slot: Path, site: Path | None, manifest: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _health(self, slot: Path, site: Path | None, manifest: Manifest, timeout: float) -> Health:
         """Golden ``verify`` (and ``bench`` against the latency budget) with the slot's own runtime."""
         env = self._runtime_env(slot, site)
         t0 = time.perf_counter()
         self.report("health check: verify on the golden set")
         verify = self._runtime_json(["verify", "--archive", str(slot), "--json"], env, timeout)
-        out: dict[str, Any] = {"passed": bool(verify.get("passed")), "verdict": verify.get("verdict", "no verdict")}
-        budget = manifest["target"].get("deploy", {}).get("latency_budget_ms")
-        if out["passed"] and budget:
+        passed, verdict = verify.get("passed") is True, str(verify.get("verdict", "no verdict"))
+        latency: float | None = None
+        budget = manifest.target.deploy.latency_budget_ms
+        if passed and budget:
             self.report(f"health check: latency against the budget of {budget} ms")
             bench = self._runtime_json(["bench", "--archive", str(slot), "--json", "--runs", "20", "--warmup", "3"], env, timeout)
             ms = bench.get("end_to_end_ms")
-            out["latency_ms"] = ms
-            if ms is None or ms > budget:
-                out["passed"] = False
-                out["verdict"] = f"FAIL: median latency {ms} ms is over the profile's budget of {budget} ms"
+            latency = float(ms) if isinstance(ms, (int, float)) and not isinstance(ms, bool) else None
+            if latency is None or latency > budget:
+                passed = False
+                verdict = f"FAIL: median latency {latency} ms is over the profile's budget of {budget} ms"
             else:
-                out["verdict"] += f"; latency {ms:.1f} ms <= {budget} ms"
-        out["seconds"] = round(time.perf_counter() - t0, 2)
-        self.report(f"health check: {out['verdict']}")
-        return out
+                verdict += f"; latency {latency:.1f} ms <= {budget} ms"
+        health = Health(passed=passed, verdict=verdict, seconds=round(time.perf_counter() - t0, 2), latency_ms=latency)
+        self.report(f"health check: {health.verdict}")
+        return health
 
     def _runtime_json(self, args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
         argv = [sys.executable, "-m", "edgeseg_runtime", *args]
@@ -440,153 +749,268 @@ class Device:
         except subprocess.TimeoutExpired:
             return {"passed": False, "verdict": f"FAIL: '{args[0]}' took longer than {timeout:.0f} s"}
         try:
-            return json.loads(proc.stdout)
+            doc = json.loads(proc.stdout)
         except json.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
             tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit {proc.returncode}"
             return {"passed": False, "verdict": f"FAIL: {args[0]} did not run: {tail}"}
-
-    def _clear_journal(self) -> None:
-        (self.root / "journal.json").unlink(missing_ok=True)
+        return doc
 
     def _discard(self, staging: Path) -> None:
         """Abandon an install before its switch: the half-built slot and the journal go, ``current`` stays."""
-        shutil.rmtree(staging, ignore_errors=True)
-        self._clear_journal()
+        _remove(staging)
+        _remove(staging.with_name(staging.name + ".tmp"))
+        self._remove_journal()
 
-    def _finish(self, manifest: dict[str, Any]) -> None:
+    def _finish(self, manifest: Manifest) -> None:
         """Launcher, pruning of old slots, sites and store files; then the journal goes."""
-        self._journal(phase="prune")
+        self._journal(Journal(phase="prune", version=manifest.release_version))
         self._write_launcher()
-        keep = int(manifest["target"].get("deploy", {}).get("keep_releases", 3))
-        self.prune(keep)
-        self._clear_journal()
+        self.prune(manifest.target.deploy.keep_releases)
+        self._remove_journal()
 
     def _write_launcher(self) -> None:
         bindir = self.root / "bin"
         bindir.mkdir(exist_ok=True)
+        py, root, agent = shlex.quote(sys.executable), shlex.quote(str(self.root)), shlex.quote(str(self.root / "agent"))
         script = (
             "#!/bin/sh\n# edgeseg on this device (written by the edgeseg installer): 'recover' runs the installer's\n"
             "# recovery (put it in a boot script); anything else runs the current release's runtime.\n"
-            f'export PYTHONPATH="{self.root}/agent"\n'
-            f'if [ "$1" = recover ]; then exec "{sys.executable}" -m edgeseg_runtime.agent --root "{self.root}" recover; fi\n'
-            f'exec "{sys.executable}" -m edgeseg_runtime.agent --root "{self.root}" exec -- "$@"\n'
+            f"PYTHONPATH={agent}; export PYTHONPATH\n"
+            f'if [ "$1" = recover ]; then exec {py} -m edgeseg_runtime.agent --root {root} --plain recover; fi\n'
+            f'exec {py} -m edgeseg_runtime.agent --root {root} exec -- "$@"\n'
         )
         path = bindir / "edgeseg"
-        if not path.is_file() or path.read_text(encoding="utf-8") != script:
+        try:
+            same = path.read_text(encoding="utf-8") == script
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
             _write_atomic(path, script)
             os.chmod(path, 0o755)
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> PruneResult:
         """Remove slots beyond the ``keep`` newest (never ``current`` or ``previous``), then unused sites and files.
 
         Returns:
             The versions removed.
         """
-        pinned = {r["version"] for r in (self._release("current"), self._release("previous")) if r}
-        versions = self.releases()
-        removed = []
-        for v in versions[: max(0, len(versions) - keep)]:
-            if v not in pinned:
-                shutil.rmtree(self.root / "releases" / v)
-                removed.append(v)
-        if removed:
-            self.report(f"pruned releases {', '.join(removed)} (keep_releases = {keep})")
-        self.gc()
-        return removed
+        with self.lock("prune"):
+            pinned = {r.version for r in (self._release("current"), self._release("previous")) if r and r.version}
+            versions = self.releases()
+            removed = []
+            for v in versions[: max(0, len(versions) - max(1, keep))]:
+                if v not in pinned:
+                    aside = self.root / "releases" / f".old-{v}-{os.getpid()}"
+                    os.replace(self.root / "releases" / v, aside)  # gone at once; recover removes what a cut leaves
+                    shutil.rmtree(aside)
+                    removed.append(v)
+            if removed:
+                self.report(f"pruned releases {', '.join(removed)} (keep_releases = {keep})")
+            self.gc()
+            return PruneResult(removed=tuple(removed))
 
     def gc(self) -> None:
-        """Delete store files and sites that no kept slot references, and stale signatures."""
+        """Delete store files and sites no slot uses, and uploads and signatures untouched for a day.
+
+        Uploads younger than :data:`STALE_SECONDS` stay: they may belong to a
+        deploy still sending its files for its own install.
+        """
         used: set[str] = set()
         sites: set[str] = set()
-        sigs: set[str] = set()
+        readable = True
         for v in self.releases():
-            mpath = self.root / "releases" / v / MANIFEST_NAME
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            used |= {meta["sha256"] for meta in manifest["files"].values()}
-            msha = sha256_file(mpath)
-            used.add(msha)
-            sigs.add(f"{msha}.sig")
+            try:
+                mbytes = (self.root / "releases" / v / MANIFEST_NAME).read_bytes()
+                manifest = Manifest.parse(mbytes)
+            except (OSError, ArchiveError):
+                readable = False  # which files it uses is unknown: keep them all
+                continue
+            used |= {entry.sha256 for entry in manifest.files.values()}
+            used.add(hashlib.sha256(mbytes).hexdigest())
             site = self.site_of(manifest)
             if site is not None:
                 sites.add(site.name)
-        for blob in (self.root / "store").iterdir():
-            if blob.name not in used:
-                blob.unlink()
-        for site in (self.root / "sites").iterdir():
-            if site.name not in sites:
-                shutil.rmtree(site, ignore_errors=True)
-        for sig in (self.root / "incoming").glob("*.sig"):
-            if sig.name not in sigs:
-                sig.unlink()
+        if readable:
+            for blob in (self.root / "store").iterdir():
+                if blob.name not in used:
+                    _remove(blob)
+            for site in (self.root / "sites").iterdir():
+                if site.name not in sites:
+                    _remove(site)
+        else:
+            self.report("kept every stored file: a release slot has no readable manifest")
+        now = time.time()
+        for entry in list(os.scandir(self.root / "incoming")):
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+                    _remove(Path(entry.path))
+            except OSError:
+                continue
 
     # --------------------------------------------------------- rollback/recover
-    def rollback(self) -> dict[str, Any]:
-        """Make ``previous`` current again (and the current one ``previous``).
+    def rollback(self) -> RollbackResult:
+        """Make ``previous`` current again (and the current one ``previous``); holds ``R/lock``.
 
         Raises:
             InstallError: no previous release to return to.
         """
-        self.recover()
-        cur, prev = self._release("current"), self._release("previous")
-        if not prev or not prev.get("version") or prev.get("broken"):
-            raise InstallError("no previous release on this device to roll back to")
-        _symlink_atomic(self.root / "current", f"releases/{prev['version']}")
-        if cur and cur.get("version"):
-            _symlink_atomic(self.root / "previous", f"releases/{cur['version']}")
-        self.report(f"rolled back: current -> releases/{prev['version']}")
-        return {"status": "rolled back", "version": prev["version"], "previous": cur["version"] if cur else None}
+        with self.lock("rollback"):
+            self._recover()
+            cur, prev = self._release("current"), self._release("previous")
+            if not prev or not prev.version or prev.broken:
+                raise InstallError("no previous release on this device to roll back to")
+            _symlink_atomic(self.root / "current", f"releases/{prev.version}")
+            cur_version = cur.version if cur and not cur.broken else None
+            if cur_version and cur_version != prev.version:
+                _symlink_atomic(self.root / "previous", f"releases/{cur_version}")
+            self.report(f"rolled back: current -> releases/{prev.version}")
+            return RollbackResult(status="rolled back", version=prev.version, previous=cur_version)
 
-    def recover(self) -> dict[str, Any]:
-        """Finish or discard a half-done install (run at boot and before every install).
+    def recover(self) -> RecoverResult:
+        """Finish or discard a half-done install and repair the root (run at boot; holds ``R/lock``).
 
-        An install whose journal reached ``switch`` with ``current`` already on
-        the new slot is finished (``previous``, pruning); any other is discarded
-        (staging folders removed). ``current`` never changes here, except when
-        it names a missing slot and ``previous`` is intact.
+        * a journal that reached ``switch`` with ``current`` already on the new
+          slot: the install is finished (``previous``, pruning); any other
+          journal, unreadable ones included, is discarded with its staging folder;
+        * uploads that have all their bytes but the wrong sha256 are deleted
+          (the host sends them again), and uploads untouched for a day;
+        * a missing or broken ``current`` is pointed at ``previous`` when it is
+          complete, else at the newest complete slot (every file checked);
+        * ``version_floor`` is rewritten when unreadable or below a slot.
 
         Returns:
-            ``{"status": "clean" | "finished" | "discarded", "version": current version}``.
+            ``status``: ``clean`` | ``finished`` | ``discarded`` | ``repaired``;
+            ``version``: the current version after it; ``notes``: what it did.
         """
-        journal_path = self.root / "journal.json"
+        with self.lock("recover"):
+            return self._recover()
+
+    def _recover(self) -> RecoverResult:
+        notes: list[str] = []
         status = "clean"
-        if journal_path.is_file():
-            try:
-                journal = json.loads(journal_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                journal = {}
+        journal, error = self._read_journal()
+        if error is not None:
+            self._remove_journal()
+            status = "discarded"
+            notes.append(f"journal.json was unreadable ({error}): discarded the half-done install")
+        elif journal is not None:
             cur = self._release("current")
-            new = journal.get("version")
-            if journal.get("phase") in ("switch", "prune") and cur and cur.get("version") == new:
-                if journal.get("old") and journal["old"] != new and (self.root / "releases" / journal["old"]).is_dir():
-                    _symlink_atomic(self.root / "previous", f"releases/{journal['old']}")
-                mpath = self.root / "releases" / new / MANIFEST_NAME
-                self._finish(json.loads(mpath.read_text(encoding="utf-8")))
+            new = journal.version
+            if journal.phase in ("switch", "prune") and new and cur and not cur.broken and cur.version == new:
+                if journal.old and journal.old != new and (self.root / "releases" / journal.old).is_dir():
+                    _symlink_atomic(self.root / "previous", f"releases/{journal.old}")
+                self._raise_floor(new)
+                self._finish(Manifest.parse((self.root / "releases" / new / MANIFEST_NAME).read_bytes()))
                 status = "finished"
+                notes.append(f"finished the install of {new} (its switch had happened)")
             else:
                 status = "discarded"
-            journal_path.unlink(missing_ok=True)
-        for leftover in (self.root / "releases").glob(".staging-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-            status = "discarded" if status == "clean" else status
-        for tmp in list(self.root.glob(".*.new")) + list(self.root.glob(".*.tmp")):
-            tmp.unlink(missing_ok=True)
-        cur = self._release("current")
-        if cur and cur.get("broken"):
-            prev = self._release("previous")
-            if prev and not prev.get("broken"):
-                _symlink_atomic(self.root / "current", f"releases/{prev['version']}")
-                status = "repaired"
-        cur = self._release("current")
+                notes.append(f"discarded the install of {new or 'a release'} stopped in phase {journal.phase}")
+            self._remove_journal()
+        for leftover in (self.root / "releases").iterdir():
+            if leftover.name.startswith((".staging-", ".old-")):
+                _remove(leftover)
+                if leftover.name.startswith(".staging-") and status == "clean":
+                    status = "discarded"
+                    notes.append(f"removed the half-built slot {leftover.name}")
+        for tmp in [*self.root.glob(".*.new"), *self.root.glob(".*.tmp"), *(self.root / "sites").glob(".*.tmp")]:
+            _remove(tmp)
+        repaired = self._recover_uploads(notes)
+        repaired |= self._recover_links(notes)
+        stored, floor_error = self._floor_file()
+        floor = self.version_floor()
+        if floor and (stored is None or parse_version(stored) < parse_version(floor)):
+            _write_atomic(self.root / FLOOR_NAME, floor + "\n")
+            if floor_error is not None:
+                repaired = True
+                notes.append(f"rewrote version_floor ({floor_error}) as {floor}")
+        elif floor_error is not None:
+            _remove(self.root / FLOOR_NAME)
+            notes.append(f"removed version_floor ({floor_error}); nothing is installed")
+        self._write_launcher()
+        if repaired and status == "clean":
+            status = "repaired"
+        version = self._current_version()
+        for note in notes:
+            self.report(f"recover: {note}")
         if status != "clean":
-            self.report(f"recover: {status} a half-done install; current is {cur['version'] if cur else 'none'}")
-        return {"status": status, "version": cur["version"] if cur else None}
+            self.report(f"recover: {status}; current is {version or 'none'}")
+        return RecoverResult(status=status, version=version, notes=tuple(notes))  # type: ignore[arg-type]
+
+    def _recover_uploads(self, notes: list[str]) -> bool:
+        """Delete corrupt (full-size, wrong sha256) and day-old uploads; True when one was corrupt."""
+        corrupt = False
+        for path, part in self._parts(check=True):
+            if part.corrupt:
+                _remove(path)
+                corrupt = True
+                notes.append(f"deleted a corrupt upload of {part.sha256[:16]} ({part.received:,} bytes that do not hash "
+                             "to its name); the next deploy sends it again")
+            elif part.age_s > STALE_SECONDS:
+                _remove(path)
+        return corrupt
+
+    def _slot_problem(self, version: str) -> str | None:
+        """Why ``releases/<version>`` is not a complete slot (None when every file matches its manifest)."""
+        slot = self.root / "releases" / version
+        try:
+            manifest = Manifest.parse((slot / MANIFEST_NAME).read_bytes())
+        except (OSError, ArchiveError):
+            return "no readable manifest.json"
+        if manifest.release_version != version:
+            return f"its manifest is for version {manifest.release_version}"
+        if not (slot / SIGNATURE_NAME).is_file():
+            return "no manifest.sig"
+        for rel, entry in manifest.files.items():
+            try:
+                if (slot / rel).stat().st_size != entry.size or sha256_file(slot / rel) != entry.sha256:
+                    return f"{rel} does not match its sha256"
+            except OSError:
+                return f"{rel} is missing"
+        return None
+
+    def _recover_links(self, notes: list[str]) -> bool:
+        """Point a missing or broken ``current`` at ``previous`` or the newest complete slot; True when repaired."""
+        cur, prev = self._release("current"), self._release("previous")
+        versions = self.releases()
+        repaired = False
+        if (cur is None and versions) or (cur is not None and cur.broken):
+            why = "missing" if cur is None else f"broken ({cur.slot})"
+            choice = None
+            if prev is not None and prev.version and not prev.broken and self._slot_problem(prev.version) is None:
+                choice = prev.version
+            else:
+                choice = next((v for v in reversed(versions) if _is_version(v) and self._slot_problem(v) is None), None)
+            if choice is None:
+                notes.append(f"current was {why} and no installed release is complete; deploy a release")
+                if cur is not None:
+                    _remove(self.root / "current")
+            else:
+                _symlink_atomic(self.root / "current", f"releases/{choice}")
+                notes.append(f"current was {why}: now releases/{choice}")
+                repaired = True
+            cur = self._release("current")
+        prev = self._release("previous")
+        if prev is not None and (prev.broken or (cur is not None and prev.version == cur.version)):
+            _remove(self.root / "previous")
+            notes.append("removed the link previous (its release is missing or is the current one)")
+        return repaired
 
     def exec_argv(self, args: list[str]) -> tuple[list[str], dict[str, str]]:
-        """argv and environment that run ``edgeseg ARGS`` with the current release's runtime."""
+        """argv and environment that run ``edgeseg ARGS`` with the current release's runtime.
+
+        Raises:
+            InstallError: nothing is installed, or ``current`` is missing or broken.
+        """
         cur = self._release("current")
-        if not cur or cur.get("broken"):
-            raise InstallError(f"nothing is installed under {self.root}; deploy a release first")
-        slot = Path(cur["slot"])
-        manifest = json.loads((slot / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if cur is None or cur.broken:
+            if not self.releases():
+                raise InstallError(f"nothing is installed under {self.root}; deploy a release first")
+            raise InstallError(f"no usable current release under {self.root} (the link 'current' is missing or broken); "
+                               f"run '{self.root}/bin/edgeseg recover'")
+        slot = Path(cur.slot)
+        manifest = Manifest.parse((slot / MANIFEST_NAME).read_bytes())
         env = self._runtime_env(slot, self.site_of(manifest))
         return [sys.executable, "-m", "edgeseg_runtime", *args], env
