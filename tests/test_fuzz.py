@@ -446,7 +446,9 @@ class Env:
         self._count_case()
         watched = [case, self.base.stage]
         inputs: set[str] = set()  # every file the command line names (or lists, for a folder): never to be written
-        for arg in argv_s[1:]:
+        for i, arg in enumerate(argv_s[1:], start=1):
+            if argv_s[i - 1] == "--out":  # the output folder is not an input: existing results there may be replaced
+                continue
             with contextlib.suppress(OSError, ValueError):
                 p = case / arg
                 if p.is_dir():
@@ -924,7 +926,8 @@ def manifest_op(data: st.DataObject, doc: dict, extra: list[tuple[str, bytes]], 
                                            ("backend", "variants"), ("files-key",)]), label="where")
         value = data.draw(st.sampled_from(HOSTILE_STRINGS[:20] + names), label="path value")
         if where == ("runtime", "wheels"):
-            doc.setdefault("runtime", {})["wheels"] = [value] if isinstance(doc.get("runtime"), dict) else None
+            if isinstance(doc.get("runtime"), dict):
+                doc["runtime"]["wheels"] = [value]
         elif where == ("backend", "variants") and isinstance(doc.get("backend"), dict):
             doc["backend"]["variants"] = [{"shape": [256, 256], "net": value}]
         elif where == ("files-key",) and files is not None:

@@ -34,12 +34,14 @@ class Option:
         type: ``int``, ``float``, ``str``, ``bool`` or ``list``.
         low, high: inclusive range of a number (None = open).
         choices: the allowed strings (None = any).
+        items: the type of a list's items.
     """
 
     type: type
     low: Optional[float] = None
     high: Optional[float] = None
     choices: Optional[Tuple[str, ...]] = None
+    items: type = str
 
 
 def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> Optional[str]:
@@ -55,8 +57,8 @@ def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> Optional[s
         return f"{value!r} is outside [{spec.low}, {spec.high}]"
     if spec.choices is not None and value not in spec.choices:
         return f"{str(value)[:40]!r} is not one of {', '.join(spec.choices)}"
-    if kind is list and not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-        return "expected a list of strings or integers"
+    if kind is list and not all(isinstance(v, spec.items) and not isinstance(v, bool) for v in value):
+        return f"expected a list of {spec.items.__name__}"
     return None
 
 

@@ -67,7 +67,8 @@ class TensorRTRunner:
     OPTIONS = {
         "workspace_mb": Option(int, 1, 1 << 20), "dla_core": Option(int, -1, 16), "sparsity": bool,
         "optimization_level": Option(int, 0, 5),
-        "min_shape": list, "opt_shape": list, "max_shape": list, "engine_cache": str,
+        "min_shape": Option(list, items=int), "opt_shape": Option(list, items=int),
+        "max_shape": Option(list, items=int), "engine_cache": str,
     }
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
