@@ -169,7 +169,8 @@ def test_cli_build_int8_with_calibration_folder(tmp_path: Path) -> None:
 @needs_openvino
 def test_openvino_accuracy_control_meets_the_budget(tmp_path: Path) -> None:
     base = edgeseg.load_target("intel")
-    q = base.quantization.model_copy(update={"max_miou_drop": 1.0, "options": {"max_iterations": 1}})
+    # two rounds: on a CPU without VNNI one round ended at a 1.02-point drop, two at 0.96 (measured)
+    q = base.quantization.model_copy(update={"max_miou_drop": 1.0, "options": {"max_iterations": 2}})
     result = edgeseg.build(target=base.model_copy(update={"quantization": q}), precision="int8", out_dir=tmp_path, **QUIET)
     acc = result.manifest["quantization"]["accuracy"]
     assert result.manifest["backend"]["quantizer"] == "nncf.quantize_with_accuracy_control"
