@@ -4,7 +4,7 @@ The host side of :mod:`edgeseg_runtime.install`. ``deploy_device``:
 
 1. opens the archive on the host (tar safety, every sha256; refuses unsigned);
 2. connects (host key checked), pushes the installer (``R/agent``) when its
-   code differs, reads the device's state (:class:`~edgeseg_runtime.device_state.DeviceState`);
+   code differs, reads the device's state (:class:`~edgeseg_runtime.contract.DeviceState`);
 3. refuses before sending a byte when the root is read-only, or the archive's
    target, architecture or signing key does not fit the device, or its
    Ed25519 signature does not verify with the key the *device* trusts (its
@@ -37,7 +37,7 @@ from typing import Any
 import edgeseg_runtime
 from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
 from edgeseg_runtime.contract import Manifest
-from edgeseg_runtime.device_state import DeviceState, InstallResult, RecoverResult, RollbackResult
+from edgeseg_runtime.contract import DeviceState, InstallResult, RecoverResult, RollbackResult
 from edgeseg_runtime.install import part_name
 from edgeseg_runtime.signing import SIGNATURE_NAME
 
@@ -73,7 +73,7 @@ class DeviceResult:
         bytes_sent: payload bytes uploaded (files and resumed parts; not SSH framing).
         bytes_total: payload bytes of a full transfer of the archive.
         error: the one-line reason when ``status`` is ``failed`` or ``problem``.
-        details: the device's answer as JSON (a :mod:`edgeseg_runtime.device_state` record).
+        details: the device's answer as JSON (a :mod:`edgeseg_runtime.contract` record).
     """
 
     device: str

@@ -49,7 +49,7 @@ CHUNK = 64 * 1024
 
 def _paramiko() -> Any:
     try:
-        import fabric
+        import fabric  # noqa: F401  (deploying needs it; checked here)
         import paramiko
     except ImportError:
         raise ToolchainError("deploying over SSH needs fabric and paramiko: pip install 'edgeseg[deploy]'") from None

@@ -4,7 +4,7 @@ The host runs this over SSH (``R/agent`` on ``PYTHONPATH``). Protocol, one
 line each on stdout so the host can stream progress:
 
 * ``. <text>``  a progress line;
-* ``= <json>``  the result (last line; a record of :mod:`edgeseg_runtime.device_state`), exit 0;
+* ``= <json>``  the result (last line; a record of :mod:`edgeseg_runtime.contract`), exit 0;
 * ``! <json>``  ``{"error": "<one line>", "kind": "<exception class>"}``, exit 1 (refused or
   failed) or 2 (could not run: another install holds the lock, an internal error).
 

@@ -97,7 +97,7 @@ from . import __version__
 from .archive import sha256_file
 from .contract import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from .contract import parse_version as _contract_version
-from .device_state import (
+from .contract import (
     DeviceState,
     Health,
     InstallResult,
