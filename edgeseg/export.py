@@ -262,19 +262,34 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
             class count, dtype), or asks for something the graph cannot give.
     """
     onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     g_in = _pick([i for i in graph.input if i.name not in inits], spec.input.name, "input")
     g_out = _pick(list(graph.output), spec.output.name, "output")
-    in_dims, out_dims = tensor_dims(g_in), tensor_dims(g_out)
-    in_type = g_in.type.tensor_type.elem_type
-    out_type = g_out.type.tensor_type.elem_type
+    in_dims, hw_axes = _check_input(g_in, spec)
+    out_dims, channels = _check_output(g_out, spec, with_argmax)
+    taken = {x for n in graph.node for x in (*n.input, *n.output)} | inits
+    for new, old in ((INPUT_NAME, g_in.name), (OUTPUT_NAME, g_out.name)):
+        if new != old and new in taken:
+            raise ConfigError(f"the model already uses the tensor name {new!r} internally; rename it before export")
+    n_dim = in_dims[0]
+    _rewrite_input(graph, g_in, spec, (n_dim, in_dims[hw_axes[0]], in_dims[hw_axes[1]]))
+    graph.output.append(_rewrite_output(graph, g_out, spec, out_dims, channels, n_dim, with_argmax))
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ConversionError(f"the rewritten graph is invalid: {str(exc).splitlines()[0]}") from None
+    return model
 
-    # --- input checks
+
+def _check_input(g_in: Any, spec: ModelSpec) -> tuple[list[Any], tuple[int, int]]:
+    """The input's dims and H/W axes, after checking rank, dtype, channels and size against the spec."""
+    from onnx import TensorProto
+
+    in_dims = tensor_dims(g_in)
+    in_type = g_in.type.tensor_type.elem_type
     if len(in_dims) != 4:
         raise ConfigError(f"model input {g_in.name!r} has shape {in_dims}; a 4-D image tensor is needed")
     if in_type != TensorProto.FLOAT:
@@ -292,8 +307,15 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
         raise ConfigError(f"spec input.size {list(spec.input.size)} but the model takes {model_hw} (H, W)")
     if not static and spec.input.size is None and not spec.input.keep_ratio:
         raise ConfigError("the model has dynamic H/W: set input.size = [H, W] (and keep_ratio) in the spec")
+    return in_dims, hw_axes
 
-    # --- output checks
+
+def _check_output(g_out: Any, spec: ModelSpec, with_argmax: bool) -> tuple[list[Any], Any]:
+    """The output's dims and channel count, after checking them and its dtype against the spec's kind and classes."""
+    from onnx import TensorProto
+
+    out_dims = tensor_dims(g_out)
+    out_type = g_out.type.tensor_type.elem_type
     n_cls = len(spec.output.classes)
     if len(out_dims) != 4:
         raise ConfigError(f"model output {g_out.name!r} has shape {out_dims}; [N, C, H, W] or [N, H, W, C] is needed")
@@ -306,40 +328,50 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
             raise ConfigError(f"spec says output kind 'labels' but {g_out.name!r} is floating point; use logits/probability")
         if channels != 1:
             raise ConfigError(f"labels output must have 1 channel at axis {oc_axis}, model has {channels}")
-    else:
-        if not is_float:
-            raise ConfigError(f"spec says output kind {kind!r} but {g_out.name!r} is an integer tensor; use 'labels'")
-        single = kind == "probability" and channels == 1
-        if single and n_cls != 2:
-            raise ConfigError(f"a 1-channel probability output means 2 classes; the spec lists {n_cls}")
-        if not single and isinstance(channels, int) and channels != n_cls:
-            raise ConfigError(
-                f"model output {g_out.name!r} {out_dims} has {channels} channels at axis {oc_axis} "
-                f"({spec.output.layout}) but the spec lists {n_cls} classes"
-            )
-        if single and spec.output.threshold != 0.5 and not with_argmax:
-            raise ConfigError(
-                f"threshold {spec.output.threshold} differs from 0.5: build with --with-argmax so the threshold is "
-                "folded into the graph (scores [1-p, p] imply 0.5)"
-            )
+        return out_dims, channels
+    if not is_float:
+        raise ConfigError(f"spec says output kind {kind!r} but {g_out.name!r} is an integer tensor; use 'labels'")
+    single = kind == "probability" and channels == 1
+    if single and n_cls != 2:
+        raise ConfigError(f"a 1-channel probability output means 2 classes; the spec lists {n_cls}")
+    if not single and isinstance(channels, int) and channels != n_cls:
+        raise ConfigError(
+            f"model output {g_out.name!r} {out_dims} has {channels} channels at axis {oc_axis} "
+            f"({spec.output.layout}) but the spec lists {n_cls} classes"
+        )
+    if single and spec.output.threshold != 0.5 and not with_argmax:
+        raise ConfigError(
+            f"threshold {spec.output.threshold} differs from 0.5: build with --with-argmax so the threshold is "
+            "folded into the graph (scores [1-p, p] imply 0.5)"
+        )
+    return out_dims, channels
 
-    taken = {x for n in graph.node for x in (*n.input, *n.output)} | inits
-    for new, old in ((INPUT_NAME, g_in.name), (OUTPUT_NAME, g_out.name)):
-        if new != old and new in taken:
-            raise ConfigError(f"the model already uses the tensor name {new!r} internally; rename it before export")
 
-    nodes: list[Any] = []
-    # --- input: NCHW "input"
-    n_dim, h_dim, w_dim = in_dims[0], in_dims[hw_axes[0]], in_dims[hw_axes[1]]
+def _rewrite_input(graph: Any, g_in: Any, spec: ModelSpec, nhw: tuple[Any, Any, Any]) -> None:
+    """Make the graph input ``input``, NCHW (a Transpose in front of an NHWC model)."""
+    from onnx import TensorProto, helper
+
     if spec.input.layout == "NHWC":
+        n_dim, h_dim, w_dim = nhw
         graph.input.remove(g_in)
         graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [n_dim, 3, h_dim, w_dim]))
-        nodes.append(helper.make_node("Transpose", [INPUT_NAME], [g_in.name], name="edgeseg_input_nhwc", perm=[0, 2, 3, 1]))
-        graph.node.insert(0, nodes[-1])
+        graph.node.insert(0, helper.make_node("Transpose", [INPUT_NAME], [g_in.name], name="edgeseg_input_nhwc",
+                                              perm=[0, 2, 3, 1]))
     elif g_in.name != INPUT_NAME:
         _rename(graph, g_in.name, INPUT_NAME)
 
-    # --- output: NCHW scores, or labels
+
+def _rewrite_output(graph: Any, g_out: Any, spec: ModelSpec, out_dims: list[Any], channels: Any, n_dim: Any,
+                    with_argmax: bool) -> Any:
+    """Append the nodes that turn the model's output into ``output`` (NCHW float scores, or int64 labels).
+
+    Returns:
+        The new graph output's value info (the old output is removed).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    out_type = g_out.type.tensor_type.elem_type
+    kind, n_cls = spec.output.kind, len(spec.output.classes)
     graph.output.remove(g_out)
     tail = g_out.name
     if tail == OUTPUT_NAME:  # free the name for the final tensor
@@ -352,36 +384,27 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
     if kind != "labels" and out_type != TensorProto.FLOAT:
         graph.node.append(helper.make_node("Cast", [tail], [f"{tail}_f32"], to=TensorProto.FLOAT))
         tail = f"{tail}_f32"
+    labels = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
+    if kind == "probability" and channels == 1 and with_argmax:
+        thr = numpy_helper.from_array(np.array(spec.output.threshold, dtype=np.float32), "edgeseg_threshold")
+        graph.initializer.append(thr)
+        graph.node.append(helper.make_node("Greater", [tail, thr.name], [f"{tail}_gt"], name="edgeseg_threshold"))
+        graph.node.append(helper.make_node("Cast", [f"{tail}_gt"], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
+        return labels
     if kind == "probability" and channels == 1:
-        if with_argmax:
-            thr = numpy_helper.from_array(np.array(spec.output.threshold, dtype=np.float32), "edgeseg_threshold")
-            graph.initializer.append(thr)
-            graph.node.append(helper.make_node("Greater", [tail, thr.name], [f"{tail}_gt"], name="edgeseg_threshold"))
-            graph.node.append(helper.make_node("Cast", [f"{tail}_gt"], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
-            out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
-        else:
-            one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "edgeseg_one")
-            graph.initializer.append(one)
-            graph.node.append(helper.make_node("Sub", [one.name, tail], [f"{tail}_bg"], name="edgeseg_background"))
-            graph.node.append(
-                helper.make_node("Concat", [f"{tail}_bg", tail], [OUTPUT_NAME], name="edgeseg_two_class", axis=1)
-            )
-            out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, 2, oh, ow])
-    elif kind == "labels":
+        one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "edgeseg_one")
+        graph.initializer.append(one)
+        graph.node.append(helper.make_node("Sub", [one.name, tail], [f"{tail}_bg"], name="edgeseg_background"))
+        graph.node.append(helper.make_node("Concat", [f"{tail}_bg", tail], [OUTPUT_NAME], name="edgeseg_two_class", axis=1))
+        return helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, 2, oh, ow])
+    if kind == "labels":
         graph.node.append(helper.make_node("Cast", [tail], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
-        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
-    elif with_argmax:
+        return labels
+    if with_argmax:
         graph.node.append(helper.make_node("ArgMax", [tail], [OUTPUT_NAME], name="edgeseg_argmax", axis=1, keepdims=1))
-        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.INT64, [n_dim, 1, oh, ow])
-    else:
-        _rename(graph, tail, OUTPUT_NAME)
-        out_info = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, n_cls, oh, ow])
-    graph.output.append(out_info)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ConversionError(f"the rewritten graph is invalid: {str(exc).splitlines()[0]}") from None
-    return model
+        return labels
+    _rename(graph, tail, OUTPUT_NAME)
+    return helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, n_cls, oh, ow])
 
 
 def _fix_input_size(proto: onnx.ModelProto, size: list[int] | tuple[int, int]) -> onnx.ModelProto:
