@@ -42,18 +42,19 @@ import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
-from edgeseg_runtime.contract import Model, PipelineSpec, parse_version
+from edgeseg_runtime.contract import Golden, Model, PipelineSpec, RuntimeInfo, TensorSpec, parse_version
 from edgeseg_runtime.runners import RUNNERS, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
 
 from . import __version__
-from ._progress import Reporter, Steps
+from ._progress import Reporter, Step, Steps
 from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed
 from .backends import Backend, Calibration, ModelFiles, get_backend
 from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
-from .calibration import load_calibration
+from .calibration import CalibrationSet, load_calibration
+from .datasets import Dataset
 from .errors import ArchiveError, ConfigError, ConversionError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
@@ -63,7 +64,7 @@ from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
 from .spec import DATA, DEFAULT_SPEC, ModelSpec, load_spec
 from .targets import Target, load_target
 
-__all__ = ["build", "BuildResult", "DEFAULT_MODEL", "SAMPLE_IMAGES"]
+__all__ = ["build", "plan_build", "BuildPlan", "BuildResult", "DEFAULT_MODEL", "SAMPLE_IMAGES"]
 
 #: the embedded default model (MediaPipe Selfie Segmentation, ONNX)
 DEFAULT_MODEL = DATA / "models" / "selfie_segmentation" / "selfie_segmentation.onnx"
@@ -173,21 +174,123 @@ def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, i
     return shareds, check
 
 
-def _write_golden(ref: Segmentor, images: list[Path], stage: Path, palette: list[list[int]]) -> list[dict[str, str]]:
-    gdir = stage / "golden"
-    gdir.mkdir()
-    entries = []
-    for path in images:
-        rgb = load_image(path)
-        result = ref.segment(rgb)
-        stem = path.stem
-        Image.fromarray(rgb).save(gdir / f"{stem}.png", compress_level=6)
-        np.save(gdir / f"{stem}.output.npy", result.output)
-        save_label_map(result.labels, gdir / f"{stem}.labels.png", palette)
-        entries.append(
-            {"image": f"golden/{stem}.png", "output": f"golden/{stem}.output.npy", "labels": f"golden/{stem}.labels.png"}
-        )
-    return entries
+@dataclass(frozen=True)
+class BuildPlan:
+    """A build's inputs, resolved and checked before any long step (see :func:`plan_build`).
+
+    Attributes:
+        source: ONNX/TorchScript path or ``nn.Module`` (the default model's ONNX when none was given).
+        spec: the model spec (at the model's own size).
+        target: the profile at the build's precision (its tolerance flattened to that precision).
+        backend: the target's host backend.
+        golden: golden image files (distinct stems).
+        evalset: the accuracy gate's evaluation set (fp16/int8), else None.
+        calib: int8 calibration images as given (None = the embedded set).
+        recalibrate: ignore a cached calibration result.
+        with_argmax: fold arg-max into the shared ONNX.
+        version: the release version (checked dotted numbers).
+        sign_key: Ed25519 private key file, or None (unsigned).
+        archive: where the ``.tar.gz`` goes.
+        tool_versions: the backend toolchain's versions; ``reference_version``: ONNX Runtime's.
+    """
+
+    source: Any
+    spec: ModelSpec
+    target: Target
+    backend: Backend
+    golden: tuple[Path, ...]
+    evalset: Dataset | None
+    calib: Sequence[str | Path] | None
+    recalibrate: bool
+    with_argmax: bool
+    version: str
+    sign_key: str | Path | None
+    archive: Path
+    tool_versions: dict[str, str]
+    reference_version: str
+
+
+@dataclass(frozen=True)
+class Exported:
+    """Step 1: the shared fp32 ONNX (one per static-shape variant), its pipeline and model section."""
+
+    shared: SharedModel
+    variants: list[tuple[tuple[int, int], SharedModel]]
+    spec: ModelSpec
+    pipeline: dict[str, Any]
+    model: Model
+    dynamic_check: DynamicCheck | None
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """Step 3 (int8): the calibration set and its manifest section (``quantization.calibration``)."""
+
+    images: CalibrationSet
+    section: dict[str, Any]
+    device_calibration: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Converted:
+    """Step 4: the target's model files (in the stage) and whether the quantization cache answered."""
+
+    files: ModelFiles
+    cache_state: str
+
+
+def plan_build(
+    model: str | Path | Any = None,
+    *,
+    target: str | Path | Target,
+    spec: ModelSpec | str | Path | None = None,
+    spec_overrides: dict[str, Any] | None = None,
+    out_dir: str | Path = "dist",
+    with_argmax: bool = False,
+    golden: Sequence[str | Path] | None = None,
+    precision: str | None = None,
+    calib: Sequence[str | Path] | None = None,
+    calib_count: int | None = None,
+    eval_set: str | Path | None = None,
+    recalibrate: bool = False,
+    release_version: str | None = None,
+    sign_key: str | Path | None = None,
+) -> BuildPlan:
+    """Resolve and check everything :func:`build` needs, so a bad input fails before the long steps.
+
+    Arguments are :func:`build`'s. Raises what :func:`build` raises for bad inputs.
+    """
+    profile = target if isinstance(target, Target) else load_target(target)
+    if precision is not None:  # a precision the backend cannot build is said before a missing tolerance
+        get_backend(profile.model_copy(update={"precision": precision}))
+    tgt = profile.with_precision(precision)
+    if calib_count is not None:
+        tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
+    model_spec = _resolve_spec(model, spec, spec_overrides)
+    backend = get_backend(tgt)
+    tool_versions = backend.versions()
+    reference_version = runner_class("onnxruntime").version()  # the reference needs onnxruntime
+    images = _golden_paths(golden)
+    evalset = load_eval_set(eval_set, images) if tgt.precision != "fp32" else None
+    if tgt.precision == "fp32" and (calib is not None or eval_set is not None):
+        raise ConfigError("--calib/--eval apply to fp16/int8 builds; this build is fp32 (use --precision)")
+    version = release_version or model_spec.version
+    try:
+        parse_version(version)
+    except ArchiveError:
+        raise ConfigError(
+            f"release version {version[:40]!r} must be dotted ASCII numbers like 1.4.0 (at most 8 parts of 9 digits; "
+            "devices compare it for updates): set version in the model spec or pass --release-version"
+        ) from None
+    key = default_sign_key(sign_key)
+    if key is not None:
+        load_private_key(key)  # fail before the long steps, not at the end
+    return BuildPlan(
+        source=DEFAULT_MODEL if model is None else model, spec=model_spec, target=tgt, backend=backend,
+        golden=tuple(images), evalset=evalset, calib=calib, recalibrate=recalibrate, with_argmax=with_argmax,
+        version=version, sign_key=key, archive=Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz",
+        tool_versions=tool_versions, reference_version=reference_version,
+    )
 
 
 def build(
@@ -247,211 +350,299 @@ def build(
         ImageError: a golden, calibration or evaluation image cannot be read.
     """
     t0 = time.perf_counter()
-    profile = target if isinstance(target, Target) else load_target(target)
-    if precision is not None:  # a precision the backend cannot build is said before a missing tolerance
-        get_backend(profile.model_copy(update={"precision": precision}))
-    tgt = profile.with_precision(precision)
-    if calib_count is not None:
-        tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
-    model_spec = _resolve_spec(model, spec, spec_overrides)
-    source = DEFAULT_MODEL if model is None else model
-    backend = get_backend(tgt)
-    tool_versions = backend.versions()
-    ref_version = runner_class("onnxruntime").version()  # the reference needs onnxruntime
-    images = _golden_paths(golden)
-    evalset = load_eval_set(eval_set, images) if tgt.precision != "fp32" else None
-    if tgt.precision == "fp32" and (calib is not None or eval_set is not None):
-        raise ConfigError("--calib/--eval apply to fp16/int8 builds; this build is fp32 (use --precision)")
-    palette = model_spec.output.colours()
-    version = release_version or model_spec.version
-    try:
-        parse_version(version)
-    except ArchiveError:
-        raise ConfigError(
-            f"release version {version[:40]!r} must be dotted ASCII numbers like 1.4.0 (at most 8 parts of 9 digits; "
-            "devices compare it for updates): set version in the model spec or pass --release-version"
-        ) from None
-    sign_key = default_sign_key(sign_key)
-    if sign_key is not None:
-        load_private_key(sign_key)  # fail before the long steps, not at the end
-    archive_path = Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz"
-
+    plan = plan_build(
+        model, target=target, spec=spec, spec_overrides=spec_overrides, out_dir=out_dir, with_argmax=with_argmax,
+        golden=golden, precision=precision, calib=calib, calib_count=calib_count, eval_set=eval_set,
+        recalibrate=recalibrate, release_version=release_version, sign_key=sign_key,
+    )
+    tgt = plan.target
     with tempfile.TemporaryDirectory(prefix="edgeseg-build-") as tmp, Steps(report) as steps, ExitStack() as stack:
         work = Path(tmp)
-        stage = work / "stage"
-        stage.mkdir()
         with steps.step("export shared fp32 ONNX") as step:
-            shapes = _variant_shapes(tgt, backend)
-            shareds, dynamic_check = _export(source, model_spec, tgt, shapes, work, with_argmax)
-            shared = shareds[0]  # the primary (first listed) size
-            model_spec = spec_at(model_spec, shapes[0] if shapes else None)
-            pipeline = make_pipeline(model_spec, shared)
-            check_pipeline(pipeline, shared, model_spec)
-            step.detail = f"input {shared.input_shape} -> output {shared.output_shape} {shared.output_dtype}"
-            if len(shareds) > 1:
-                step.detail += f"; static variants {', '.join(f'{h}x{w}' for h, w in shapes)}"
-            if dynamic_check is not None:
-                step.detail += f"; {dynamic_check.message() if tgt.input.dynamic else dynamic_check.summary()}"
-        variants = [(tuple(s), sh) for s, sh in zip(shapes, shareds, strict=True)] if len(shareds) > 1 else []
-
-        model_section = {
-            "name": model_spec.name,
-            "version": model_spec.version,
-            "description": model_spec.description,
-            "license": model_spec.license,
-            "classes": list(model_spec.output.classes),
-            "palette": palette,
-            "input": {"name": "input", "shape": shared.input_shape, "dtype": "float32", "layout": "NCHW",
-                      **({"variants": [list(v) for v, _ in variants]} if variants else {})},
-            "output": {
-                "name": "output",
-                "shape": shared.output_shape,
-                "dtype": shared.output_dtype,
-                "layout": "NCHW",
-                "kind": "scores" if shared.output_dtype == "float32" else "labels",
-            },
-            "with_argmax": shared.output_dtype != "float32",
-        }
-        target_section = tgt.manifest_dict()
-
+            exported = export_step(plan, work / "export")
+            step.detail = _export_detail(exported, tgt)
         with steps.step("reference run (ONNX Runtime fp32)") as step:
-            ref = stack.enter_context(_reference(model_section, pipeline, shared, variants))
-            golden_entries = _write_golden(ref, images, stage, palette)
-            step.detail = f"{len(images)} golden images"
-
-        quant_section: dict[str, Any] = {}
-        cset = None
+            ref = stack.enter_context(_reference(exported))
+            golden_entries = golden_step(ref, plan.golden, exported.model, work / "golden")
+            step.detail = f"{len(golden_entries)} golden images"
+        calibrated = None
         if tgt.precision == "int8":
-            assert evalset is not None
             with steps.step("calibration set") as step:
-                cset = load_calibration(
-                    calib, pipeline, shared.input_shape, count=tgt.quantization.calib_count,
-                    seed=tgt.quantization.seed, exclude=evalset.images,
-                )
-                quant_section["calibration"] = {
-                    "source": "edgeseg default set" if calib is None else ", ".join(str(c) for c in calib),
-                    "images": [p.name for p in cset.images],
-                    "count": len(cset),
-                    "requested": cset.requested,
-                    "seed": tgt.quantization.seed,
-                    "method": tgt.quantization.calibration_method,
-                    "sha256": cset.digest,
-                }
-                step.detail = f"{len(cset)} images ({quant_section['calibration']['source']}), sha256 {cset.digest[:12]}"
-                if getattr(backend, "device_calibration", False):  # calibrated on the device (TensorRT)
-                    (stage / "calibration").mkdir()
-                    quant_section["device_calibration"] = cset.save_compact(stage / "calibration" / "calibration.npz")
-
+                calibrated = calibration_step(plan, exported, work / "calibration")
+                step.detail = (f"{len(calibrated.images)} images ({calibrated.section['source']}), "
+                               f"sha256 {calibrated.images.digest[:12]}")
         with steps.step(f"convert ({tgt.backend} {tgt.precision})") as step:
-            calibration = None
-            if cset is not None:
-                assert evalset is not None
-                # evaluation inputs and fp32 labels, for accuracy-controlled quantizers (only they read them)
-                validation = (
-                    tuple(_validation_pair(ref, p) for p in evalset.images) if tgt.quantization.max_miou_drop is not None else ()
-                )
-                calibration = Calibration(cset, validation, len(model_spec.output.classes), step)
-            if variants:
-                files, cache_state = _convert_variants(backend, tgt, variants, stage, tool_versions, model_spec), ""
-            else:
-                files, cache_state = _convert(backend, tgt, shared, stage, calibration, recalibrate, tool_versions, model_spec)
-            step.detail = ", ".join(files.files) + (f" (calibration cache {cache_state})" if cache_state else "")
-
-        requirement, runtime_reqs = _requirements(tgt)
-        fallback = _fallback(tgt, files, shared, stage)
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "release": {"version": version},
-            "model": model_section,
-            "target": target_section,
-            "backend": {
-                "name": tgt.backend, "net": files.net, "weights": files.weights, "requirement": requirement,
-                **files.details, **({"fallback": fallback} if fallback else {}),
-            },
-            "golden": golden_entries,
-            "runtime": {"version": edgeseg_runtime.__version__, "requirements": runtime_reqs},
-            "toolchain": {
-                "edgeseg": __version__,
-                "onnx": _version_of("onnx"),
-                "onnxruntime (reference)": ref_version,
-                "numpy": np.__version__,
-                "pillow": Image.__version__,
-                "python": platform.python_version(),
-                **tool_versions,
-            },
-            "provenance": {
-                "source": Path(source).name if isinstance(source, (str, Path)) else type(source).__name__,
-                "source_sha256": shared.source_sha256,
-                "shared_onnx_sha256": shared.sha256,
-                "opset": shared.opset,
-                **({"exporter": shared.exporter} if shared.exporter else {}),
-                "with_argmax": with_argmax,
-                "dynamic": tgt.input.dynamic,
-                **({"dynamic_export_check": dynamic_check.to_dict()} if dynamic_check is not None else {}),
-            },
-        }
-        (stage / "pipeline.json").write_text(_dumps(pipeline), encoding="utf-8")
-        (stage / "deploy.json").write_text(
-            _dumps(make_deploy(model_spec, tgt, files.net, files.weights, tgt.input.dynamic)), encoding="utf-8"
-        )
-        (stage / "detail.json").write_text(_dumps(make_detail(model_spec, tgt, shared)), encoding="utf-8")
-        for extra in ("LICENSE", "NOTICE"):
-            src = Path(source).parent / extra if isinstance(source, (str, Path)) else None
-            if src is not None and src.is_file():
-                shutil.copyfile(src, stage / f"MODEL_{extra}")
-        copy_runtime(stage / "runtime", edgeseg_runtime.__version__, runtime_reqs)
-        if tgt.platform.offline:
-            with steps.step("offline wheels for the device") as step:
-                wheels = fetch_wheels(runtime_reqs, tgt, stage / "wheels")
-                manifest["runtime"]["wheels"] = [w.name for w in wheels]
-                step.detail = f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB"
-
+            converted = convert_step(plan, exported, calibrated, ref, work / "model", step)
+            step.detail = ", ".join(converted.files.files) + (
+                f" (calibration cache {converted.cache_state})" if converted.cache_state else "")
+        stage = work / "stage"
+        draft = stage_step(plan, exported, golden_entries, calibrated, converted, [work / "golden", work / "model",
+                                                                                  work / "calibration"], stage, steps)
         pending = _not_runnable(tgt.backend)
-        write_manifest(stage, manifest)  # provisional (no gate or check results yet): opened like any archive
-        staged = stack.enter_context(Archive.open(stage))
+        staged = stack.enter_context(Archive.open(stage))  # the stage opened like any archive (provisional manifest)
         candidate = stack.enter_context(Segmentor(staged)) if not pending else None
+        quantization = None
         accuracy: AccuracyReport | None = None
-        if evalset is not None:
+        if plan.evalset is not None:
             with steps.step(f"accuracy gate ({tgt.precision} vs fp32)") as step:
-                if candidate is not None:
-                    accuracy = evaluate(
-                        ref, candidate, evalset, precision=tgt.precision, classes=list(model_spec.output.classes),
-                        budget=tgt.quantization.budget(), step=step,
-                    )
-                    quant_section["accuracy"] = accuracy.to_dict()
-                    step.detail = accuracy.verdict()
-                    raise_if_failed(accuracy, tgt.name)
-                else:
-                    quant_section["accuracy"] = {"passed": None, "verdict": pending}
-                    step.detail = quant_section["accuracy"]["verdict"]
-            manifest["quantization"] = quant_section
-
-        check: VerifyReport | None = None
+                accuracy = gate_step(plan, ref, candidate, step)
+                quantization = _quantization_section(calibrated, accuracy, pending)
+                step.detail = quantization["accuracy"]["verdict"]
         with steps.step("golden check of the converted model") as step:
-            if candidate is not None:
-                check = verify_archive(staged, candidate, label=archive_path.name)
-                manifest["build_check"] = {
-                    "passed": check.passed,
-                    "verdict": check.verdict(),
-                    "images": [vars(c) for c in check.images],
-                }
-                step.detail = check.verdict()
-                if not check.passed:
-                    raise VerifyError(f"build stopped, no archive written: {check.verdict()}")
-            else:
-                manifest["build_check"] = {"passed": None, "verdict": pending}
-                step.detail = manifest["build_check"]["verdict"]
-
+            check = check_step(staged, candidate, plan.archive.name)
+            build_check = _check_section(check, pending)
+            step.detail = build_check["verdict"]
         with steps.step("bundle") as step:
-            manifest = write_manifest(stage, manifest)
-            signed = f"signed by key {sign_stage(stage, sign_key)}" if sign_key is not None else "UNSIGNED"
-            pack(stage, archive_path)
-            step.detail = (
-                f"{archive_path} ({archive_path.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files, {signed})"
-            )
+            manifest, signed = bundle_step(plan, stage, {**draft, **({"quantization": quantization} if quantization
+                                                                     is not None else {}), "build_check": build_check})
+            step.detail = (f"{plan.archive} ({plan.archive.stat().st_size / 1e3:.0f} kB, {len(manifest['files'])} files, "
+                           f"{signed})")
     if report is not None:
         report(f"built in {time.perf_counter() - t0:.1f} s")
-    return BuildResult(archive=archive_path, manifest=manifest, check=check, accuracy=accuracy, calibration_cache=cache_state)
+    return BuildResult(archive=plan.archive, manifest=manifest, check=check, accuracy=accuracy,
+                       calibration_cache=converted.cache_state)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def export_step(plan: BuildPlan, out: Path) -> Exported:
+    """Step 1: the shared fp32 ONNX into ``out`` (one per static variant), checked against the spec.
+
+    Raises:
+        ConfigError: the spec contradicts the graph, or variants the model cannot give.
+        ConversionError: the export failed, or a dynamic export is wrong at a second size.
+    """
+    tgt = plan.target
+    shapes = _variant_shapes(tgt, plan.backend)
+    shareds, dynamic_check = _export(plan.source, plan.spec, tgt, shapes, out, plan.with_argmax)
+    shared = shareds[0]  # the primary (first listed) size
+    spec = spec_at(plan.spec, shapes[0] if shapes else None)
+    pipeline = make_pipeline(spec, shared)
+    check_pipeline(pipeline, shared, spec)
+    variants = [(s, sh) for s, sh in zip(shapes, shareds)] if len(shareds) > 1 else []
+    model = Model(
+        name=spec.name, version=spec.version, description=spec.description, license=spec.license,
+        classes=tuple(spec.output.classes), palette=tuple(tuple(rgb) for rgb in spec.output.colours()),  # type: ignore[misc]
+        input=TensorSpec("input", tuple(shared.input_shape), "float32", "NCHW"),
+        output=TensorSpec("output", tuple(shared.output_shape), shared.output_dtype, "NCHW",
+                          "scores" if shared.output_dtype == "float32" else "labels"),
+        with_argmax=shared.output_dtype != "float32", variants=tuple(s for s, _ in variants),
+    )
+    return Exported(shared, variants, spec, pipeline, model, dynamic_check)
+
+
+def _export_detail(exported: Exported, tgt: Target) -> str:
+    shared = exported.shared
+    detail = f"input {shared.input_shape} -> output {shared.output_shape} {shared.output_dtype}"
+    if exported.variants:
+        detail += f"; static variants {', '.join(f'{h}x{w}' for (h, w), _ in exported.variants)}"
+    if exported.dynamic_check is not None:
+        check = exported.dynamic_check
+        detail += f"; {check.message() if tgt.input.dynamic else check.summary()}"
+    return detail
+
+
+def golden_step(ref: Segmentor, images: Sequence[Path], model: Model, out: Path) -> tuple[Golden, ...]:
+    """Step 2: the golden images and the fp32 reference's outputs and label maps, into ``out/golden``."""
+    gdir = out / "golden"
+    gdir.mkdir(parents=True)
+    palette = [list(rgb) for rgb in model.palette]
+    entries = []
+    for path in images:
+        rgb = load_image(path)
+        result = ref.segment(rgb)
+        stem = path.stem
+        Image.fromarray(rgb).save(gdir / f"{stem}.png", compress_level=6)
+        np.save(gdir / f"{stem}.output.npy", result.output)
+        save_label_map(result.labels, gdir / f"{stem}.labels.png", palette)
+        entries.append(Golden(f"golden/{stem}.png", f"golden/{stem}.output.npy", f"golden/{stem}.labels.png"))
+    return tuple(entries)
+
+
+def calibration_step(plan: BuildPlan, exported: Exported, out: Path) -> Calibrated:
+    """Step 3 (int8): the calibration set through the archive's own pre-processing, held apart from evaluation.
+
+    Backends that calibrate on the device (TensorRT) get the resized images in
+    ``out/calibration/calibration.npz``.
+    """
+    assert plan.evalset is not None
+    q = plan.target.quantization
+    cset = load_calibration(plan.calib, exported.pipeline, exported.shared.input_shape, count=q.calib_count,
+                            seed=q.seed, exclude=plan.evalset.images)
+    section = {
+        "source": "edgeseg default set" if plan.calib is None else ", ".join(str(c) for c in plan.calib),
+        "images": [p.name for p in cset.images],
+        "count": len(cset),
+        "requested": cset.requested,
+        "seed": q.seed,
+        "method": q.calibration_method,
+        "sha256": cset.digest,
+    }
+    device = None
+    if getattr(plan.backend, "device_calibration", False):  # calibrated on the device (TensorRT)
+        (out / "calibration").mkdir(parents=True)
+        device = cset.save_compact(out / "calibration" / "calibration.npz")
+    return Calibrated(cset, section, device)
+
+
+def convert_step(plan: BuildPlan, exported: Exported, calibrated: Calibrated | None, ref: Segmentor, out: Path,
+                 step: Step) -> Converted:
+    """Step 4: the target's model files into ``out`` (int8 through the quantization cache)."""
+    tgt = plan.target
+    out.mkdir(parents=True)
+    calibration = None
+    if calibrated is not None:
+        assert plan.evalset is not None
+        # evaluation inputs and fp32 labels, for accuracy-controlled quantizers (only they read them)
+        validation = (
+            tuple(_validation_pair(ref, p) for p in plan.evalset.images) if tgt.quantization.max_miou_drop is not None else ()
+        )
+        calibration = Calibration(calibrated.images, validation, len(exported.spec.output.classes), step)
+    if exported.variants:
+        return Converted(_convert_variants(plan.backend, tgt, exported.variants, out, plan.tool_versions, exported.spec), "")
+    files, state = _convert(plan.backend, tgt, exported.shared, out, calibration, plan.recalibrate, plan.tool_versions,
+                            exported.spec)
+    return Converted(files, state)
+
+
+def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], calibrated: Calibrated | None,
+               converted: Converted, parts: list[Path], stage: Path, steps: Steps) -> dict[str, Any]:
+    """Step 5: the archive folder: the steps' files, pipeline/deploy/detail, licences, runtime, wheels, and a
+    provisional ``manifest.json`` (no gate or check results yet) so the stage opens like any archive.
+
+    Returns:
+        The manifest document without ``files``, ``quantization`` and ``build_check``.
+    """
+    tgt, spec, files = plan.target, exported.spec, converted.files
+    stage.mkdir()
+    for part in parts:
+        if part.is_dir():
+            shutil.copytree(part, stage, dirs_exist_ok=True)
+    requirement, runtime_reqs = _requirements(tgt)
+    backend = {"name": tgt.backend, "net": files.net, "weights": files.weights, "requirement": requirement,
+               **files.details}
+    fallback = _fallback(tgt, files, exported.shared, stage)
+    if fallback:
+        backend["fallback"] = fallback
+    (stage / "pipeline.json").write_text(_dumps(exported.pipeline), encoding="utf-8")
+    (stage / "deploy.json").write_text(
+        _dumps(make_deploy(spec, tgt, files.net, files.weights, tgt.input.dynamic)), encoding="utf-8")
+    (stage / "detail.json").write_text(_dumps(make_detail(spec, tgt, exported.shared)), encoding="utf-8")
+    for extra in ("LICENSE", "NOTICE"):
+        src = Path(plan.source).parent / extra if isinstance(plan.source, (str, Path)) else None
+        if src is not None and src.is_file():
+            shutil.copyfile(src, stage / f"MODEL_{extra}")
+    copy_runtime(stage / "runtime", edgeseg_runtime.__version__, runtime_reqs)
+    wheels: tuple[str, ...] = ()
+    if tgt.platform.offline:
+        with steps.step("offline wheels for the device") as step:
+            paths = fetch_wheels(runtime_reqs, tgt, stage / "wheels")
+            wheels = tuple(w.name for w in paths)
+            step.detail = f"{len(paths)} wheels, {sum(w.stat().st_size for w in paths) / 1e6:.1f} MB"
+    draft = {
+        "schema_version": SCHEMA_VERSION,
+        "release": {"version": plan.version},
+        "model": exported.model.to_doc(),
+        "target": tgt.manifest_dict(),
+        "backend": backend,
+        "golden": [g.to_doc() for g in golden],
+        "runtime": RuntimeInfo(edgeseg_runtime.__version__, tuple(runtime_reqs), wheels).to_doc(),
+        "toolchain": _toolchain(plan),
+        "provenance": _provenance(plan, exported),
+        **({"quantization": {"device_calibration": calibrated.device_calibration}}
+           if calibrated is not None and calibrated.device_calibration is not None else {}),
+    }
+    write_manifest(stage, draft)
+    return draft
+
+
+def gate_step(plan: BuildPlan, ref: Segmentor, candidate: Segmentor | None, step: Step) -> AccuracyReport | None:
+    """Step 6 (fp16/int8): the converted model against the fp32 reference on the evaluation set.
+
+    Returns:
+        The report, or None when the backend cannot run on this host (the gate is pending).
+
+    Raises:
+        AccuracyError: the profile's budget is missed (no archive is written).
+    """
+    if candidate is None:
+        return None
+    assert plan.evalset is not None
+    tgt = plan.target
+    accuracy = evaluate(ref, candidate, plan.evalset, precision=tgt.precision, classes=list(plan.spec.output.classes),
+                        budget=tgt.quantization.budget(), step=step)
+    raise_if_failed(accuracy, tgt.name)
+    return accuracy
+
+
+def check_step(staged: Archive, candidate: Segmentor | None, label: str) -> VerifyReport | None:
+    """Step 7: the converted model through the runtime on the golden images, within the target's tolerances.
+
+    Returns:
+        The report, or None when the backend cannot run on this host (the check is pending).
+
+    Raises:
+        VerifyError: the tolerance is missed (no archive is written).
+    """
+    if candidate is None:
+        return None
+    check = verify_archive(staged, candidate, label=label)
+    if not check.passed:
+        raise VerifyError(f"build stopped, no archive written: {check.verdict()}")
+    return check
+
+
+def bundle_step(plan: BuildPlan, stage: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Step 8: the final ``manifest.json``, its signature, and the deterministic ``.tar.gz``.
+
+    Returns:
+        The manifest as written, and "signed by key K" or "UNSIGNED".
+    """
+    written = write_manifest(stage, manifest)
+    signed = f"signed by key {sign_stage(stage, plan.sign_key)}" if plan.sign_key is not None else "UNSIGNED"
+    pack(stage, plan.archive)
+    return written, signed
+
+
+def _quantization_section(calibrated: Calibrated | None, accuracy: AccuracyReport | None, pending: str) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    if calibrated is not None:
+        section["calibration"] = calibrated.section
+        if calibrated.device_calibration is not None:
+            section["device_calibration"] = calibrated.device_calibration
+    section["accuracy"] = accuracy.to_dict() if accuracy is not None else {"passed": None, "verdict": pending}
+    return section
+
+
+def _check_section(check: VerifyReport | None, pending: str) -> dict[str, Any]:
+    if check is None:
+        return {"passed": None, "verdict": pending}
+    return {"passed": check.passed, "verdict": check.verdict(), "images": [vars(c) for c in check.images]}
+
+
+def _toolchain(plan: BuildPlan) -> dict[str, str]:
+    return {
+        "edgeseg": __version__,
+        "onnx": _version_of("onnx"),
+        "onnxruntime (reference)": plan.reference_version,
+        "numpy": np.__version__,
+        "pillow": Image.__version__,
+        "python": platform.python_version(),
+        **plan.tool_versions,
+    }
+
+
+def _provenance(plan: BuildPlan, exported: Exported) -> dict[str, Any]:
+    shared, source = exported.shared, plan.source
+    return {
+        "source": Path(source).name if isinstance(source, (str, Path)) else type(source).__name__,
+        "source_sha256": shared.source_sha256,
+        "shared_onnx_sha256": shared.sha256,
+        "opset": shared.opset,
+        **({"exporter": shared.exporter} if shared.exporter else {}),
+        "with_argmax": plan.with_argmax,
+        "dynamic": plan.target.input.dynamic,
+        **({"dynamic_export_check": exported.dynamic_check.to_dict()} if exported.dynamic_check is not None else {}),
+    }
 
 
 def _requirements(tgt: Target) -> tuple[str, list[str]]:
@@ -490,19 +681,16 @@ def _fallback(tgt: Target, files: ModelFiles, shared: SharedModel, stage: Path) 
             "requirement": runner_class("onnxruntime").requirement}
 
 
-def _reference(model_section: dict[str, Any], pipeline: dict[str, Any], shared: SharedModel,
-               variants: list[tuple[tuple[int, ...], SharedModel]]) -> Segmentor:
+def _reference(exported: Exported) -> Segmentor:
     """The fp32 ONNX Runtime reference: the shared ONNX (and its static variants) behind the archive's own pipeline."""
     from edgeseg_runtime.runners.onnxruntime import OnnxRuntimeRunner
 
-    model = Model.from_doc(model_section)
-    spec = PipelineSpec.from_doc(pipeline)
     runners: dict[Any, Any] = {}
-    for (h, w), variant in variants:
+    for (h, w), variant in exported.variants:
         runners[(h, w)] = OnnxRuntimeRunner(variant.path.parent, {"net": variant.path.name}, {})
     if not runners:
-        runners[None] = OnnxRuntimeRunner(shared.path.parent, {"net": shared.path.name}, {})
-    return Segmentor.from_parts(model, spec, runners)
+        runners[None] = OnnxRuntimeRunner(exported.shared.path.parent, {"net": exported.shared.path.name}, {})
+    return Segmentor.from_parts(exported.model, PipelineSpec.from_doc(exported.pipeline), runners)
 
 
 def _not_runnable(backend: str) -> str:

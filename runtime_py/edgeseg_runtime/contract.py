@@ -374,6 +374,13 @@ class TensorSpec:
     layout: str
     kind: Optional[str] = None
 
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest's JSON form (inverse of parsing)."""
+        doc: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+        if self.kind is not None:
+            doc["kind"] = self.kind
+        return doc
+
     @property
     def static_hw(self) -> Optional[Tuple[int, int]]:
         """``(H, W)`` when both spatial dims are fixed integers, else None."""
@@ -395,6 +402,15 @@ class Model:
     output: TensorSpec
     with_argmax: bool
     variants: Tuple[Tuple[int, int], ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest's ``model`` section (inverse of :meth:`from_doc`)."""
+        inp = self.input.to_doc()
+        if self.variants:
+            inp["variants"] = [list(v) for v in self.variants]
+        return {"name": self.name, "version": self.version, "description": self.description, "license": self.license,
+                "classes": list(self.classes), "palette": [list(rgb) for rgb in self.palette], "input": inp,
+                "output": self.output.to_doc(), "with_argmax": self.with_argmax}
 
     @classmethod
     def from_doc(cls, value: Any, source: str = MANIFEST_NAME) -> Model:
@@ -480,6 +496,10 @@ class Golden:
     output: str
     labels: str
 
+    def to_doc(self) -> dict[str, str]:
+        """The manifest's JSON form of one ``golden`` entry."""
+        return {"image": self.image, "output": self.output, "labels": self.labels}
+
 
 @dataclass(frozen=True)
 class RuntimeInfo:
@@ -488,6 +508,13 @@ class RuntimeInfo:
     version: str
     requirements: Tuple[str, ...]
     wheels: Tuple[str, ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest's ``runtime`` section."""
+        doc: dict[str, Any] = {"version": self.version, "requirements": list(self.requirements)}
+        if self.wheels:
+            doc["wheels"] = list(self.wheels)
+        return doc
 
 
 _BACKENDS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite")
