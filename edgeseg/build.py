@@ -43,7 +43,7 @@ from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
 from edgeseg_runtime.contract import Golden, Model, PipelineSpec, RuntimeInfo, TensorSpec, parse_version
-from edgeseg_runtime.runners import RUNNERS, runner_class
+from edgeseg_runtime.runners import REGISTRY, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
 
@@ -130,7 +130,8 @@ def _variant_shapes(tgt: Target, backend: Backend) -> list[tuple[int, int]]:
     if len(shapes) > 1:
         why = ("int8 (one calibration per variant)" if tgt.precision == "int8" else
                "a fallback_backend" if tgt.fallback_backend else
-               "an engine built on the device (use a dynamic model and min/opt/max shapes)" if backend.build_on == "device"
+               "an engine built on the device (use a dynamic model and min/opt/max shapes)"
+               if backend.capabilities.build_on == "device"
                else "")
         if why:
             raise ConfigError(f"target {tgt.name!r}: several input.shapes (static variants) with {why} are not "
@@ -478,7 +479,7 @@ def calibration_step(plan: BuildPlan, exported: Exported, out: Path) -> Calibrat
         "sha256": cset.digest,
     }
     device = None
-    if getattr(plan.backend, "device_calibration", False):  # calibrated on the device (TensorRT)
+    if plan.backend.capabilities.device_calibration:  # calibrated on the device (TensorRT)
         (out / "calibration").mkdir(parents=True)
         device = cset.save_compact(out / "calibration" / "calibration.npz")
     return Calibrated(cset, section, device)
@@ -651,11 +652,11 @@ def _requirements(tgt: Target) -> tuple[str, list[str]]:
     A backend the device's system provides (TensorRT from JetPack) is named but not pip-installed.
     """
     base = ["numpy>=1.24", "pillow>=10.0"]
-    if tgt.backend not in RUNNERS:
+    if tgt.backend not in REGISTRY:
         return tgt.backend, [*base, tgt.backend]
     runner = runner_class(tgt.backend)
-    system = getattr(runner, "system_requirement", "")
-    reqs = base if system else [*base, runner.requirement, *getattr(runner, "constraints", ())]
+    system = runner.system_requirement
+    reqs = base if system else [*base, runner.requirement, *runner.constraints]
     if tgt.fallback_backend:
         reqs = [*reqs, runner_class(tgt.fallback_backend).requirement]
     return system or runner.requirement, reqs
@@ -719,9 +720,8 @@ def _convert(
     spec: ModelSpec | None = None,
 ) -> tuple[ModelFiles, str]:
     """Run the backend; for int8, through the quantization cache. Returns the files and "hit"/"miss"/""."""
-    extra = {"spec": spec} if getattr(backend, "wants_spec", False) else {}
     if calibration is None:
-        return backend.convert(shared.path, tgt, stage, **extra), ""
+        return backend.convert(shared.path, tgt, stage, spec=spec), ""
     q = tgt.quantization
     parts = {
         "shared_onnx_sha256": shared.sha256,
@@ -737,7 +737,7 @@ def _convert(
     cached = None if recalibrate else cache.fetch(key, stage)
     if cached is not None:
         return cached, "hit"
-    files = backend.convert(shared.path, tgt, stage, calibration, **extra)
+    files = backend.convert(shared.path, tgt, stage, calibration, spec=spec)
     cache.store(key, stage, files, parts)
     return files, "miss"
 

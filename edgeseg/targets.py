@@ -37,6 +37,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from edgeseg_runtime.runners import BACKEND_NAMES, option_error, runner_class
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from ._profiles import find_profile, list_profiles
@@ -45,19 +46,20 @@ from .errors import ConfigError
 
 __all__ = [
     "BACKENDS",
-    "Target",
-    "Platform",
-    "Tolerance",
-    "Limits",
-    "Quantization",
-    "InputShapes",
     "Deploy",
-    "load_target",
+    "InputShapes",
+    "Limits",
+    "Platform",
+    "Quantization",
+    "Target",
+    "Tolerance",
     "list_targets",
+    "load_target",
 ]
 
-#: every backend a profile may name (implemented or planned)
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite")
+#: every backend a profile may name: the runtime registry's names (the old name of the tuple)
+BACKENDS = BACKEND_NAMES
+BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Shape = tuple[PositiveInt, PositiveInt]
@@ -133,10 +135,10 @@ class Target(Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
-    backend: Literal["onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite"]
+    backend: BackendName
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     build_on: Literal["host", "device"] = "host"
-    fallback_backend: Literal["onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite"] | None = None
+    fallback_backend: BackendName | None = None
     input: InputShapes = InputShapes()
     platform: Platform
     tolerance: Tolerance
@@ -180,16 +182,19 @@ class Target(Strict):
         return self.model_copy(update={"precision": precision, "tolerance": flat})
 
 
+def _check_options(options: dict[str, Any], backend: str, where: str) -> None:
+    """``[backend_options]`` / ``fallback_options`` against the runner's declared options; ConfigError names the key."""
+    allowed = runner_class(backend).OPTIONS
+    for key, value in options.items():
+        why = option_error(key, value, allowed)
+        if why is not None:
+            raise ConfigError(f"{where}.{key}: {why}")
+
+
 def _check_backend_options(target: Target, source: str) -> None:
-    from edgeseg_runtime.runners import RUNNERS, runner_class
-
-    if target.backend not in RUNNERS:
-        return  # backend not implemented yet: build says so; nothing to check against
-    from .backends import check_option_types
-
-    check_option_types(target.backend_options, runner_class(target.backend).OPTIONS, f"{source}: backend_options")
-    if target.fallback_backend in RUNNERS:
-        check_option_types(target.fallback_options, runner_class(target.fallback_backend).OPTIONS, f"{source}: fallback_options")
+    _check_options(target.backend_options, target.backend, f"{source}: backend_options")
+    if target.fallback_backend is not None:
+        _check_options(target.fallback_options, target.fallback_backend, f"{source}: fallback_options")
 
 
 def load_target(name_or_path: str | Path) -> Target:

@@ -38,16 +38,20 @@ import logging
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
+from edgeseg_runtime.runners import Option
+from edgeseg_runtime.runners.coreml import DEPLOYMENT_TARGETS
+
+from ..errors import ConfigError, ConversionError, ToolchainError
 from ..spec import ModelSpec
 from ..targets import Target
-from . import Calibration, ModelFiles, static_input_shape
+from . import BaseBackend, Calibration, Capabilities, ModelFiles, static_input_shape, translate_errors
 from .onnx_torch import import_onnx2torch, onnx_to_torch
 
 NET = "end2end.mlpackage"
-TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+#: the ML Program deployment targets (the runner's ``deployment_target`` choices)
+TARGETS = DEPLOYMENT_TARGETS
 
 
 @contextlib.contextmanager
@@ -90,10 +94,8 @@ _DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"
 
 def describe_package(ct: Any, package: Path) -> dict[str, list[dict[str, Any]]]:
     """Inputs and outputs of a package's spec: name, kind (tensor | image), shape, dtype. Raises ConversionError."""
-    try:
+    with translate_errors("the CoreML package does not load"):
         spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
-    except Exception as exc:  # coremltools raises assorted errors
-        raise ConversionError(f"the CoreML package does not load: {str(exc).splitlines()[0]}") from None
 
     def feature(f: Any) -> dict[str, Any]:
         kind = f.type.WhichOneof("Type")
@@ -137,15 +139,17 @@ def validate_package(ct: Any, package: Path, input_shape: list[int], output_shap
     return {"passed": True, **desc}
 
 
-class CoreMLBackend:
-    name: ClassVar[str] = "coreml"
-    extra: ClassVar[str] = "coreml"
-    build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
-    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax", "entropy", "percentile"})  # weight-only: unused
-    quant_options: ClassVar[dict[str, type]] = {"weight_compression": str, "nbits": int}
-    #: convert() takes the model spec (image inputs fold its mean/std into the model)
-    wants_spec: ClassVar[bool] = True
+class CoreMLBackend(BaseBackend):
+    name = "coreml"
+    extra = "coreml"
+    #: weight-only int8: the calibration methods are accepted and unused; convert() reads spec= (image inputs)
+    capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
+                                calibration_methods=frozenset({"minmax", "entropy", "percentile"}), wants_spec=True)
+    quant_options: ClassVar[dict[str, Option]] = {
+        "weight_compression": Option(str, choices=("linear", "palettize"), default="linear",
+                                     doc="int8 weights: linear (per channel) or k-means palettization"),
+        "nbits": Option(int, 1, 8, default=8, doc="palettize: bits per weight"),
+    }
 
     def versions(self) -> dict[str, str]:
         ct = _ct()
@@ -154,10 +158,8 @@ class CoreMLBackend:
 
         return {"coremltools": ct.__version__, "onnx2torch": getattr(o2t, "__version__", "installed"), "torch": torch.__version__}
 
-    def convert(
-        self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None,
-        spec: ModelSpec | None = None,
-    ) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Convert to ``end2end.mlpackage`` and validate it (see module doc).
 
         ``spec`` (the model spec) gives mean/std/colour for ``input_type = "image"``.
@@ -168,10 +170,9 @@ class CoreMLBackend:
         """
         import numpy as np
         import onnx
-        import torch
 
         ct = _ct()
-        opts = target.backend_options
+        opts = self.backend_options(target)
         model = onnx.load(str(onnx_path))
         shape = static_input_shape(model)
         if shape is None:
@@ -182,40 +183,21 @@ class CoreMLBackend:
         out_dims = model.graph.output[0].type.tensor_type.shape.dim
         out_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in out_dims]
         out_dtype = "float32" if model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT else "int64"
-        deployment = str(opts.get("deployment_target", "iOS16"))
-        if deployment not in TARGETS:
-            raise ConfigError(f"[backend_options] deployment_target = {deployment!r}; use one of {', '.join(TARGETS)}")
-        image = str(opts.get("input_type", "tensor"))
-        if image not in ("tensor", "image"):
-            raise ConfigError(f"[backend_options] input_type = {image!r}; use 'tensor' or 'image'")
+        deployment, image = opts["deployment_target"], opts["input_type"]  # choices checked with the profile
         details: dict[str, Any] = {"format": "mlprogram", "deployment_target": deployment, "input_type": image,
                                    "source": "shared ONNX via onnx2torch + torch.jit.trace"}
-        try:
-            with _quiet():
-                net = onnx_to_torch(model, extra="coreml", freeze=True)  # folded like tflite: plain initializers, constant shapes
-                example = torch.zeros(shape, dtype=torch.float32)
-                with torch.no_grad():
-                    traced = torch.jit.trace(net, example)
-        except EdgesegError:
-            raise
-        except Exception as exc:  # onnx2torch / tracing raise assorted errors
-            raise ConversionError(f"onnx2torch could not convert the shared ONNX: {str(exc).splitlines()[0]}") from None
+        traced = _trace(model, shape)
         inputs = [self._input(ct, np, shape, image, spec, details)]
         output = ct.TensorType(name="output", dtype=np.float32 if out_dtype == "float32" else np.int32)
         precision = ct.precision.FLOAT32 if target.precision == "fp32" else ct.precision.FLOAT16
-        try:
-            with _quiet():
-                ml = ct.convert(traced, inputs=inputs, outputs=[output], convert_to="mlprogram",
-                                minimum_deployment_target=getattr(ct.target, deployment), compute_precision=precision)
-                if target.precision == "int8":
-                    ml, compression = self._compress(ct, ml, target)
-                    details["weight_compression"] = compression
-                ml.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
-                ml.save(str(out_dir / NET))
-        except EdgesegError:
-            raise
-        except Exception as exc:  # coremltools raises assorted errors
-            raise ConversionError(f"coremltools could not convert the model: {str(exc).strip().splitlines()[0]}") from None
+        with translate_errors("coremltools could not convert the model"), _quiet():
+            ml = ct.convert(traced, inputs=inputs, outputs=[output], convert_to="mlprogram",
+                            minimum_deployment_target=getattr(ct.target, deployment), compute_precision=precision)
+            if target.precision == "int8":
+                ml, compression = self._compress(ct, ml, self.quantization_options(target))
+                details["weight_compression"] = compression
+            ml.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
+            ml.save(str(out_dir / NET))
         make_reproducible(out_dir / NET)
         details["compute_precision"] = "fp32" if target.precision == "fp32" else "fp16"
         details["validation"] = validate_package(ct, out_dir / NET, shape, out_shape, out_dtype, image == "image")
@@ -239,17 +221,22 @@ class CoreMLBackend:
                             color_layout=ct.colorlayout.RGB if color == "RGB" else ct.colorlayout.BGR)
 
     @staticmethod
-    def _compress(ct: Any, ml: Any, target: Target) -> tuple[Any, dict[str, Any]]:
-        q = target.quantization.options
-        mode = str(q.get("weight_compression", "linear"))
+    def _compress(ct: Any, ml: Any, q: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Weight-only int8: ``q`` are the resolved ``[quantization.options]`` (mode and bits already checked)."""
         cto = ct.optimize.coreml
-        if mode == "linear":
+        if q["weight_compression"] == "linear":
             config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
             return cto.linear_quantize_weights(ml, config=config), {"mode": "linear_symmetric int8, per channel", "weights_only": True}
-        if mode == "palettize":
-            nbits = int(q.get("nbits", 8))
-            if not 1 <= nbits <= 8:
-                raise ConfigError(f"[quantization.options] nbits = {nbits}; use 1..8")
-            config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
-            return cto.palettize_weights(ml, config=config), {"mode": f"k-means palettization, {nbits} bits", "weights_only": True}
-        raise ConfigError(f"[quantization.options] weight_compression = {mode!r}; use 'linear' or 'palettize'")
+        nbits = q["nbits"]
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
+        return cto.palettize_weights(ml, config=config), {"mode": f"k-means palettization, {nbits} bits", "weights_only": True}
+
+
+def _trace(model: Any, shape: list[int]) -> Any:
+    """The shared ONNX as TorchScript (onnx2torch, folded like tflite, then ``torch.jit.trace`` at ``shape``)."""
+    import torch
+
+    with translate_errors("onnx2torch could not convert the shared ONNX"), _quiet():  # onnx2torch / tracing errors
+        net = onnx_to_torch(model, extra="coreml", freeze=True)  # plain initializers, constant shapes
+        with torch.no_grad():
+            return torch.jit.trace(net, torch.zeros(shape, dtype=torch.float32))

@@ -32,16 +32,20 @@ section (``ncnn_options``) and applied by the runner, with the profile's
 from __future__ import annotations
 
 import importlib.util
-import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING
+
+from edgeseg_runtime.runners import tool_lines
 
 from ..errors import ConfigError, ConversionError, ToolchainError
-from ..targets import Target
 from ..export import tensor_dims
-from . import Calibration, ModelFiles, static_input_shape
+from ..targets import Target
+from . import BaseBackend, Calibration, Capabilities, ModelFiles, log_errors, static_input_shape
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 FILES = ("end2end.param", "end2end.bin")
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
@@ -89,24 +93,23 @@ def param_blobs(param: Path) -> tuple[str, str]:
     return inputs[0], last[4 + bottoms + tops - 1]
 
 
-class NcnnBackend:
-    name: ClassVar[str] = "ncnn"
-    extra: ClassVar[str] = "ncnn"
-    build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16"})
-    #: precisions this backend cannot build, and why (get_backend says it)
-    unavailable: ClassVar[dict[str, str]] = {
-        "int8": "ncnn int8 needs ncnn2table and ncnn2int8, which the PyPI ncnn and pnnx wheels do not ship; "
-        "build fp16 or fp32 for ncnn, or int8 for the tflite or openvino targets"
-    }
-    calibration_methods: ClassVar[frozenset[str]] = frozenset()
-    quant_options: ClassVar[dict[str, type]] = {}
+class NcnnBackend(BaseBackend):
+    name = "ncnn"
+    extra = "ncnn"
+    capabilities = Capabilities(
+        build_on="host", precisions=frozenset({"fp32", "fp16"}),
+        unavailable={
+            "int8": "ncnn int8 needs ncnn2table and ncnn2int8, which the PyPI ncnn and pnnx wheels do not ship; "
+            "build fp16 or fp32 for ncnn, or int8 for the tflite or openvino targets"
+        },
+    )
 
     def versions(self) -> dict[str, str]:
         pnnx_executable()
         return {"pnnx": _version("pnnx"), "ncnn": _version("ncnn")}
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Run pnnx on the static shared ONNX and write the param/bin pair (see module doc).
 
         Raises:
@@ -133,12 +136,13 @@ class NcnnBackend:
                     ("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"), ("pnnxpy", "m_pnnx.py"),
                     ("pnnxonnx", "m.pnnx.onnx"), ("ncnnpy", "m_ncnn.py"))),
             ]
-            proc = subprocess.run(argv, capture_output=True, text=True, cwd=scratch)
-        log = (proc.stdout + proc.stderr).strip().splitlines()
+            proc = subprocess.run(argv, capture_output=True, text=True, cwd=scratch, check=False)
+        log = (proc.stdout + proc.stderr).strip()
         param = out_dir / FILES[0]
         if proc.returncode != 0 or not param.is_file() or not (out_dir / FILES[1]).is_file():
-            errors = [line for line in log if re.search(r"error|fail|not supported|unknown", line, re.I)]
-            raise ConversionError(f"pnnx could not convert {onnx_path.name}: {(errors or log or ['no output'])[-1]}")
+            errors = log_errors(log) or log.splitlines()
+            raise ConversionError(f"pnnx could not convert {onnx_path.name} (exit {proc.returncode}): "
+                                  f"{tool_lines(chr(10).join(errors[-3:]), keep=3) or 'no output'}")
         # a layer type with a dot (pnnx.Expression, torch.xxx, F.xxx) is an op pnnx could not map to ncnn
         unsupported = sorted({f[0] for f in (line.split() for line in param.read_text().splitlines()[2:]) if f and "." in f[0]})
         if unsupported:

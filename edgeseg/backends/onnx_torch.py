@@ -24,9 +24,10 @@ import sys
 import types
 from typing import Any
 
-from ..errors import ConversionError, EdgesegError, ToolchainError
+from ..errors import ConversionError, ToolchainError
+from . import translate_errors
 
-__all__ = ["import_onnx2torch", "onnx_to_torch", "freeze_shape_arguments", "fold_constants"]
+__all__ = ["fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch"]
 
 
 def fold_constants(model: Any) -> Any:
@@ -120,12 +121,8 @@ def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
     o2t = import_onnx2torch(extra)
     if freeze:
         model = fold_constants(model)
-    try:
+    with translate_errors("onnx2torch could not convert the shared ONNX"):  # NotImplementedError / assorted errors
         module = o2t.convert(model).eval()
-    except EdgesegError:
-        raise
-    except Exception as exc:  # onnx2torch raises NotImplementedError / assorted errors
-        raise ConversionError(f"onnx2torch could not convert the shared ONNX: {str(exc).splitlines()[0]}") from None
     if freeze:
         freeze_shape_arguments(module)
     return module

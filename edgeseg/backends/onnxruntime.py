@@ -13,8 +13,8 @@ and ``onnxruntime.transformers.float16``.
   weights, per-channel by default, calibrated on the build's calibration set
   (minmax / entropy / percentile). On x86 CPUs without VNNI the u8·s8 kernels
   can saturate (ORT docs: "reduce_range"); the accuracy gate measures what the
-  choice gave, and ``[quantization.options]`` can switch to
-  ``weight_type = "uint8"`` or ``reduce_range = true``. Unnamed nodes get
+  choice gave, and ``[quantization.options]`` (:attr:`OnnxRuntimeBackend.quant_options`)
+  can switch to ``weight_type = "uint8"`` or ``reduce_range = true``. Unnamed nodes get
   names (``<op>_<index>``) first, so ``keep_float`` can name them.
 """
 
@@ -24,13 +24,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgeseg_runtime.runners import import_backend
+from edgeseg_runtime.runners import Option, import_backend
 
-from ..errors import ConfigError, ConversionError, EdgesegError
+from ..errors import ConfigError
 from ..targets import Target
-from . import Calibration, ModelFiles
+from . import BaseBackend, Calibration, Capabilities, ModelFiles, translate_errors
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 NET = "end2end.onnx"
 
@@ -74,18 +77,25 @@ def resolve_keep_float(model: Any, keep: list[str]) -> list[str]:
     return sorted(set(out), key=names.index)
 
 
-class OnnxRuntimeBackend:
-    name: ClassVar[str] = "onnxruntime"
-    extra: ClassVar[str] = "onnxruntime"
-    build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
-    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax", "entropy", "percentile"})
-    quant_options: ClassVar[dict[str, type]] = {"weight_type": str, "activation_type": str, "reduce_range": bool}
+_QUANT_TYPES = ("int8", "uint8")
+
+
+class OnnxRuntimeBackend(BaseBackend):
+    name = "onnxruntime"
+    extra = "onnxruntime"
+    capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
+                                calibration_methods=frozenset({"minmax", "entropy", "percentile"}))
+    quant_options: ClassVar[dict[str, Option]] = {
+        "weight_type": Option(str, choices=_QUANT_TYPES, default="int8", doc="int8 | uint8 weights"),
+        "activation_type": Option(str, choices=_QUANT_TYPES, default="uint8", doc="int8 | uint8 activations"),
+        "reduce_range": Option(bool, default=False, doc="7-bit weights (u8 x s8 kernels saturate on CPUs without VNNI)"),
+    }
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": _ort().__version__}
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Write ``end2end.onnx`` at the target's precision (see module doc).
 
         Raises:
@@ -111,27 +121,28 @@ class OnnxRuntimeBackend:
 
         model = name_nodes(onnx.load(str(onnx_path)))
         keep = resolve_keep_float(model, target.quantization.keep_float)
-        try:
+        with translate_errors("ONNX Runtime fp16 conversion failed"):
             half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
             onnx.save(half, str(dest))
-        except Exception as exc:  # the converter raises assorted errors
-            raise ConversionError(f"ONNX Runtime fp16 conversion failed: {str(exc).strip().splitlines()[0]}") from None
         return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "kept_float": keep}
 
     def _int8(self, onnx_path: Path, target: Target, dest: Path, calibration: Calibration) -> dict[str, object]:
         import onnx
 
         _ort()
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         q = target.quantization
-        opts = q.options
+        opts = self.quantization_options(target)
         types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-        weight, activation = str(opts.get("weight_type", "int8")), str(opts.get("activation_type", "uint8"))
-        for key, value in (("weight_type", weight), ("activation_type", activation)):
-            if value not in types:
-                raise ConfigError(f"[quantization.options] {key} = {value!r}; use 'int8' or 'uint8'")
+        weight, activation = opts["weight_type"], opts["activation_type"]
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
         model = name_nodes(onnx.load(str(onnx_path)))
         keep = resolve_keep_float(model, q.keep_float)
@@ -148,7 +159,7 @@ class OnnxRuntimeBackend:
         with tempfile.TemporaryDirectory(prefix="edgeseg-ort-q-") as tmp:
             named, pre = Path(tmp) / "named.onnx", Path(tmp) / "pre.onnx"
             onnx.save(model, str(named))
-            try:
+            with translate_errors("ONNX Runtime int8 quantization failed"):  # a calibration image's error passes as it is
                 quant_pre_process(str(named), str(pre), skip_symbolic_shape=True)  # ONNX shape inference is enough; sympy not needed
                 quantize_static(
                     str(pre),
@@ -158,21 +169,17 @@ class OnnxRuntimeBackend:
                     activation_type=types[activation],
                     weight_type=types[weight],
                     per_channel=q.per_channel,
-                    reduce_range=bool(opts.get("reduce_range", False)),
+                    reduce_range=opts["reduce_range"],
                     calibrate_method=method[q.calibration_method],
                     nodes_to_exclude=keep,
                 )
-            except EdgesegError:  # a calibration image or setting: already a one-line error
-                raise
-            except Exception as exc:  # the quantizer raises assorted errors
-                raise ConversionError(f"ONNX Runtime int8 quantization failed: {str(exc).strip().splitlines()[0]}") from None
         return {
             "quantizer": "onnxruntime.quantization.quantize_static",
             "format": "QDQ",
             "activation_type": activation,
             "weight_type": weight,
             "per_channel": q.per_channel,
-            "reduce_range": bool(opts.get("reduce_range", False)),
+            "reduce_range": opts["reduce_range"],
             "calibration_method": q.calibration_method,
             "kept_float": keep,
         }

@@ -20,25 +20,27 @@ NNCF post-training quantization, ``nncf.quantize`` and
   Accuracy control is slow (it re-ranks and re-evaluates layer groups; an
   unbounded run took ~9 minutes on the default model here), so it stops after
   ``max_iterations`` reverted groups (default 10) and the gate judges the result.
-  Options: ``preset`` ("performance" | "mixed"), ``fast_bias_correction`` (bool),
-  ``max_iterations`` (int).
+  Options: :attr:`OpenVINOBackend.quant_options` (``preset``, ``fast_bias_correction``,
+  ``max_iterations``).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-
 from edgeseg_runtime.pipeline import output_labels
-from edgeseg_runtime.runners import import_backend
+from edgeseg_runtime.runners import Option, import_backend
 
-from ..errors import ConfigError, ConversionError, EdgesegError
+from ..errors import ConfigError
 from ..metrics import confusion_matrix, scores_from_confusion
 from ..targets import Target
-from . import Calibration, ModelFiles
+from . import BaseBackend, Calibration, Capabilities, ModelFiles, translate_errors
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 FILES = ("end2end.xml", "end2end.bin")
 
@@ -53,18 +55,22 @@ def _nncf() -> Any:
     return nncf
 
 
-class OpenVINOBackend:
-    name: ClassVar[str] = "openvino"
-    extra: ClassVar[str] = "openvino"
-    build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
-    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax", "percentile"})
-    quant_options: ClassVar[dict[str, type]] = {"preset": str, "fast_bias_correction": bool, "max_iterations": int}
+class OpenVINOBackend(BaseBackend):
+    name = "openvino"
+    extra = "openvino"
+    capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
+                                calibration_methods=frozenset({"minmax", "percentile"}))
+    quant_options: ClassVar[dict[str, Option]] = {
+        "preset": Option(str, choices=("performance", "mixed"), default="performance", doc="NNCF quantization preset"),
+        "fast_bias_correction": Option(bool, default=True, doc="NNCF's fast bias correction"),
+        "max_iterations": Option(int, default=10, doc="accuracy control: most layer groups reverted to float"),
+    }
 
     def versions(self) -> dict[str, str]:
         return {"openvino": str(_ov().get_version()).split("-")[0]}
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Convert and save the IR at the target's precision (see module doc).
 
         Raises:
@@ -74,18 +80,14 @@ class OpenVINOBackend:
         """
         ov = _ov()
         details: dict[str, object] = {"compress_to_fp16": target.precision == "fp16"}
-        try:
+        with translate_errors("OpenVINO conversion failed"):  # RuntimeError/OpConversionFailure with long text
             model = ov.convert_model(str(onnx_path))
-        except Exception as exc:  # OpenVINO raises RuntimeError/OpConversionFailure with long text
-            raise ConversionError(f"OpenVINO conversion failed: {str(exc).strip().splitlines()[0]}") from None
         if target.precision == "int8":
             if calibration is None:
                 raise ConfigError("int8 needs a calibration set")
             model, details = self._int8(model, target, calibration)
-        try:
+        with translate_errors("OpenVINO could not save the IR"):
             ov.save_model(model, str(out_dir / FILES[0]), compress_to_fp16=target.precision == "fp16")
-        except Exception as exc:
-            raise ConversionError(f"OpenVINO could not save the IR: {str(exc).strip().splitlines()[0]}") from None
         return ModelFiles(net=FILES[0], weights=FILES[1], files=FILES, details=details)
 
     def _int8(self, model: Any, target: Target, calibration: Calibration) -> tuple[Any, dict[str, object]]:
@@ -97,11 +99,9 @@ class OpenVINOBackend:
         )
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        q = target.quantization
-        preset_name = str(q.options.get("preset", "performance"))
+        q, opts = target.quantization, self.quantization_options(target)
+        preset_name = opts["preset"]
         presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-        if preset_name not in presets:
-            raise ConfigError(f"[quantization.options] preset = {preset_name!r}; use 'performance' or 'mixed'")
         estimator = {"minmax": RangeEstimatorParametersSet.MINMAX, "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE}
         advanced = AdvancedQuantizationParameters(
             activations_range_estimator_params=estimator[q.calibration_method],
@@ -112,11 +112,11 @@ class OpenVINOBackend:
         common = {
             "preset": presets[preset_name],
             "subset_size": len(calibration.images),
-            "fast_bias_correction": bool(q.options.get("fast_bias_correction", True)),
+            "fast_bias_correction": opts["fast_bias_correction"],
             "ignored_scope": ignored,
         }
         controlled = q.max_miou_drop is not None and bool(calibration.validation)
-        try:
+        with translate_errors("NNCF int8 quantization failed"):
             if controlled:
                 quantized = nncf.quantize_with_accuracy_control(
                     model,
@@ -127,16 +127,12 @@ class OpenVINOBackend:
                     drop_type=nncf.DropType.ABSOLUTE,
                     advanced_quantization_parameters=advanced,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                        max_num_iterations=int(q.options.get("max_iterations", 10))
+                        max_num_iterations=opts["max_iterations"]
                     ),
                     **common,
                 )
             else:
                 quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
-        except EdgesegError:
-            raise
-        except Exception as exc:  # NNCF raises assorted errors
-            raise ConversionError(f"NNCF int8 quantization failed: {str(exc).strip().splitlines()[0]}") from None
         return quantized, {
             "quantizer": "nncf.quantize_with_accuracy_control" if controlled else "nncf.quantize",
             "nncf": str(nncf.__version__),

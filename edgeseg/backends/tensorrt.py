@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any
+
+from edgeseg_runtime.runners import resolve, runner_class
 
 from ..errors import ConfigError
-from ..targets import Target
 from ..export import tensor_dims
-from . import Calibration, ModelFiles
+from ..targets import Target
+from . import BaseBackend, Calibration, Capabilities, ModelFiles
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 NET = "end2end.onnx"
 CALIBRATION = "calibration/calibration.npz"
@@ -53,18 +58,18 @@ def engine_shapes(input_shape: list[Any], target: Target) -> dict[str, list[int]
     Raises:
         ConfigError: dynamic input without the three options, or options on a static model.
     """
-    opts = target.backend_options
+    opts = resolve(target.backend_options, runner_class(TensorRTBackend.name).OPTIONS)
     keys = ("min_shape", "opt_shape", "max_shape")
     batch, channels = target.input.batch, int(input_shape[1])
     if all(isinstance(d, int) for d in input_shape):
-        given = [k for k in keys if k in opts]
+        given = [k for k in keys if opts[k] is not None]
         if given:
             raise ConfigError(
                 f"target {target.name!r}: [backend_options] {given[0]} is for dynamic models; this model's input is "
                 f"static {input_shape}"
             )
         return {k: [int(d) for d in input_shape] for k in keys}
-    missing = [k for k in keys if k not in opts]
+    missing = [k for k in keys if opts[k] is None]
     if missing:
         raise ConfigError(
             f"target {target.name!r}: the model's input is dynamic {input_shape}; TensorRT needs an optimisation profile: "
@@ -77,21 +82,19 @@ def engine_shapes(input_shape: list[Any], target: Target) -> dict[str, list[int]
     return shapes
 
 
-class TensorRTBackend:
-    name: ClassVar[str] = "tensorrt"
-    extra: ClassVar[str] = "tensorrt"
-    build_on: ClassVar[Literal["host", "device"]] = "device"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
-    calibration_methods: ClassVar[frozenset[str]] = frozenset({"entropy", "minmax"})
-    quant_options: ClassVar[dict[str, type]] = {}
-    #: the build stores the calibration images in the archive (calibration/calibration.npz)
-    device_calibration: ClassVar[bool] = True
+class TensorRTBackend(BaseBackend):
+    name = "tensorrt"
+    extra = "tensorrt"
+    #: the engine is built on the device; the build stores the calibration images for it (calibration/calibration.npz)
+    capabilities = Capabilities(build_on="device", precisions=frozenset({"fp32", "fp16", "int8"}),
+                                calibration_methods=frozenset({"entropy", "minmax"}), device_calibration=True)
 
     def versions(self) -> dict[str, str]:
         """Nothing to convert with on the host: the engine is built by the device's TensorRT."""
         return {"tensorrt": "on the device (engine built there)"}
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Copy the shared ONNX and record the engine's build settings (see module doc).
 
         Raises:

@@ -34,15 +34,19 @@ off the terminal and the last of them go into a ConversionError on failure.
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgeseg_runtime.runners import Option
 
 from .._capture import captured_output
-from ..errors import ConfigError, ConversionError, EdgesegError, ToolchainError
+from ..errors import ConfigError, ToolchainError
 from ..targets import Target
-from . import Calibration, ModelFiles, static_input_shape
+from . import BaseBackend, Calibration, Capabilities, ModelFiles, static_input_shape, translate_errors
 from .onnx_torch import import_onnx2torch, onnx_to_torch
+
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
 
 NET = "end2end.tflite"
 SIGNATURE = "serving_default"
@@ -54,26 +58,20 @@ FP16_RECIPE = [{
 }]
 
 
-def _last_error(log: Path, exc: BaseException) -> str:
-    """The exception's first line, plus the last C++ error line of the converter's log (``E…`` / ``error:``)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    lines = [line for line in log.read_text(errors="replace").splitlines()
-             if re.match(r"^E\d{4}|.*\berror: ", line)]
-    return first if not lines else f"{first} ({lines[-1].strip()[:200]})"
-
-
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ToolchainError(f"{module} is not installed; pip install 'edgeseg[tflite]'")
 
 
-class TFLiteBackend:
-    name: ClassVar[str] = "tflite"
-    extra: ClassVar[str] = "tflite"
-    build_on: ClassVar[Literal["host", "device"]] = "host"
-    precisions: ClassVar[frozenset[str]] = frozenset({"fp32", "fp16", "int8"})
-    calibration_methods: ClassVar[frozenset[str]] = frozenset({"minmax"})
-    quant_options: ClassVar[dict[str, type]] = {"activation_bits": int}
+class TFLiteBackend(BaseBackend):
+    name = "tflite"
+    extra = "tflite"
+    capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
+                                calibration_methods=frozenset({"minmax"}))
+    quant_options: ClassVar[dict[str, Option]] = {
+        "activation_bits": Option(int, choices=(8, 16), default=8,
+                                  doc="int8 activations (static_wi8_ai8) or int16 (static_wi8_ai16: slower, closer to fp32)"),
+    }
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -87,7 +85,8 @@ class TFLiteBackend:
             "torch": version("torch"),
         }
 
-    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None) -> ModelFiles:
+    def convert(self, onnx_path: Path, target: Target, out_dir: Path, calibration: Calibration | None = None, *,
+                spec: ModelSpec | None = None) -> ModelFiles:
         """Write ``end2end.tflite`` at the target's precision (see module doc).
 
         Raises:
@@ -104,9 +103,7 @@ class TFLiteBackend:
                 f"target {target.name!r}: LiteRT models here have static shapes; set input.dynamic = false and list "
                 "the sizes in input.shapes (one static variant each)"
             )
-        bits = int(target.quantization.options.get("activation_bits", 8))
-        if target.precision == "int8" and bits not in (8, 16):
-            raise ConfigError(f"[quantization.options] activation_bits = {bits}; use 8 or 16")
+        bits = self.quantization_options(target)["activation_bits"]
         q = target.quantization
         if target.precision == "int8" and (q.keep_float or not q.per_channel):
             raise ConfigError(
@@ -120,14 +117,11 @@ class TFLiteBackend:
         float_path = out_dir / NET if target.precision == "fp32" else out_dir / "float.tflite"
         with captured_output() as log:
             try:
-                import litert_torch
+                with translate_errors("litert-torch could not convert the model", log=log):  # torch.export / the converter
+                    import litert_torch
 
-                with torch.no_grad():
-                    litert_torch.convert(net, (torch.zeros(shape, dtype=torch.float32),)).export(str(float_path))
-            except EdgesegError:
-                raise
-            except Exception as exc:  # torch.export / the converter raise assorted errors
-                raise ConversionError(f"litert-torch could not convert the model: {_last_error(log, exc)}") from None
+                    with torch.no_grad():
+                        litert_torch.convert(net, (torch.zeros(shape, dtype=torch.float32),)).export(str(float_path))
             finally:
                 log.unlink(missing_ok=True)
         if target.precision != "fp32":
@@ -137,32 +131,34 @@ class TFLiteBackend:
 
     @staticmethod
     def _quantize(src: Path, dest: Path, target: Target, calibration: Calibration | None, bits: int) -> dict[str, Any]:
-        from ai_edge_litert.interpreter import Interpreter
-        from ai_edge_quantizer import quantizer, recipe
-
         with captured_output() as log:
             try:
-                qt = quantizer.Quantizer(str(src))
-                if target.precision == "fp16":
-                    qt.load_quantization_recipe(FP16_RECIPE)
-                    result = qt.quantize()
-                    details = {"quantizer": "ai-edge-quantizer float_casting", "weight_format": "float16", "compute": "float32"}
-                else:
-                    assert calibration is not None
-                    qt.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
-                    (name,) = Interpreter(model_path=str(src)).get_signature_list()[SIGNATURE]["inputs"]
-                    samples = [{name: t} for t in calibration.tensors()]
-                    result = qt.quantize(qt.calibrate({SIGNATURE: samples}))
-                    details = {
-                        "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weight_format": "int8 per-channel",
-                        "activations": f"int{bits}", "calibration_method": target.quantization.calibration_method,
-                        "calibration_images": len(samples),
-                    }
-                result.export_model(str(dest), overwrite=True)
-            except EdgesegError:
-                raise
-            except Exception as exc:  # the quantizer raises assorted errors
-                raise ConversionError(f"ai-edge-quantizer failed ({target.precision}): {_last_error(log, exc)}") from None
+                with translate_errors(f"ai-edge-quantizer failed ({target.precision})", log=log):
+                    return _run_quantizer(src, dest, target, calibration, bits)
             finally:
                 log.unlink(missing_ok=True)
-        return details
+
+
+def _run_quantizer(src: Path, dest: Path, target: Target, calibration: Calibration | None, bits: int) -> dict[str, Any]:
+    """ai-edge-quantizer's fp16 cast, or int8 calibration + quantization, of ``src`` into ``dest``; returns the details."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(str(src))
+    if target.precision == "fp16":
+        qt.load_quantization_recipe(FP16_RECIPE)
+        result = qt.quantize()
+        details = {"quantizer": "ai-edge-quantizer float_casting", "weight_format": "float16", "compute": "float32"}
+    else:
+        assert calibration is not None
+        qt.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
+        (name,) = Interpreter(model_path=str(src)).get_signature_list()[SIGNATURE]["inputs"]
+        samples = [{name: t} for t in calibration.tensors()]
+        result = qt.quantize(qt.calibrate({SIGNATURE: samples}))
+        details = {
+            "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weight_format": "int8 per-channel",
+            "activations": f"int{bits}", "calibration_method": target.quantization.calibration_method,
+            "calibration_images": len(samples),
+        }
+    result.export_model(str(dest), overwrite=True)
+    return details

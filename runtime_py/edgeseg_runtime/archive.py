@@ -127,7 +127,10 @@ class Archive:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def _from_folder(cls, root: Path) -> Archive:
+    def _from_folder(cls, folder: Path) -> Archive:
+        # resolved once: every later read goes to the same directory, even if ``folder`` is a link that an
+        # install or rollback switches meanwhile (``R/current``), so one run never mixes two releases
+        root = Path(os.path.realpath(folder))
         mpath = root / MANIFEST_NAME
         try:
             st = os.lstat(mpath)
@@ -135,20 +138,18 @@ class Archive:
             raise ArchiveError(f"{root}: no {MANIFEST_NAME}; not an edgeseg archive") from None
         if not stat.S_ISREG(st.st_mode) or st.st_size > LIMITS.manifest_bytes:
             raise ArchiveError(f"{root}: {MANIFEST_NAME} is not a regular file of at most {LIMITS.manifest_bytes:,} bytes")
-        mbytes = mpath.read_bytes()
+        with open(mpath, "rb") as fh:
+            mbytes = fh.read(LIMITS.manifest_bytes + 1)
         manifest = Manifest.parse(mbytes, f"{root}: {MANIFEST_NAME}")
         _check_tree(root, manifest)
-        sig_path = root / SIGNATURE_NAME
-        sig = sig_path.read_bytes() if sig_path.is_file() else None
-        if sig is not None and len(sig) > LIMITS.document_bytes:
-            raise ArchiveError(f"{root}: {SIGNATURE_NAME} is over {LIMITS.document_bytes:,} bytes")
-        return cls._finish(root, root, manifest, mbytes, sig)
+        sig = _read_small(root / SIGNATURE_NAME, root) if (root / SIGNATURE_NAME).exists() else None
+        return cls._finish(root, folder, manifest, mbytes, sig)
 
     @classmethod
     def _finish(cls, root: Path, source: Path, manifest: Manifest, mbytes: bytes, sig: bytes | None) -> Archive:
         if PIPELINE_NAME not in manifest.files:
             raise ArchiveError(f"{source}: the manifest does not list {PIPELINE_NAME}")
-        doc = load_json((root / PIPELINE_NAME).read_bytes(), f"{source}: {PIPELINE_NAME}")
+        doc = load_json(_read_small(root / PIPELINE_NAME, source), f"{source}: {PIPELINE_NAME}")
         spec = PipelineSpec.from_doc(doc, f"{source}: {PIPELINE_NAME}")
         spec.check_model(manifest.model, f"{source}: {PIPELINE_NAME}")
         return cls(root=root, manifest=manifest, pipeline_spec=spec, pipeline=doc, source=source,
@@ -162,6 +163,18 @@ class Archive:
     def name(self) -> str:
         """``<model>-<target>``, the archive's base name."""
         return self.manifest.name
+
+
+def _read_small(path: Path, source: Path) -> bytes:
+    """A small document's bytes, its size checked before reading (at most :attr:`Limits.document_bytes`)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > LIMITS.document_bytes:
+            raise ArchiveError(f"{source}: {path.name} is not a regular file of at most {LIMITS.document_bytes:,} bytes")
+        with open(path, "rb") as fh:
+            return fh.read(LIMITS.document_bytes + 1)
+    except OSError as exc:
+        raise ArchiveError(f"{source}: cannot read {path.name} ({exc.strerror or exc})") from None
 
 
 def _check_tree(root: Path, manifest: Manifest) -> None:

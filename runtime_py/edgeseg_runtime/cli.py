@@ -293,7 +293,7 @@ def _plan_lines(backend: Backend, options: Mapping[str, Any]) -> list[str]:
     """Backend-specific ``info`` lines (the runner's ``plan``), plus the fallback when the profile names one."""
     lines: list[str] = []
     try:
-        plan = getattr(runner_class(backend.name), "plan", None)
+        plan = runner_class(backend.name).plan
     except EdgesegError:
         plan = None
     if plan is not None:
@@ -446,18 +446,29 @@ class _Terminated(BaseException):
 
 
 def _terminate_on_signals() -> dict[int, Any]:
-    """Turn SIGTERM and SIGHUP into :class:`_Terminated` (main thread only); returns the handlers replaced."""
+    """Turn SIGTERM/SIGHUP into :class:`_Terminated` and SIGINT into KeyboardInterrupt, once (main thread only).
+
+    After the first of them, all three are ignored: a second signal a few
+    milliseconds later must not interrupt the cleanup the first one started
+    (removing a temporary folder). Returns the handlers replaced.
+    """
     if threading.current_thread() is not threading.main_thread():
         return {}
+    names = [n for n in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, n)]
+    nums = [getattr(signal, n) for n in names]
 
     def handler(signum: int, _frame: Any) -> None:
+        for num in nums:
+            signal.signal(num, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise _Terminated(signum)
 
     previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        if signum is not None:
-            previous[signum] = signal.signal(signum, handler)
+    for signum in nums:
+        if signal.getsignal(signum) is signal.SIG_IGN and signum != signal.SIGINT:
+            continue  # ignored by whoever started us (nohup): keep it so
+        previous[signum] = signal.signal(signum, handler)
     return previous
 
 

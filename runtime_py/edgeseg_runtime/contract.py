@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Optional, Tuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ArchiveError
+from .registry import BACKEND_NAMES
 
 __all__ = [
     "LIMITS",
@@ -517,7 +518,6 @@ class RuntimeInfo:
         return doc
 
 
-_BACKENDS = ("onnxruntime", "openvino", "tensorrt", "ncnn", "coreml", "tflite")
 _REQUIREMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?\s*([<>=!~]=?[A-Za-z0-9.*+!_-]+\s*,?\s*)*", re.ASCII)
 
 
@@ -616,6 +616,9 @@ def _files(d: _Doc) -> dict[str, FileEntry]:
         out[rel] = FileEntry(sha256=entry.str("sha256", pattern=_SHA256_RE), size=entry.int("size", 0, 1 << 50))
         parts = rel.split("/")
         dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    if PIPELINE_NAME in out and out[PIPELINE_NAME].size > LIMITS.document_bytes:
+        raise d.error("files", f"{PIPELINE_NAME} is listed at {out[PIPELINE_NAME].size:,} bytes, over the limit of "
+                      f"{LIMITS.document_bytes:,}")
     clash = dirs & out.keys()
     if clash:
         raise d.error("files", f"{sorted(clash)[0]!r} is listed as a file and used as a folder")
@@ -748,7 +751,7 @@ def _backend(d: _Doc | None, files: Mapping[str, FileEntry], model: Model, fallb
                                 weights=_listed(v, "weights", files, optional=True, folder=True), details=v.value))
     fb = d.obj("fallback", optional=True) if not fallback else None
     return Backend(
-        name=d.str("name", choices=_BACKENDS),
+        name=d.str("name", choices=BACKEND_NAMES),
         net=_listed(d, "net", files, folder=True),
         weights=_listed(d, "weights", files, optional=True, folder=True),
         requirement=d.str("requirement", default="", pattern=_TEXT_RE, max_len=256),

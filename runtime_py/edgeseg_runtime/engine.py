@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ToolchainError
+from .runners import runner_class, tool_lines
 
-__all__ = ["EngineSettings", "EngineCache", "engine_key", "build_engine", "cuda_runtime", "check_cuda", "default_cache_dir"]
+__all__ = ["EngineCache", "EngineSettings", "build_engine", "check_cuda", "cuda_runtime", "default_cache_dir", "engine_key"]
 
 CACHE_ENV = "EDGESEG_ENGINE_CACHE"
 
@@ -296,7 +297,7 @@ def build_engine(
         The serialized engine (plan) bytes.
 
     Raises:
-        ToolchainError: the parser rejects the ONNX (its first error), int8 without
+        ToolchainError: the parser rejects the ONNX (its first and last errors), int8 without
             calibration data, or the build fails.
     """
     logger = trt.Logger(trt.Logger.WARNING)
@@ -305,8 +306,8 @@ def build_engine(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ToolchainError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: {errors[0] if errors else 'unknown error'}")
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ToolchainError(f"TensorRT {trt.__version__} cannot parse {onnx_path.name}: {tool_lines(errors) or 'unknown error'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
     config.builder_optimization_level = settings.optimization_level
@@ -360,7 +361,6 @@ def build_on_device(archive_path: Path, out_dir: Path) -> dict[str, Any]:
         ArchiveError: the archive is corrupt or altered.
     """
     from .archive import Archive
-    from .runners.tensorrt import TensorRTRunner
     from .segmentor import Segmentor
     from .verify import verify_archive
 
@@ -369,14 +369,15 @@ def build_on_device(archive_path: Path, out_dir: Path) -> dict[str, Any]:
         if archive.manifest.backend.name != "tensorrt":
             raise ToolchainError(f"{archive_path.name} is a {archive.manifest.backend.name} archive; "
                                  "only TensorRT archives build engines on a device")
-        TensorRTRunner.version()  # no TensorRT: say so here rather than falling back to the profile's fallback
+        runner_cls = runner_class("tensorrt")  # found by name: this module never imports its runner
+        runner_cls.version()  # no TensorRT: say so here rather than falling back to the profile's fallback
         out_dir.mkdir(parents=True, exist_ok=True)
         previous = os.environ.get(CACHE_ENV)
         os.environ[CACHE_ENV] = str(out_dir)
         try:
             with Segmentor(archive) as seg:
                 runner = seg.runner
-                assert isinstance(runner, TensorRTRunner)
+                assert isinstance(runner, runner_cls)
                 report = verify_archive(archive, seg)
         finally:
             if previous is None:

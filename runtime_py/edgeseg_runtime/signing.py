@@ -130,15 +130,15 @@ def check_signature(manifest_bytes: bytes, sig_bytes: bytes) -> SignatureDoc:
         The parsed signature document.
 
     Raises:
-        SignatureError: malformed, or the signature does not match the manifest.
-        ToolchainError: ``cryptography`` is not installed, or the signature
-            carries no public key (archives signed before edgeseg 0.1 kept it
-            out) so only a device holding the key can check it.
+        SignatureError: malformed, without its public key (edgeseg always
+            writes it: a signature without it cannot be checked here, so it
+            is not accepted as valid), or not matching the manifest.
+        ToolchainError: ``cryptography`` is not installed.
     """
     doc = parse_signature(sig_bytes)
     if doc.public_key is None:
-        raise ToolchainError(f"{SIGNATURE_NAME} names key {doc.key_id} but carries no public key; "
-                             "only a device that trusts the key can check it")
+        raise SignatureError(f"{SIGNATURE_NAME} names key {doc.key_id} but carries no public key to check it with; "
+                             "re-sign the archive with this edgeseg")
     ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature
 

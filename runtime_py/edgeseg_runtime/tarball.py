@@ -24,7 +24,8 @@ Headers are parsed by hand: ustar/GNU ``magic``, checksum, octal sizes only
 parsed in linear time (``path`` and ``size`` honoured, sparse files refused),
 global ``g`` headers and GNU long-name ``L``/``K`` records refused. Everything
 read is bounded by the manifest's sizes, so time and memory are linear in the
-archive's listed size.
+archive's listed size: every header is a listed file, a listed file's folder
+(once) or the signature, each with at most one pax header of at most 4 KiB.
 
 Sources: POSIX.1-2017 ``pax`` (ustar header layout, extended header records
 ``"%d %s=%s\\n"``); GNU tar manual "Basic Tar Format"; RFC 1952 (gzip).
@@ -48,8 +49,8 @@ from .errors import ArchiveError
 __all__ = ["extract", "Member"]
 
 BLOCK = 512
-#: largest pax extended header accepted (edgeseg writes none; long names need ~100 bytes)
-MAX_PAX = 64 * 1024
+#: largest pax extended header accepted (edgeseg writes one only for a name over 100 bytes: ~1 KiB at most)
+MAX_PAX = 4096
 #: bytes kept free on the destination beyond the unpacked size
 SPACE_MARGIN = 1 << 20
 _CHUNK = 1 << 20
@@ -130,6 +131,7 @@ def _headers(stream: _Stream) -> Iterator[Member]:
     """Member headers in order; the caller reads (or skips) each member's data before the next."""
     where = stream.where
     pax: dict[str, str] = {}
+    pax_pending = False
     while True:
         block = stream.fh.read(BLOCK)
         if len(block) < BLOCK:
@@ -145,6 +147,9 @@ def _headers(stream: _Stream) -> Iterator[Member]:
             size = _octal(block[124:136], "size", where)
             if block[156:157] == b"g" or size > MAX_PAX:
                 raise ArchiveError(f"{where}: global or oversized pax header; edgeseg archives carry none")
+            if pax_pending:
+                raise ArchiveError(f"{where}: two pax headers in a row; corrupt or hostile archive")
+            pax_pending = True
             pax = _parse_pax(stream.read(size), where)
             stream.skip_padding(size)
             if any(k.startswith("GNU.sparse") for k in pax):
@@ -158,7 +163,7 @@ def _headers(stream: _Stream) -> Iterator[Member]:
             if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
                 raise ArchiveError(f"{where}: member {name[:80]!r} has a pax size {raw[:20]!r}; corrupt or hostile archive")
             size = int(raw)
-        pax = {}
+        pax, pax_pending = {}, False
         if kind in (b"0", b"\x00", b"7"):
             yield Member(name.rstrip("/") if kind != b"\x00" else name, size, "file")
         elif kind == b"5":
@@ -257,6 +262,7 @@ def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
                                f"{free / 1e6:.1f} MB free; free space or set TMPDIR to a larger disk")
         sig: bytes | None = None
         seen: set[str] = set()
+        seen_dirs: set[str] = set()
         parents = {"/".join(rel.split("/")[:i]) for rel in manifest.files for i in range(1, rel.count("/") + 1)}
         for member in members:
             if member.name == SIGNATURE_NAME and member.kind == "file":
@@ -267,8 +273,10 @@ def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
                 continue
             name = check_rel_path(member.name, f"{where}: member")
             if member.kind == "dir":
-                if name not in parents:
-                    raise ArchiveError(f"{where}: folder {name[:80]!r} holds no listed file (tampered archive?)")
+                if name not in parents or name in seen_dirs:
+                    raise ArchiveError(f"{where}: folder {name[:80]!r} holds no listed file or appears twice "
+                                       "(tampered archive?)")
+                seen_dirs.add(name)
                 continue
             entry = manifest.files.get(name)
             if entry is None:

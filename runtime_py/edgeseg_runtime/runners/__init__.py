@@ -1,12 +1,15 @@
-"""Inference runners: one small module per backend, imported lazily.
+"""Inference runners, one small module per backend (imported lazily), and THE backend registry.
 
-Every runner follows Polygraphy's template (activate / infer / deactivate) as
-a context manager::
+Every runner subclasses :class:`BaseRunner` (Polygraphy's template): the base
+class keeps the state and checks the inputs, the runner writes three hooks::
 
-    with open_runner(archive) as runner:
-        outputs = runner.infer({"input": tensor})   # dict name -> ndarray
+    with open_runner(archive) as runner:            # activate() -> _activate_impl()
+        outputs = runner.infer({"input": tensor})   # input checks, then _infer_impl(): dict name -> ndarray
+                                                    # deactivate() -> _deactivate_impl()
 
-A new backend adds one module here and one line in :data:`RUNNERS`.
+A new backend adds one runner module here (``runners/<name>.py``), one host
+module (``edgeseg/backends/<name>.py``) and ONE line in :data:`REGISTRY`
+(see ``docs/adding-a-backend.md``).
 """
 
 from __future__ import annotations
@@ -17,38 +20,75 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional, Protocol, Tuple
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ArchiveError, ToolchainError
+from ..registry import BACKEND_NAMES, REGISTRY, Registration
 
-__all__ = ["Runner", "RUNNERS", "Option", "option_error", "runner_class", "open_runner", "import_backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "REGISTRY",
+    "RUNNERS",
+    "BaseRunner",
+    "Option",
+    "OptionSpec",
+    "Registration",
+    "Runner",
+    "error_text",
+    "import_backend",
+    "open_runner",
+    "option_error",
+    "resolve",
+    "runner_class",
+    "tool_lines",
+]
 
 
+# the registry itself lives in a stdlib-only module (the installer and the contract read the names before
+# numpy is installed); it is re-exported here
+#: backend name -> "module:Class" of its runner (derived from :data:`REGISTRY`; the old table's shape)
+RUNNERS: dict[str, str] = {name: f"{__name__}.{name}:{entry.runner}" for name, entry in REGISTRY.items()}
+
+
+# ----------------------------------------------------------------- declared options
 @dataclass(frozen=True)
 class Option:
-    """A declared runner option (a target profile's ``[backend_options]`` key).
+    """A declared option: a profile's ``[backend_options]`` key of a runner, or a host backend's
+    ``[quantization.options]`` key. It validates (:func:`option_error`) and supplies values (:func:`resolve`).
 
     Attributes:
         type: ``int``, ``float``, ``str``, ``bool`` or ``list``.
         low, high: inclusive range of a number (None = open).
-        choices: the allowed strings (None = any).
+        choices: the allowed values (None = any).
         items: the type of a list's items.
+        default: the value when the profile does not set it (None = unset: the library's own choice).
+        doc: one line for ``docs`` and error messages.
     """
 
     type: type
-    low: Optional[float] = None
-    high: Optional[float] = None
-    choices: Optional[Tuple[str, ...]] = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
     items: type = str
+    default: Any = None
+    doc: str = ""
 
 
-def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> Optional[str]:
+#: the name the backend contract uses (Olive's PassConfigParam idea): the same record
+OptionSpec = Option
+
+
+def _spec(declared: Any) -> Option:
+    return declared if isinstance(declared, Option) else Option(declared)
+
+
+def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> str | None:
     """Why ``key = value`` is not a valid option among ``allowed`` (``{name: type | Option}``), or None."""
     if key not in allowed:
         return f"unknown option (known: {', '.join(sorted(allowed)) or 'none'})"
-    spec = allowed[key] if isinstance(allowed[key], Option) else Option(allowed[key])
+    spec = _spec(allowed[key])
     kind = spec.type
     numeric_ok = kind is float and isinstance(value, int)
     if (not isinstance(value, kind) and not numeric_ok) or (isinstance(value, bool) and kind is not bool):
@@ -56,40 +96,168 @@ def option_error(key: str, value: Any, allowed: Mapping[str, Any]) -> Optional[s
     if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
         return f"{value!r} is outside [{spec.low}, {spec.high}]"
     if spec.choices is not None and value not in spec.choices:
-        return f"{str(value)[:40]!r} is not one of {', '.join(spec.choices)}"
+        return f"{str(value)[:40]!r} is not one of {', '.join(map(str, spec.choices))}"
     if kind is list and not all(isinstance(v, spec.items) and not isinstance(v, bool) for v in value):
         return f"expected a list of {spec.items.__name__}"
     return None
 
 
-class Runner(Protocol):
-    """What every backend runner provides."""
+def resolve(options: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, Any]:
+    """Every declared option with its value: the given one, else the declared default.
 
-    backend: str  # backend name, as in target profiles
-    requirement: str  # pip requirement of the backend library on the device
-    OPTIONS: dict[str, type]  # accepted target-profile [backend_options] keys and their types
+    Args:
+        options: the given options (a profile's table, a manifest's options).
+        declared: ``{name: Option | type}``.
 
-    def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None: ...
-    def __enter__(self) -> Runner: ...
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-    def __exit__(self, *exc: object) -> None: ...
+    Returns:
+        A complete dict, one key per declared option (None = unset); lists are fresh copies.
+
+    Raises:
+        ValueError: an unknown or invalid option (names it); callers check at their boundary first
+            and say it as ConfigError / ArchiveError.
+    """
+    for key, value in options.items():
+        why = option_error(key, value, declared)
+        if why is not None:
+            raise ValueError(f"option {str(key)[:40]}: {why}")
+    out: dict[str, Any] = {}
+    for key, spec in declared.items():
+        value = options[key] if key in options else _spec(spec).default
+        out[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def tool_lines(text: str, keep: int = 3, width: int = 200) -> str:
+    """A tool's error text as one line: its first line, then its last ones (``keep`` in all), `` | ``-joined.
+
+    The first line is the tool's summary, the last ones where its own error usually is
+    (OpenVINO, NNCF and onnx2torch put theirs last, after a location line).
+    """
+    lines = [line.strip()[:width] for line in str(text).splitlines() if line.strip()]
+    if len(lines) > keep:
+        lines = [lines[0], "...", *lines[len(lines) - keep + 1:]]
+    return " | ".join(lines)
+
+
+def error_text(exc: BaseException) -> str:
+    """:func:`tool_lines` of an exception (its type name when its text is empty)."""
+    return tool_lines(str(exc)) or type(exc).__name__
+
+
+# ----------------------------------------------------------------- the runner template
+class BaseRunner:
+    """What every backend runner is: Polygraphy's activate / infer / deactivate around three hooks.
+
+    Subclasses set the class attributes and write ``version``, ``_activate_impl``,
+    ``_infer_impl`` and ``_deactivate_impl`` (and ``plan`` when ``edgeseg info``
+    has something to say). The base class resolves the options against
+    :attr:`OPTIONS`, refuses ``infer`` before ``activate`` and checks the feed's
+    names and dtypes against :attr:`inputs`.
+
+    Args:
+        root: the folder the model files are in (the archive root).
+        model: the manifest's backend section (``net``, ``weights``, backend details).
+        options: ``[backend_options]``; missing ones get their declared defaults.
+
+    Raises:
+        ValueError: an unknown or invalid option.
+    """
+
+    #: backend name, as in target profiles
+    backend: ClassVar[str] = ""
+    #: pip requirement of the backend library on the device
+    requirement: ClassVar[str] = ""
+    #: non-empty: the device's system provides the library (not pip-installed); says how to get it
+    system_requirement: ClassVar[str] = ""
+    #: extra pip requirements the backend needs on the device (e.g. ``numpy<2.4``)
+    constraints: ClassVar[tuple[str, ...]] = ()
+    #: accepted ``[backend_options]`` keys
+    OPTIONS: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+        self.root = Path(root)
+        self.model: dict[str, Any] = dict(model)
+        self.options: dict[str, Any] = resolve(options, self.OPTIONS)
+        self.is_active = False
+        #: input name -> dtype the network takes (None = not checked); ``_activate_impl`` may read the model's own.
+        #: A tensor with several names (OpenVINO) lists each; :attr:`input_count` then says how many tensors.
+        self.inputs: dict[str, np.dtype | None] = {"input": np.dtype(np.float32)}
+        self.input_count: int | None = None  # None: one tensor per name in inputs
+
     @staticmethod
-    def version() -> str: ...
+    def version() -> str:
+        """Installed version of the backend library. Raises ToolchainError when missing or unusable here."""
+        raise NotImplementedError
 
-    # optional: ``plan(model, options) -> list[str]`` (``edgeseg info`` lines on what happens on the
-    # device), ``system_requirement`` (the device's system provides the library: not pip-installed) and
-    # ``constraints`` (extra pip requirements the backend needs on the device, e.g. ``numpy<2.4``)
+    @staticmethod
+    def plan(model: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+        """``edgeseg info`` lines on what happens on the device (none by default)."""
+        return []
+
+    def activate(self) -> BaseRunner:
+        """Load the model (once: an active runner stays as it is). Raises ToolchainError."""
+        if self.is_active:
+            return self
+        try:
+            self._activate_impl()
+        except BaseException:
+            self._release()
+            raise
+        self.is_active = True
+        return self
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once. ``feed`` maps input names to arrays; returns output name -> array.
+
+        Raises:
+            ToolchainError: not activated, inputs other than :attr:`inputs` or of another dtype, or the backend failed.
+        """
+        if not self.is_active:
+            raise ToolchainError(f"the {self.backend} runner is not active: activate() it (or use it in a with block) "
+                                 "before infer()")
+        count = len(self.inputs) if self.input_count is None else self.input_count
+        if len(feed) != count or not all(name in self.inputs for name in feed):
+            raise ToolchainError(f"the {self.backend} runner takes inputs {sorted(self.inputs)}, got {sorted(map(str, feed))}")
+        for name, array in feed.items():
+            want = self.inputs[name]
+            if want is not None and getattr(array, "dtype", None) != want:
+                raise ToolchainError(f"the {self.backend} runner's input {name!r} is {want}, got "
+                                     f"{getattr(array, 'dtype', type(array).__name__)}")
+        return self._infer_impl(feed)
+
+    def deactivate(self) -> None:
+        """Free what :meth:`activate` took (nothing when not active)."""
+        if self.is_active:
+            try:
+                self._deactivate_impl()
+            finally:
+                self.is_active = False
+
+    def __enter__(self) -> BaseRunner:  # noqa: PYI034  (typing.Self needs Python 3.11; the runtime runs on 3.9)
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def _release(self) -> None:
+        """After a failed activation: free what it took, keeping its error."""
+        try:
+            self._deactivate_impl()
+        except Exception:  # noqa: BLE001, S110  the activation's error is the one to say
+            pass
+
+    def _activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _deactivate_impl(self) -> None:
+        raise NotImplementedError
 
 
-#: backend name -> "module:Class" of its runner
-RUNNERS: dict[str, str] = {
-    "onnxruntime": "edgeseg_runtime.runners.onnxruntime:OnnxRuntimeRunner",
-    "openvino": "edgeseg_runtime.runners.openvino:OpenVINORunner",
-    "tensorrt": "edgeseg_runtime.runners.tensorrt:TensorRTRunner",
-    "coreml": "edgeseg_runtime.runners.coreml:CoreMLRunner",
-    "ncnn": "edgeseg_runtime.runners.ncnn:NcnnRunner",
-    "tflite": "edgeseg_runtime.runners.tflite:TFLiteRunner",
-}
+#: the old name (a Protocol until the runners shared one base class)
+Runner = BaseRunner
 
 
 def import_backend(module: str, extra: str) -> ModuleType:
@@ -111,27 +279,27 @@ def import_backend(module: str, extra: str) -> ModuleType:
         ) from None
 
 
-def runner_class(backend: str) -> type[Runner]:
+def runner_class(backend: str) -> type[BaseRunner]:
     """The runner class for a backend name (its module is imported, the backend library is not).
 
     Raises:
         ToolchainError: no runner exists for that backend in this runtime.
     """
-    try:
-        module, _, cls = RUNNERS[backend].partition(":")
-    except KeyError:
+    entry = REGISTRY.get(backend) if isinstance(backend, str) else None
+    if entry is None:
         raise ToolchainError(
-            f"this runtime has no runner for backend {backend!r} (known: {', '.join(sorted(RUNNERS))}); "
+            f"this runtime has no runner for backend {backend!r} (known: {', '.join(sorted(REGISTRY))}); "
             "use the runtime shipped in the archive's runtime/ folder"
-        ) from None
-    return getattr(importlib.import_module(module), cls)
+        )
+    cls: type[BaseRunner] = getattr(importlib.import_module(f"{__name__}.{backend}"), entry.runner)
+    return cls
 
 
 def _check_options(name: Any, options: Mapping[str, Any]) -> None:
     """Options reaching a runner from a manifest are untrusted: check names, types and ranges."""
     if not isinstance(options, Mapping):
         raise ArchiveError(f"manifest.json: {name} options are not an object")
-    if not isinstance(name, str) or name not in RUNNERS:
+    if not isinstance(name, str) or name not in REGISTRY:
         return  # runner_class says which backends exist
     allowed = runner_class(name).OPTIONS
     for key, value in options.items():
@@ -145,7 +313,7 @@ def open_runner(
     backend: Mapping[str, Any],
     options: Mapping[str, Any] | None = None,
     report: Callable[[str], None] | None = None,
-) -> Runner:
+) -> BaseRunner:
     """Build (not yet activate) the runner for an archive's ``backend`` manifest section.
 
     When the backend is not usable here and the section names a ``fallback``

@@ -9,43 +9,49 @@ keep it alive (DESIGN.md §6): the input is made C-contiguous, held in a local
 for the whole extraction and copied into the Mat with ``clone()``.
 
 Options (target profile ``[backend_options]``, over the archive's
-``ncnn_options`` that the build chose for its precision):
-    num_threads (int, default 0 = ncnn's choice, one per big core)
-    use_fp16_storage, use_fp16_packed, use_fp16_arithmetic (bool)
-    use_vulkan_compute (bool, default false; needs a Vulkan-enabled ncnn)
+``ncnn_options`` that the build chose for its precision): see
+:attr:`NcnnRunner.OPTIONS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ToolchainError
-from . import Option, import_backend
+from . import BaseRunner, Option, import_backend
 
-_BOOL_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_vulkan_compute")
+_BOOL_OPTIONS = {
+    "use_fp16_storage": "fp16 storage of weights and activations (unset: the archive's ncnn_options, else ncnn's default)",
+    "use_fp16_packed": "fp16 packed layouts (unset: the archive's ncnn_options, else ncnn's default)",
+    "use_fp16_arithmetic": "fp16 arithmetic (unset: the archive's ncnn_options, else ncnn's default)",
+    "use_vulkan_compute": "run on the GPU with Vulkan (needs a Vulkan-enabled ncnn; unset: off)",
+}
 
 
 def _import() -> Any:
     return import_backend("ncnn", extra="ncnn")
 
 
-class NcnnRunner:
+class NcnnRunner(BaseRunner):
     """Runs an ncnn model, one extractor per inference (batch 1, NCHW float32 in and out)."""
 
     backend = "ncnn"
     requirement = "ncnn>=1.0.20240410"
-    OPTIONS: dict[str, Any] = {"num_threads": Option(int, 0, 1024), **{key: bool for key in _BOOL_OPTIONS}}
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "num_threads": Option(int, 0, 1024, default=0, doc="0 = ncnn's choice (one per big core)"),
+        **{key: Option(bool, doc=doc) for key, doc in _BOOL_OPTIONS.items()},
+    }
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
-        self.param = Path(root) / model["net"]
-        self.bin = Path(root) / model["weights"]
+        super().__init__(root, model, {**dict(model.get("ncnn_options", {})), **dict(options)})
+        self.param = self.root / model["net"]
+        self.bin = self.root / model["weights"]
         self.in_blob = str(model.get("input_blob", "in0"))
         self.out_blob = str(model.get("output_blob", "out0"))
-        self.options = {**dict(model.get("ncnn_options", {})), **dict(options)}
         self._net: Any = None
 
     @staticmethod
@@ -53,21 +59,20 @@ class NcnnRunner:
         """Installed ncnn version. Raises ToolchainError when missing."""
         return str(getattr(_import(), "__version__", "unknown"))
 
-    def __enter__(self) -> NcnnRunner:
+    def _activate_impl(self) -> None:
         ncnn = _import()
         net = ncnn.Net()
         for key in _BOOL_OPTIONS:  # options must be set before load_param
-            if key in self.options:
+            if self.options[key] is not None:
                 setattr(net.opt, key, bool(self.options[key]))
-        if int(self.options.get("num_threads", 0)) > 0:
+        if self.options["num_threads"] > 0:
             net.opt.num_threads = int(self.options["num_threads"])
         if net.load_param(str(self.param)) != 0 or net.load_model(str(self.bin)) != 0:
             net.clear()
             raise ToolchainError(f"ncnn cannot load {self.param.name}/{self.bin.name}; is the archive complete?")
         self._net = net
-        return self
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on ``{"input": (1, C, H, W) float32}``; returns ``{"output": (1, C', H', W') float32}``.
 
         Raises:
@@ -87,7 +92,7 @@ class NcnnRunner:
         del chw
         return {"output": result[None]}
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate_impl(self) -> None:
         if self._net is not None:
             self._net.clear()
         self._net = None

@@ -3,9 +3,7 @@
 Source: ONNX Runtime Python API, ``onnxruntime.InferenceSession``
 (https://onnxruntime.ai/docs/api/python/api_summary.html).
 
-Options (target profile ``[backend_options]``):
-    intra_op_num_threads (int, default 0 = ONNX Runtime's choice)
-    providers (list of str, default ``["CPUExecutionProvider"]``)
+Options (target profile ``[backend_options]``): see :attr:`OnnxRuntimeRunner.OPTIONS`.
 """
 
 from __future__ import annotations
@@ -13,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ToolchainError
-from . import Option, import_backend
+from . import BaseRunner, Option, error_text, import_backend
+
+#: ONNX tensor element types -> numpy dtypes (the ones an input check needs; others are not checked)
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 def _import() -> Any:
@@ -28,41 +30,39 @@ def _import() -> Any:
     return import_backend("onnxruntime", extra="onnxruntime")
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(BaseRunner):
     """Runs ``backend.net`` (an ``.onnx`` file) with ONNX Runtime."""
 
     backend = "onnxruntime"
     requirement = "onnxruntime>=1.17"
-    #: accepted ``[backend_options]`` keys and their types
-    OPTIONS = {"intra_op_num_threads": Option(int, 0, 1024), "providers": list}
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "intra_op_num_threads": Option(int, 0, 1024, default=0, doc="threads; 0 = ONNX Runtime's choice (one per core)"),
+        "providers": Option(list, items=str, default=("CPUExecutionProvider",), doc="execution providers, in order"),
+    }
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
-        self.path = Path(root) / model["net"]
-        self.options = dict(options)
-        self._session: Any = None
-        self._names: list[str] = []
+        super().__init__(root, model, options)
+        self.path = self.root / model["net"]
 
     @staticmethod
     def version() -> str:
         """Installed onnxruntime version. Raises ToolchainError when missing."""
         return str(_import().__version__)
 
-    def __enter__(self) -> OnnxRuntimeRunner:
+    def _activate_impl(self) -> None:
         ort = _import()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(self.options.get("intra_op_num_threads", 0))
+        so.intra_op_num_threads = int(self.options["intra_op_num_threads"])
         so.log_severity_level = 3
-        providers = list(self.options.get("providers", ["CPUExecutionProvider"]))
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=list(self.options["providers"]))
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ToolchainError(f"onnxruntime cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            raise ToolchainError(f"onnxruntime cannot load {self.path.name}: {error_text(exc)}") from exc
         self._names = [o.name for o in self._session.get_outputs()]
-        return self
+        self.inputs = {i.name: (np.dtype(_DTYPES[i.type]) if i.type in _DTYPES else None) for i in self._session.get_inputs()}
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once. ``feed`` maps input names to arrays; returns output name -> array."""
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._names, self._session.run(self._names, dict(feed))))
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate_impl(self) -> None:
         self._session = None

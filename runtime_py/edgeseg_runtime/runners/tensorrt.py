@@ -12,12 +12,8 @@ Inference uses TensorRT 10's name-based API (``set_tensor_address``,
 ``execute_async_v3``) with CUDA memory from cuda-python, as TensorRT's own
 samples do (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/python-api-docs.html).
 
-Options (target profile ``[backend_options]``):
-    workspace_mb (int, default 1024), dla_core (int, default -1 = GPU),
-    sparsity (bool, default false), optimization_level (int 0..5, default 3),
-    min_shape / opt_shape / max_shape ([H, W], dynamic models' optimisation profile;
-    read by the host build), engine_cache (str, cache folder when
-    ``$EDGESEG_ENGINE_CACHE`` is unset).
+Options (target profile ``[backend_options]``): see :attr:`TensorRTRunner.OPTIONS`
+(``min_shape``/``opt_shape``/``max_shape`` are read by the host build).
 
 Untested here: no TensorRT was installable where this was written (see the
 README's Jetson section); ``pytest -m tensorrt`` runs it where TensorRT is.
@@ -29,14 +25,23 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..archive import sha256_file
-from ..engine import EngineCache, EngineSettings, build_engine, check_cuda, cuda_runtime, default_cache_dir, engine_key, gpu_identity
+from ..engine import (
+    EngineCache,
+    EngineSettings,
+    build_engine,
+    check_cuda,
+    cuda_runtime,
+    default_cache_dir,
+    engine_key,
+    gpu_identity,
+)
 from ..errors import ToolchainError
-from . import Option
+from . import BaseRunner, Option, resolve
 
 MISSING = (
     "TensorRT is not installed here ({why}); on a Jetson it comes with JetPack "
@@ -57,26 +62,29 @@ def _say(line: str) -> None:
     print(f"edgeseg: {line}", file=sys.stderr, flush=True)
 
 
-class TensorRTRunner:
+class TensorRTRunner(BaseRunner):
     """Runs the device-built TensorRT engine of an archive's ONNX."""
 
     backend = "tensorrt"
     requirement = "tensorrt>=8.6"
     #: the device's system provides it (JetPack), so offline archives do not bundle it
     system_requirement = "tensorrt (JetPack: apt install python3-libnvinfer) and cuda-python"
-    OPTIONS = {
-        "workspace_mb": Option(int, 1, 1 << 20), "dla_core": Option(int, -1, 16), "sparsity": bool,
-        "optimization_level": Option(int, 0, 5),
-        "min_shape": Option(list, items=int), "opt_shape": Option(list, items=int),
-        "max_shape": Option(list, items=int), "engine_cache": str,
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "workspace_mb": Option(int, 1, 1 << 20, default=1024, doc="builder workspace limit, MiB"),
+        "dla_core": Option(int, -1, 16, default=-1, doc="DLA core to build for (GPU fallback on); -1 = GPU only"),
+        "sparsity": Option(bool, default=False, doc="2:4 structured-sparse kernels (SPARSE_WEIGHTS)"),
+        "optimization_level": Option(int, 0, 5, default=3, doc="builder_optimization_level"),
+        "min_shape": Option(list, items=int, doc="[H, W]: dynamic models' optimisation profile (host build)"),
+        "opt_shape": Option(list, items=int, doc="[H, W]: dynamic models' optimisation profile (host build)"),
+        "max_shape": Option(list, items=int, doc="[H, W]: dynamic models' optimisation profile (host build)"),
+        "engine_cache": Option(str, doc="engine cache folder when $EDGESEG_ENGINE_CACHE is unset"),
     }
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
-        self.root = Path(root)
+        super().__init__(root, model, options)
         self.onnx = self.root / model["net"]
         self.spec: dict[str, Any] = dict(model.get("engine", {}))
         self.prebuilt: list[dict[str, Any]] = list(model.get("prebuilt_engines", []))
-        self.options = dict(options)
         self.source = ""  # "archive" | "cache" | "built": where the engine came from
         self.key = ""
         self._context: Any = None
@@ -91,17 +99,17 @@ class TensorRTRunner:
         """Installed TensorRT version. Raises ToolchainError when missing."""
         return str(_import().__version__)
 
-    @staticmethod
-    def plan(model: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
+    @classmethod
+    def plan(cls, model: Mapping[str, Any], options: Mapping[str, Any]) -> list[str]:
         """``edgeseg info`` lines: how and where the device builds, caches and runs the engine."""
-        e = model.get("engine", {})
+        e, o = model.get("engine", {}), resolve(options, cls.OPTIONS)
         shapes = e.get("opt_shape") if e.get("min_shape") == e.get("max_shape") else (
             f"{e.get('min_shape')}..{e.get('max_shape')} (opt {e.get('opt_shape')})")
-        dla = options.get("dla_core", -1)
+        dla = o["dla_core"]
         lines = [
             f"engine      built on the device by TensorRT on first install (health check) or first run: {e.get('precision')}, "
-            f"input {e.get('input')} {shapes}, workspace {options.get('workspace_mb', 1024)} MiB, "
-            f"{'DLA core ' + str(dla) + ' + GPU fallback' if dla >= 0 else 'GPU'}, sparsity {'on' if options.get('sparsity') else 'off'}",
+            f"input {e.get('input')} {shapes}, workspace {o['workspace_mb']} MiB, "
+            f"{'DLA core ' + str(dla) + ' + GPU fallback' if dla >= 0 else 'GPU'}, sparsity {'on' if o['sparsity'] else 'off'}",
             "engine key  TensorRT version + GPU compute capability + precision + shapes + ONNX sha256 + builder settings; "
             "cached in $EDGESEG_ENGINE_CACHE (R/engines when deployed), rebuilt only when the key changes",
         ]
@@ -124,8 +132,8 @@ class TensorRTRunner:
             return EngineSettings(
                 precision=str(s["precision"]), input_name=str(s["input"]),
                 min_shape=tuple(s["min_shape"]), opt_shape=tuple(s["opt_shape"]), max_shape=tuple(s["max_shape"]),
-                workspace_mb=int(o.get("workspace_mb", 1024)), dla_core=int(o.get("dla_core", -1)),
-                sparsity=bool(o.get("sparsity", False)), optimization_level=int(o.get("optimization_level", 3)),
+                workspace_mb=int(o["workspace_mb"]), dla_core=int(o["dla_core"]),
+                sparsity=bool(o["sparsity"]), optimization_level=int(o["optimization_level"]),
                 calibration_method=str(s.get("calibration_method", "entropy")),
                 calibration_sha256=str(s.get("calibration_sha256", "")),
             )
@@ -151,7 +159,7 @@ class TensorRTRunner:
         if self.prebuilt:
             _say(f"the archive's engine was built for another device ({self.prebuilt[0].get('parts', {}).get('gpu')}, "
                  f"TensorRT {self.prebuilt[0].get('parts', {}).get('tensorrt')}); building one for this device")
-        cache = EngineCache(default_cache_dir(self.options.get("engine_cache")))
+        cache = EngineCache(default_cache_dir(self.options["engine_cache"]))
         data = cache.load(self.key)
         if data is not None:
             self.source = "cache"
@@ -169,7 +177,7 @@ class TensorRTRunner:
         self.source = "built"
         return data
 
-    def __enter__(self) -> TensorRTRunner:
+    def _activate_impl(self) -> None:
         trt = _import()
         cudart = self._cudart = cuda_runtime()
         settings = self.settings()
@@ -180,6 +188,7 @@ class TensorRTRunner:
         if self._engine is None:
             raise ToolchainError(f"TensorRT {trt.__version__} could not load the engine ({self.source}, key {self.key[:12]})")
         self._context = self._engine.create_execution_context()
+        self.inputs = {}
         self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._trt = trt
         self._outputs = []
@@ -187,7 +196,8 @@ class TensorRTRunner:
             name = self._engine.get_tensor_name(i)
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
                 self._outputs.append(name)
-        return self
+            else:
+                self.inputs[name] = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
 
     def _address(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -199,7 +209,7 @@ class TensorRTRunner:
         self._context.set_tensor_address(name, ptr)
         return ptr
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy inputs to the GPU, ``execute_async_v3``, copy outputs back; returns name -> array."""
         cudart, trt, ctx = self._cudart, self._trt, self._context
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -223,7 +233,7 @@ class TensorRTRunner:
         check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return outputs
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate_impl(self) -> None:
         if self._cudart is not None:
             for ptr, _ in self._buffers.values():
                 self._cudart.cudaFree(ptr)

@@ -11,8 +11,7 @@ Full-integer models (int8/int16 input and output) are run as the TFLite
 quantization spec says: ``q = clip(round(x / scale) + zero_point)`` in,
 ``x = scale * (q - zero_point)`` out, so callers always see float32.
 
-Options (target profile ``[backend_options]``):
-    num_threads (int, default 0 = the interpreter's choice)
+Options (target profile ``[backend_options]``): see :attr:`TFLiteRunner.OPTIONS`.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ToolchainError
-from . import Option
+from . import BaseRunner, Option, error_text
 
 
 def _interpreter_class() -> Any:
@@ -46,16 +45,16 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> n
     return np.clip(np.rint(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
-class TFLiteRunner:
+class TFLiteRunner(BaseRunner):
     """Runs a ``.tflite`` model with one interpreter (batch 1, NCHW float32 in and out)."""
 
     backend = "tflite"
     requirement = "ai-edge-litert>=1.2"
-    OPTIONS = {"num_threads": Option(int, 0, 1024)}
+    OPTIONS: ClassVar[dict[str, Option]] = {"num_threads": Option(int, 0, 1024, default=0, doc="0 = the interpreter's choice")}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
-        self.path = Path(root) / model["net"]
-        self.options = dict(options)
+        super().__init__(root, model, options)
+        self.path = self.root / model["net"]
         self._it: Any = None
 
     @staticmethod
@@ -71,19 +70,18 @@ class TFLiteRunner:
                 continue
         return "unknown"
 
-    def __enter__(self) -> TFLiteRunner:
+    def _activate_impl(self) -> None:
         cls = _interpreter_class()
-        threads = int(self.options.get("num_threads", 0))
+        threads = int(self.options["num_threads"])
         try:
             self._it = cls(model_path=str(self.path), num_threads=threads if threads > 0 else None)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ToolchainError(f"LiteRT cannot load {self.path.name}: {str(exc).splitlines()[0]}") from None
+            raise ToolchainError(f"LiteRT cannot load {self.path.name}: {error_text(exc)}") from exc
         self._in = self._it.get_input_details()[0]
         self._out = self._it.get_output_details()[0]
-        return self
 
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once on ``{"input": (1, C, H, W) float32}``; returns ``{"output": float32 array}``."""
         (tensor,) = feed.values()
         dtype = np.dtype(self._in["dtype"])
@@ -98,5 +96,5 @@ class TFLiteRunner:
             out = (out.astype(np.float32) - np.float32(zero)) * np.float32(scale)
         return {"output": np.array(out, dtype=np.float32 if out.dtype.kind == "f" else out.dtype, copy=True)}
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate_impl(self) -> None:
         self._it = None
