@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from edgeseg_runtime.runners import BACKEND_NAMES, option_error, runner_class
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from ._profiles import find_profile, list_profiles
 from ._schema import Strict, load_toml, validate
@@ -87,8 +87,9 @@ class Platform(Strict):
 class Limits(Strict):
     """Golden-check limits for one precision."""
 
-    atol: NonNegative
-    rtol: NonNegative = 0.0
+    # the same ranges as the archive contract (edgeseg_runtime.contract), so a profile that loads builds an archive
+    atol: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
+    rtol: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] = 0.0
     min_label_agreement: Fraction
 
 
@@ -125,8 +126,8 @@ class Quantization(Strict):
 class Deploy(Strict):
     """Device-side install settings."""
 
-    latency_budget_ms: PositiveFloat | None = None
-    keep_releases: PositiveInt = 3
+    latency_budget_ms: Annotated[float, Field(ge=1e-6, le=1e9, allow_inf_nan=False)] | None = None
+    keep_releases: Annotated[int, Field(ge=1, le=1000)] = 3
 
 
 class Target(Strict):

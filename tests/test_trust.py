@@ -470,3 +470,63 @@ def test_profiles_are_strictly_typed(line: str, new: str, tmp_path: Path) -> Non
     (tmp_path / "cpu.toml").write_text(text.replace(line, new, 1))
     with pytest.raises(edgeseg.ConfigError, match=line.split(" ")[0]):
         edgeseg.build(target=tmp_path / "cpu.toml", out_dir=tmp_path / "d", report=lambda _l: None)
+
+
+@pytest.mark.parametrize("line,new", [("keep_releases = 3", "keep_releases = 5000"),
+                                      ("atol = 1e-4", "atol = 1e7")])
+def test_profile_ranges_match_the_archive_contract(line: str, new: str, tmp_path: Path) -> None:
+    """A profile that loads builds an archive the device accepts: the same ranges at load time, not at the end."""
+    text = (Path(edgeseg.__file__).parent.parent / "targets" / "cpu.toml").read_text()
+    (tmp_path / "cpu.toml").write_text(text.replace(line, new, 1))
+    with pytest.raises(edgeseg.ConfigError, match=line.split(" ")[0]):
+        edgeseg.load_target(tmp_path / "cpu.toml")
+
+
+def test_signature_without_its_public_key_is_invalid(signed: dict[str, Path], tmp_path: Path) -> None:
+    """Dropping the public key from manifest.sig must not turn "INVALID" into "not checked here"."""
+    folder = _unpack(signed["archive"], tmp_path / "x")
+    sig = json.loads((folder / "manifest.sig").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["target"]["tolerance"].update(atol=1000.0, min_label_agreement=0.0)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for variant in ({k: v for k, v in sig.items() if k != "public_key"}, {**sig, "public_key": None}):
+        (folder / "manifest.sig").write_text(json.dumps(variant))
+        proc = edgeseg_cli("info", "--archive", folder)
+        assert proc.returncode == 1 and "signature INVALID" in proc.stdout, proc.stdout
+        proc = edgeseg_cli("verify", "--archive", folder)
+        assert proc.returncode == 1 and "signature INVALID" in proc.stdout
+
+
+def test_header_floods_are_refused_at_once(signed: dict[str, Path], tmp_path: Path) -> None:
+    """Headers no member needs (pax headers in a row, a folder repeated) are refused, not read for minutes."""
+    import gzip
+
+    with tarfile.open(signed["archive"]) as src:
+        raw = gzip.decompress(signed["archive"].read_bytes())
+        first = src.getmembers()[0]
+    head = raw[:512 + first.size + (-first.size % 512)]  # the manifest member
+    rest = raw[len(head):]
+    pax = b"6 a=b\n"
+    flood_pax = b"".join(_tar_header("././@PaxHeader", f"{len(pax):011o}\x00".encode(), b"x") + pax + bytes(506)
+                         for _ in range(2000))
+    flood_dirs = b"".join(_tar_header("runtime/", b"00000000000\x00", b"5") for _ in range(20000))
+    for name, flood in (("pax", flood_pax), ("dirs", flood_dirs)):
+        bad = tmp_path / f"{name}.tar.gz"
+        bad.write_bytes(gzip.compress(head + flood + rest))
+        t0 = time.monotonic()
+        proc = edgeseg_cli("info", "--archive", bad)
+        assert proc.returncode == 2 and ("two pax headers in a row" in proc.stderr or "appears twice" in proc.stderr)
+        assert time.monotonic() - t0 < 20, name
+
+
+def test_folder_behind_a_switched_link_is_read_from_one_release(archives: dict[str, Path], tmp_path: Path) -> None:
+    """--archive R/current is resolved once: switching the link mid-run cannot pair one release's model with
+    another's manifest."""
+    a = _unpack(archives["cpu"], tmp_path / "releases" / "1")
+    link = tmp_path / "current"
+    link.symlink_to(a)
+    with Archive.open(link) as archive:
+        b = _unpack(archives["cpu"], tmp_path / "releases" / "2")
+        (tmp_path / "new").symlink_to(b)
+        os.replace(tmp_path / "new", link)  # the installer's switch
+        assert archive.root == a.resolve() and archive.path("end2end.onnx").parent == a.resolve()
