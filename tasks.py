@@ -1,4 +1,4 @@
-"""invoke tasks: thin wrappers over edgeseg's Python API.
+"""invoke tasks: thin wrappers over edgeseg's Python API (or its command line, ``edgeseg.cli.main([...])``).
 
     invoke build --target intel            # archive of the embedded default model
     invoke build --target cpu --precision int8 [--calib DIR] [--eval DIR]
@@ -10,6 +10,8 @@
     invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
     invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
+
+Errors are one line with the CLI's exit codes (:func:`edgeseg.cli.exit_code`: 1 a failed check, 2 otherwise).
 """
 
 from __future__ import annotations
@@ -18,6 +20,22 @@ import sys
 from pathlib import Path
 
 from invoke import Exit, task
+
+
+def _fail(exc: Exception) -> Exit:
+    """An edgeseg error as one line and the CLI's exit code, not a traceback."""
+    from edgeseg.cli import exit_code
+
+    return Exit(f"edgeseg: error: {exc}", code=exit_code(exc))
+
+
+def _cli(*args: object) -> None:
+    """``edgeseg ARGS`` in this process; its exit code (when not 0) becomes the task's."""
+    from edgeseg.cli import main
+
+    code = main([str(a) for a in args])
+    if code:
+        raise Exit(code=code)
 
 
 @task(
@@ -46,25 +64,20 @@ def build(  # noqa: ANN201
     """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
     import edgeseg
 
+    options = {
+        "out_dir": out, "with_argmax": with_argmax, "precision": precision, "calib": [calib] if calib else None,
+        "calib_count": int(calib_count) if calib_count else None, "eval_set": eval, "recalibrate": recalibrate,
+        "release_version": release_version, "sign_key": sign_key,
+    }
     try:
-        result = edgeseg.build(
-            model, target=target, spec=spec, out_dir=out, with_argmax=with_argmax, precision=precision,
-            calib=[calib] if calib else None, calib_count=int(calib_count) if calib_count else None,
-            eval_set=eval, recalibrate=recalibrate, release_version=release_version, sign_key=sign_key,
-        )
         if device:
-            from edgeseg.deploy import load_inventory
-            from edgeseg.deploy.engine import build_engine_on_device
-            from edgeseg.signing import default_sign_key
-
-            inv = load_inventory(inventory)
-            archive = build_engine_on_device(result.archive, inv.get(device), inv, Path(out), report=print,
-                                             sign_key=default_sign_key(sign_key))
-            print(archive)
-            return
-    except edgeseg.EdgesegError as exc:  # one line and the CLI's exit codes, not a traceback
-        raise Exit(f"edgeseg: error: {exc}", code=1 if isinstance(exc, edgeseg.VerifyError) else 2) from None
-    print(result.archive)
+            archive = edgeseg.build_for_device(model, target=target, device=device, inventory=inventory, spec=spec,
+                                               **options).archive
+        else:
+            archive = edgeseg.build(model, target=target, spec=spec, **options).archive
+    except edgeseg.EdgesegError as exc:
+        raise _fail(exc) from None
+    print(archive)
 
 
 @task(
@@ -82,23 +95,16 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
            waves="1,50%,100%", max_failure_rate=0.0):  # noqa: ANN001
     """Deploy an archive (or build one for --target) to a device or group over SSH; prints the per-device table."""
     import edgeseg
-    from edgeseg.deploy.cli import cmd_deploy
 
-    try:
-        if archive is None:
-            if target is None:
-                raise edgeseg.ConfigError("give --target (to build) or --archive")
+    if archive is None:
+        if target is None:
+            raise _fail(edgeseg.ConfigError("give --target (to build) or --archive"))
+        try:
             archive = edgeseg.build(target=target).archive
-        import argparse
-
-        code = cmd_deploy(argparse.Namespace(
-            archive=archive, inventory=inventory, device=[device] if device else None, group=group, waves=waves,
-            max_failure_rate=float(max_failure_rate), allow_downgrade=False, stage_only=False, json=False,
-        ))
-    except edgeseg.EdgesegError as exc:
-        raise Exit(f"edgeseg: error: {exc}", code=2) from None
-    if code:
-        raise Exit(code=code)
+        except edgeseg.EdgesegError as exc:
+            raise _fail(exc) from None
+    _cli("deploy", archive, "--inventory", inventory, *(["--device", device] if device else []),
+         *(["--group", group] if group else []), "--waves", waves, "--max-failure-rate", max_failure_rate)
 
 
 @task(
@@ -119,27 +125,21 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
 def compare(c, images, archives=None, targets="cpu,intel", masks=None, label_map=None, limit=None,  # noqa: ANN001, ANN201
             device=None, inventory="devices.toml", max_drop=None, max_gain=None, out="report"):  # noqa: ANN001
     """Run archives on the same images; write report.json/.md/.html with accuracy vs fp32, latency, memory, size."""
-    import argparse
-
     import edgeseg
-    from edgeseg.cli import cmd_compare
 
-    try:
-        if archives:
-            paths = archives.split(",")
-        else:
-            names = [t for t in targets.split(",") if t]
+    if archives:
+        paths = archives.split(",")
+    else:
+        names = [t for t in targets.split(",") if t]
+        try:
             paths = [edgeseg.build(target="cpu", precision="fp32").archive]
             paths += [edgeseg.build(target=t).archive for t in names if t != "cpu"]
-        code = cmd_compare(argparse.Namespace(
-            archives=paths, images=images, masks=masks, reference=None, layout="auto", split=None, label_map=label_map,
-            limit=int(limit) if limit else None, device=[device] if device else None, inventory=inventory, runs=20,
-            warmup=3, max_drop=float(max_drop) if max_drop else None, max_gain=float(max_gain) if max_gain else None, out=out,
-        ))
-    except edgeseg.EdgesegError as exc:
-        raise Exit(f"edgeseg: error: {exc}", code=2) from None
-    if code:
-        raise Exit(code=code)
+        except edgeseg.EdgesegError as exc:
+            raise _fail(exc) from None
+    options = {"--masks": masks, "--label-map": label_map, "--limit": limit, "--device": device,
+               "--max-drop": max_drop, "--max-gain": max_gain}
+    _cli("compare", *paths, "--images", images, "--inventory", inventory, "--out", out,
+         *(arg for flag, value in options.items() if value for arg in (flag, value)))
 
 
 @task(help={"fast": "skip tests marked slow", "k": "pytest -k expression"})
@@ -177,7 +177,7 @@ def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs
                                jobs=int(jobs), resume=resume, report=print):
             print(path)
     except edgeseg.EdgesegError as exc:
-        raise Exit(f"edgeseg: error: {exc}", code=2) from None
+        raise _fail(exc) from None
 
 
 @task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})

@@ -109,7 +109,7 @@ def _measure(segs: dict[str, Segmentor], golden: list[Path], ref_labels: list[np
             labels = seg.segment(load_image(voc[0])).labels
             miou_gt = 100 * scores_from_confusion(confusion_matrix(labels, voc[1], 2)).miou
         ms = statistics.median(samples[precision])
-        target = seg.archive.manifest["target"]["name"]
+        target = seg.archive.manifest.target.name
         rows.append((target, precision, ms, fp32_ms / ms, scores_from_confusion(agree).pixel_accuracy, miou_gt))
     return rows
 

@@ -47,7 +47,7 @@ from edgeseg_runtime.runners import REGISTRY, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
 
-from . import __version__
+from ._version import __version__
 from ._progress import Reporter, Step, Steps
 from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed
 from .backends import Backend, Calibration, ModelFiles, get_backend

@@ -1,6 +1,12 @@
 """``edgeseg`` on the host: the device commands (run, verify, info, bench, measure) plus build, compare and targets.
 
-Thin: parse arguments, call :func:`edgeseg.build` or the runtime, print.
+Thin: parse arguments into typed values (:class:`~edgeseg.datasets.LabelMap`,
+:class:`~edgeseg.deploy.fleet.Waves`, ...), call the Python API
+(:func:`edgeseg.build`, :func:`edgeseg.build_for_device`,
+:func:`edgeseg.compare.compare`, ...) or the runtime, print.
+
+Exit codes (:func:`exit_code`): 0 ok; 1 a measured check failed (golden
+check, accuracy gate, comparison gate); 2 any other error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,8 +19,13 @@ from typing import Any
 
 from edgeseg_runtime.cli import build_parser as runtime_parser
 from edgeseg_runtime.cli import run_cli
+from edgeseg_runtime.errors import VerifyError, exit_code
 
-__all__ = ["main"]
+__all__ = ["exit_code", "main"]
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _floats3(text: str) -> list[float]:
@@ -57,60 +68,42 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
+def _mmseg_model(args: argparse.Namespace, overrides: dict[str, Any] | None) -> tuple[Any, Any, dict[str, Any] | None]:
+    """``(model, spec, spec_overrides)`` from the model flags, or from ``--mmseg-config`` (with only ``--input-size``)."""
+    from .errors import ConfigError
 
-    device = inventory = None
-    if args.device:
-        from .backends import get_backend
-        from .deploy import load_inventory
-        from .errors import ConfigError
-        from .targets import load_target
-
-        if get_backend(load_target(args.target)).build_on != "device":
-            raise ConfigError(f"--device: target {args.target!r} is built here, not on a device (only TensorRT targets are)")
-        inventory = load_inventory(args.inventory)
-        device = inventory.get(args.device)  # fail on an unknown device before the build
-    model, spec, overrides = args.model, args.spec, _spec_overrides(args) or None
     if args.mmseg_config:
-        from .errors import ConfigError
         from .mmseg import load_mmseg
 
         if args.model or args.spec or set(overrides or {}) - {"input"} or set((overrides or {}).get("input", {})) - {"size"}:
             raise ConfigError("--mmseg-config takes the model and its spec from the config; "
                               "of the model flags only --input-size applies")
         model, spec = load_mmseg(args.mmseg_config, args.checkpoint, input_size=args.input_size)
-        overrides = None
-    elif args.checkpoint:
-        from .errors import ConfigError
-
+        return model, spec, None
+    if args.checkpoint:
         raise ConfigError("--checkpoint goes with --mmseg-config")
-    result = build(
-        model,
-        target=args.target,
-        spec=spec,
-        spec_overrides=overrides,
-        out_dir=args.out,
-        with_argmax=args.with_argmax,
-        golden=args.golden,
-        precision=args.precision,
-        calib=args.calib,
-        calib_count=args.calib_count,
-        eval_set=args.eval,
-        recalibrate=args.recalibrate,
-        release_version=args.release_version,
-        sign_key=args.sign_key,
-    )
-    if device is not None and inventory is not None:
-        from .deploy.engine import build_engine_on_device
-        from .signing import default_sign_key
+    return args.model, args.spec, overrides
 
-        print(f"generic archive (engine built on each device): {result.archive}", file=sys.stderr)
-        out = build_engine_on_device(result.archive, device, inventory, args.out,
-                                     sign_key=default_sign_key(args.sign_key),
-                                     report=lambda line: print(line, file=sys.stderr, flush=True))
-        print(out)
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    options: dict[str, Any] = {
+        "out_dir": args.out, "with_argmax": args.with_argmax, "golden": args.golden, "precision": args.precision,
+        "calib": args.calib, "calib_count": args.calib_count, "eval_set": args.eval, "recalibrate": args.recalibrate,
+        "release_version": args.release_version, "sign_key": args.sign_key,
+    }
+    if args.device:
+        from .deploy.engine import build_for_device, device_for_build
+
+        inventory, _ = device_for_build(args.target, args.device, args.inventory)  # fail before loading a model
+        model, spec, overrides = _mmseg_model(args, _spec_overrides(args) or None)
+        out = build_for_device(model, target=args.target, device=args.device, inventory=inventory, spec=spec,
+                               spec_overrides=overrides, **options)
+        print(out.archive)
         return 0
+    model, spec, overrides = _mmseg_model(args, _spec_overrides(args) or None)
+    result = build(model, target=args.target, spec=spec, spec_overrides=overrides, **options)
     print(result.archive)
     return 0
 
@@ -119,10 +112,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
 
     paths = run_matrix(
-        full=args.full, models=args.models.split(",") if args.models else None,
-        backends=args.backends.split(",") if args.backends else None,
-        precisions=args.precisions.split(",") if args.precisions else None, size=tuple(args.size), runs=args.runs,
-        out_dir=args.out, jobs=args.jobs, resume=args.resume, report=lambda line: print(line, file=sys.stderr, flush=True),
+        full=args.full, models=args.models, backends=args.backends, precisions=args.precisions, size=tuple(args.size),
+        runs=args.runs, out_dir=args.out, jobs=args.jobs, resume=args.resume, report=_say,
     )
     print("\n".join(map(str, paths)))
     return 0
@@ -143,24 +134,28 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
-    from .report import summary_rows, write_report
+    from .datasets import parse_label_map
+    from .report import render_console, write_report
 
     comparison = compare(
         args.archives, args.images, args.masks, reference=args.reference, layout=args.layout, split=args.split,
-        label_map=args.label_map, limit=args.limit, devices=args.device or (), inventory=args.inventory,
-        runs=args.runs, warmup=args.warmup, max_drop=args.max_drop, max_gain=args.max_gain, out_dir=args.out,
+        label_map=parse_label_map(args.label_map), limit=args.limit, devices=args.device or (),
+        inventory=args.inventory, runs=args.runs, warmup=args.warmup, max_drop=args.max_drop, max_gain=args.max_gain,
+        out_dir=args.out,
     )
     paths = write_report(comparison)
-    head, rows = summary_rows(comparison)
-    keep = [0, 1, 2, 6, 7, 8, 9, 10, 12]  # Method, Backend, Precision, Latency, Device, mIoU, delta, agreement, gate
-    widths = [max(len(r[k]) for r in [head, *rows]) for k in keep]
-    for row in [head, *rows]:
-        print("  ".join(row[k].ljust(w) for k, w in zip(keep, widths, strict=True)).rstrip())
+    print(render_console(comparison))
     print(f"report: {paths['json']}  {paths['md']}  {paths['html']}")
     if not comparison.passed:
-        print("edgeseg: gate FAILED:\n  " + "\n  ".join(comparison.failures()), file=sys.stderr)
-        return 1
+        failed = VerifyError("gate FAILED:\n  " + "\n  ".join(comparison.failures()))
+        print(f"edgeseg: {failed}", file=sys.stderr)
+        return exit_code(failed)
     return 0
+
+
+def _names(text: str) -> list[str] | None:
+    """``A,B`` → ``["A", "B"]``, ``""`` → None (argparse type of the comma-separated lists)."""
+    return text.split(",") if text else None
 
 
 def _add_compare(sub: Any) -> None:
@@ -260,9 +255,9 @@ def _add_build(sub: Any) -> None:
         "'edgeseg[mmseg]').",
     )
     p.add_argument("--full", action="store_true", help="every seed architecture x every backend x fp32,fp16 (1-2 h on 2 cores)")
-    p.add_argument("--models", metavar="A,B", help="architectures by name (e.g. PSPNet,BiSeNetV2)")
-    p.add_argument("--backends", metavar="X,Y", help="onnxruntime,openvino,ncnn,tflite,coreml,tensorrt")
-    p.add_argument("--precisions", metavar="P,Q", help="fp32,fp16 (default: fp32; both with --full)")
+    p.add_argument("--models", type=_names, metavar="A,B", help="architectures by name (e.g. PSPNet,BiSeNetV2)")
+    p.add_argument("--backends", type=_names, metavar="X,Y", help="onnxruntime,openvino,ncnn,tflite,coreml,tensorrt")
+    p.add_argument("--precisions", type=_names, metavar="P,Q", help="fp32,fp16 (default: fp32; both with --full)")
     p.add_argument("--size", type=_size, default=[256, 512], metavar="HxW", help="input size (default: 256x512)")
     p.add_argument("--runs", type=int, default=10, help="timed inferences per cell (default: %(default)s)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="models measured at once in worker processes (default: 1)")

@@ -42,10 +42,11 @@ from PIL import Image
 from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
 from edgeseg_runtime.measure import DONE_PREFIX, MEASURE_NAME
 from edgeseg_runtime.runners import runner_class
+from edgeseg_runtime.verify import compare_arrays
 
-from . import __version__
 from ._progress import Reporter, Step, Steps
-from .datasets import Dataset, load_dataset
+from ._version import __version__
+from .datasets import Dataset, LabelMap, load_dataset
 from .errors import ConfigError, EdgesegError
 from .metrics import IGNORE_INDEX, AbsDiff, LatencySummary, SegmentationScores, confusion_matrix, latency_summary, scores_from_confusion
 
@@ -98,23 +99,23 @@ def archive_info(path: str | Path) -> ArchiveInfo:
     with Archive.open(p) as archive:
         m = archive.manifest
         manifest_sha = sha256_file(archive.path(MANIFEST_NAME))
-    files = m["files"]
-    model_files = [m["backend"]["net"], m["backend"].get("weights") or ""]
+    files = m.files
+    model_files = [m.backend.net, m.backend.weights]
     return ArchiveInfo(
         path=p,
         sha256=sha256_file(p) if p.is_file() else manifest_sha,
         manifest_sha256=manifest_sha,
-        model=m["model"]["name"],
-        classes=list(m["model"]["classes"]),
-        palette=[list(c) for c in m["model"]["palette"]],
-        target=m["target"]["name"],
-        backend=m["backend"]["name"],
-        precision=m["target"]["precision"],
-        input_shape=list(m["model"]["input"]["shape"]),
-        archive_bytes=p.stat().st_size if p.is_file() else sum(int(f["size"]) for f in files.values()),
-        model_bytes=sum(int(files[f]["size"]) for f in model_files if f in files),
-        source_sha256=m["provenance"]["source_sha256"],
-        with_argmax=bool(m["model"].get("with_argmax")),
+        model=m.model.name,
+        classes=list(m.model.classes),
+        palette=[list(c) for c in m.model.palette],
+        target=m.target.name,
+        backend=m.backend.name,
+        precision=m.target.precision,
+        input_shape=list(m.model.input.shape),
+        archive_bytes=p.stat().st_size if p.is_file() else m.total_bytes,
+        model_bytes=sum(files[f].size for f in model_files if f in files),
+        source_sha256=m["provenance"]["source_sha256"],  # report-only section: read through the Mapping
+        with_argmax=m.model.with_argmax,
     )
 
 
@@ -328,19 +329,16 @@ def _score_all(ran: list[TargetResult], dataset: Dataset, n: int) -> None:
             agree[k] += confusion_matrix(labels, ref_labels, n)
             if truth is not None:
                 gt[k] += confusion_matrix(labels, truth, n)
-            result.per_image.append({"image": image.name, "agreement": round(float((labels == ref_labels).mean()), 6)})
             diff = diffs[k]
+            out = _output(result.run_dir, image.stem) if diff is not None else None
+            a = compare_arrays(out, ref_out, labels, ref_labels)
+            result.per_image.append({"image": image.name, "agreement": round(a.label_agreement, 6)})
             if diff is None:
                 continue
-            out = _output(result.run_dir, image.stem)
-            if out is None or ref_out is None:
-                diffs[k], result.score_note = None, "no raw outputs"
-            elif out.dtype.kind != "f" or ref_out.dtype.kind != "f":
-                diffs[k], result.score_note = None, "labels output (argmax folded in): no scores"
-            elif out.shape != ref_out.shape:
-                diffs[k], result.score_note = None, f"output shapes differ ({list(out.shape)} vs {list(ref_out.shape)})"
+            if a.scores_compared:
+                diff.include(a)
             else:
-                diff.add(out, ref_out)
+                diffs[k], result.score_note = None, a.note
     for k, result in enumerate(ran):
         result.vs_reference = scores_from_confusion(agree[k])
         result.vs_ground_truth = scores_from_confusion(gt[k]) if dataset.has_masks else None
@@ -406,7 +404,7 @@ def compare(
     reference: str | Path | None = None,
     layout: str = "auto",
     split: str | None = None,
-    label_map: str | None = None,
+    label_map: LabelMap | None = None,
     limit: int | None = None,
     devices: Sequence[str] = (),
     inventory: str | Path = "devices.toml",
@@ -424,7 +422,8 @@ def compare(
         images: image folder or dataset root (:func:`edgeseg.datasets.load_dataset`).
         masks: mask folder when ``images`` is an image folder.
         reference: the fp32 ONNX Runtime archive; None = the first such among ``archives``.
-        layout, split, label_map: dataset options (:mod:`edgeseg.datasets`).
+        layout, split: dataset options (:mod:`edgeseg.datasets`).
+        label_map: set id → model id (:class:`~edgeseg.datasets.LabelMap`; the CLI parses ``15=1,*=0``).
         limit: use only the first N images.
         devices: ``NAME`` (runs the archive built for the device's target) or
             ``NAME=ARCHIVE``; those archives run on the device over SSH,
@@ -450,6 +449,34 @@ def compare(
     if not archives and reference is None:
         raise ConfigError("give at least one archive")
     dataset = load_dataset(images, masks, layout=layout, split=split, label_map=label_map).limit(limit)
+    infos, ref_info = _archives(archives, reference, dataset)
+    inv = None
+    if devices:
+        from .deploy.inventory import load_inventory
+
+        inv = load_inventory(inventory)
+    jobs = _plan(infos, ref_info, devices, inv)
+    results = [TargetResult(label, info, dev.name if dev else "host", is_reference=(i == 0))
+               for i, (label, (info, dev)) in enumerate(zip(_row_labels(jobs), jobs, strict=True))]
+    runs_root = Path(out_dir) / "runs"
+    for old in runs_root.glob("*-*/" + MEASURE_NAME):  # label maps of an earlier comparison in this folder
+        shutil.rmtree(old.parent)
+    with Steps(report) as steps:
+        for k, ((_info, dev), result) in enumerate(zip(jobs, results, strict=True)):
+            result.run_dir = runs_root / f"{k}-{_slug(result.label)}"
+            _run_target(result, dev, inv, dataset, runs, warmup, steps, report)
+        _score_step([r for r in results if r.run is not None], dataset, len(ref_info.classes), max_drop, max_gain, steps)
+    for result in results:  # raw outputs can be large (C x h x w floats per image); the label maps stay
+        for npy in result.run_dir.glob("*.output.npy") if result.run_dir else ():
+            npy.unlink()
+    return Comparison(dataset, list(ref_info.classes), results, max_drop, max_gain, runs, warmup,
+                      datetime.now(UTC).isoformat(timespec="seconds"), Path(out_dir))
+
+
+def _archives(
+    archives: Sequence[str | Path], reference: str | Path | None, dataset: Dataset
+) -> tuple[list[ArchiveInfo], ArchiveInfo]:
+    """Step 1: every archive's info and the reference's, checked to be one model with distinct image stems."""
     stems = [p.stem for p in dataset.images]
     if len(set(stems)) != len(stems):
         raise ConfigError("images must have distinct file names (stems): results are matched by name")
@@ -461,57 +488,47 @@ def compare(
                 f"{info.path}: classes {info.classes} differ from the reference's {ref_info.classes}; "
                 "compare archives of one model"
             )
-    inv = None
-    if devices:
-        from .deploy.inventory import load_inventory
+    return infos, ref_info
 
-        inv = load_inventory(inventory)
-    jobs = _plan(infos, ref_info, devices, inv)
-    labels = _row_labels(jobs)
-    n = len(ref_info.classes)
-    results = [TargetResult(label, info, dev.name if dev else "host", is_reference=(i == 0))
-               for i, (label, (info, dev)) in enumerate(zip(labels, jobs, strict=True))]
 
-    runs_root = Path(out_dir) / "runs"
-    for old in runs_root.glob("*-*/" + MEASURE_NAME):  # label maps of an earlier comparison in this folder
-        shutil.rmtree(old.parent)
-    with Steps(report) as steps:
-        for k, ((info, dev), result) in enumerate(zip(jobs, results, strict=True)):
-            result.run_dir = runs_root / f"{k}-{_slug(result.label)}"
-            where = f"on {dev.name}" if dev else "here"
-            with steps.step(f"{result.label} ({info.backend}) {where}") as step:
-                try:
-                    if dev is None:
-                        result.run = _measure_here(info, dataset.images, result.run_dir, runs, warmup, step)
-                    else:
-                        from .deploy.measure import measure_on_device
+def _run_target(result: TargetResult, dev: Any, inv: Any, dataset: Dataset, runs: int, warmup: int, steps: Steps,
+                report: Reporter | None) -> None:
+    """Step 2: ``edgeseg measure`` for one row, here or on its device; a failure (but the reference's) is recorded."""
+    info = result.info
+    assert result.run_dir is not None
+    where = f"on {dev.name}" if dev else "here"
+    with steps.step(f"{result.label} ({info.backend}) {where}") as step:
+        try:
+            if dev is None:
+                result.run = _measure_here(info, dataset.images, result.run_dir, runs, warmup, step)
+            else:
+                from .deploy.measure import measure_on_device
 
-                        step.start(len(dataset), "images")
-                        result.run = measure_on_device(
-                            info.path, dev, inv, dataset.images, result.run_dir, runs=runs, warmup=warmup,
-                            report=report or (lambda _line: None), on_image=lambda _name: step.advance(),
-                        )
-                except (EdgesegError, OSError) as exc:
-                    if result.is_reference:
-                        raise
-                    result.error = str(exc)
-                    result.failures.append(f"did not run: {exc}")
-                    step.detail = f"FAILED: {exc}"
-                    continue
-                step.detail = f"p50 {result.latency.p50:.2f} ms"
-        ran = [r for r in results if r.run is not None]
-        with steps.step("score against the fp32 reference") as step:
-            _score_all(ran, dataset, n)
-            for result in ran:
-                _gate(result, results[0], max_drop, max_gain)
-            step.detail = "; ".join(
-                f"{r.label} agreement {r.vs_reference.pixel_accuracy:.2%}" + ("" if r.passed else " FAIL") for r in ran[1:]
-            )
-    for result in results:  # raw outputs can be large (C x h x w floats per image); the label maps stay
-        for npy in result.run_dir.glob("*.output.npy") if result.run_dir else ():
-            npy.unlink()
-    return Comparison(dataset, list(ref_info.classes), results, max_drop, max_gain, runs, warmup,
-                      datetime.now(UTC).isoformat(timespec="seconds"), Path(out_dir))
+                step.start(len(dataset), "images")
+                result.run = measure_on_device(
+                    info.path, dev, inv, dataset.images, result.run_dir, runs=runs, warmup=warmup,
+                    report=report or (lambda _line: None), on_image=lambda _name: step.advance(),
+                )
+        except (EdgesegError, OSError) as exc:
+            if result.is_reference:
+                raise
+            result.error = str(exc)
+            result.failures.append(f"did not run: {exc}")
+            step.detail = f"FAILED: {exc}"
+            return
+        step.detail = f"p50 {result.latency.p50:.2f} ms"
+
+
+def _score_step(ran: list[TargetResult], dataset: Dataset, n: int, max_drop: float | None, max_gain: float | None,
+                steps: Steps) -> None:
+    """Step 3: metrics of every row that ran (``ran[0]`` is the reference) and the two-sided gate."""
+    with steps.step("score against the fp32 reference") as step:
+        _score_all(ran, dataset, n)
+        for result in ran:
+            _gate(result, ran[0], max_drop, max_gain)
+        step.detail = "; ".join(
+            f"{r.label} agreement {r.vs_reference.pixel_accuracy:.2%}" + ("" if r.passed else " FAIL") for r in ran[1:]
+        )
 
 
 def _slug(text: str) -> str:

@@ -20,14 +20,16 @@ drops by one. Sources: Cityscapes scripts ``createTrainIdLabelImgs.py``;
 MMSegmentation 1.x ``docs/en/user_guides/2_dataset_prepare.md``; the PASCAL
 VOC 2012 development kit.
 
-A ``label_map`` (``"15=1,*=0"``) then maps the set's ids to the model's: a
-person-only model scored on VOC maps class 15 (person) to 1 and the rest to
-background. ``*`` sets every id not listed (255 stays ignored unless listed).
+A :class:`LabelMap` (the CLI's ``--label-map 15=1,*=0``, parsed by
+:func:`parse_label_map`) then maps the set's ids to the model's: a person-only
+model scored on VOC maps class 15 (person) to 1 and the rest to background.
+``*`` sets every id not listed (255 stays ignored unless listed).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from edgeseg_runtime.images import IMAGE_SUFFIXES, iter_image_paths
 from .errors import ConfigError
 from .metrics import IGNORE_INDEX
 
-__all__ = ["Dataset", "LAYOUTS", "load_dataset", "parse_label_map", "read_mask"]
+__all__ = ["Dataset", "LAYOUTS", "LabelMap", "load_dataset", "parse_label_map", "read_mask"]
 
 LAYOUTS = ("auto", "plain", "cityscapes", "ade20k", "voc", "images")
 _CITYSCAPES_IMAGE = "_leftImg8bit"
@@ -48,8 +50,61 @@ _CITYSCAPES_MASK = "_gtFine_labelTrainIds.png"
 _SPLITS = {"cityscapes": "val", "ade20k": "validation", "voc": "val"}
 
 
-def parse_label_map(text: str | None) -> dict[int | str, int] | None:
-    """Parse ``"SRC=DST,...,*=DST"`` into ``{src: dst, "*": dst}``.
+class LabelMap(Mapping[int | str, int]):
+    """Dataset class id → model class id (read-only): ``{15: 1, "*": 0}``.
+
+    Keys are ids in 0..65535, or ``"*"`` for every id not listed (the ignore
+    index 255 stays ignored unless listed); values are ids in 0..65535.
+    Build one from a mapping (``LabelMap({15: 1, "*": 0})``) or from the
+    CLI's text with :func:`parse_label_map` (``"15=1,*=0"``).
+
+    Raises:
+        ConfigError: a key or value outside those ranges.
+    """
+
+    def __init__(self, pairs: Mapping[int | str, int]) -> None:
+        table: dict[int | str, int] = {}
+        for src, dst in pairs.items():
+            ok_src = src == "*" or (isinstance(src, int) and not isinstance(src, bool) and 0 <= src <= 65535)
+            ok_dst = isinstance(dst, int) and not isinstance(dst, bool) and 0 <= dst <= 65535
+            if not (ok_src and ok_dst):
+                raise ConfigError(f"label map: {src!r} -> {dst!r} is not a class id pair (ids 0..65535, '*' for the rest)")
+            table[src] = dst
+        self._table = table
+
+    def __getitem__(self, key: int | str) -> int:
+        return self._table[key]
+
+    def __iter__(self) -> Iterator[int | str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"LabelMap({self._table!r})"
+
+    def __str__(self) -> str:
+        """The CLI form, ``15=1,*=0``."""
+        return ",".join(f"{k}={v}" for k, v in self._table.items())
+
+    @classmethod
+    def of(cls, value: Mapping[int | str, int] | None) -> LabelMap | None:
+        """``value`` as a LabelMap (None and an empty mapping stay None).
+
+        Raises:
+            TypeError: a string: parse the CLI syntax with :func:`parse_label_map` first.
+            ConfigError: bad ids.
+        """
+        if isinstance(value, str):
+            raise TypeError(f"label_map takes a mapping, not the text {value!r}: parse_label_map({value!r})")
+        if not value:
+            return None
+        return value if isinstance(value, LabelMap) else cls(value)
+
+
+def parse_label_map(text: str | None) -> LabelMap | None:
+    """Parse the CLI's ``"SRC=DST,...,*=DST"`` into a :class:`LabelMap` (``{src: dst, "*": dst}``; None for "").
 
     Raises:
         ConfigError: not ``int=int`` pairs, or an id outside 0..65535.
@@ -67,10 +122,10 @@ def parse_label_map(text: str | None) -> dict[int | str, int] | None:
         if not sep or value < 0 or value > 65535 or (isinstance(key, int) and not 0 <= key <= 65535) or key == "":
             raise ConfigError(f"label map {text!r}: expected SRC=DST pairs of class ids, e.g. 15=1,*=0 (bad part {part!r})")
         out[key] = value
-    return out
+    return LabelMap(out)
 
 
-def _lookup(label_map: dict[int | str, int] | None, reduce_zero_label: bool) -> np.ndarray | None:
+def _lookup(label_map: Mapping[int | str, int] | None, reduce_zero_label: bool) -> np.ndarray | None:
     """A 65536-entry id → id table for the layout's conversion then the label map (None = identity)."""
     if label_map is None and not reduce_zero_label:
         return None
@@ -95,7 +150,7 @@ def read_mask(
     size: tuple[int, int],
     *,
     reduce_zero_label: bool = False,
-    label_map: dict[int | str, int] | None = None,
+    label_map: Mapping[int | str, int] | None = None,
 ) -> np.ndarray:
     """Read a ground-truth label map.
 
@@ -104,7 +159,7 @@ def read_mask(
         num_classes: valid ids (after conversion) are ``0..num_classes-1``.
         size: the image's ``(H, W)``; the mask must match it.
         reduce_zero_label: ADE20K convention (module doc).
-        label_map: ``{src: dst, "*": dst}`` from :func:`parse_label_map`.
+        label_map: ``{src: dst, "*": dst}`` (a :class:`LabelMap` or any such mapping).
 
     Returns:
         ``(H, W)`` int64 label map, 255 = ignore.
@@ -150,12 +205,13 @@ class Dataset:
     digest: str
     layout: str = "images"
     reduce_zero_label: bool = False
-    label_map: dict[int | str, int] | None = None
+    label_map: LabelMap | None = None
 
     @classmethod
     def of(cls, images: list[Path], masks: list[Path | None] | None = None, *, source: str, layout: str = "images",
-           reduce_zero_label: bool = False, label_map: dict[int | str, int] | None = None) -> Dataset:
+           reduce_zero_label: bool = False, label_map: Mapping[int | str, int] | None = None) -> Dataset:
         """A dataset of these files, its digest computed."""
+        label_map = LabelMap.of(label_map)
         masks = masks if masks is not None else [None] * len(images)
         h = hashlib.sha256()
         for img, mask in zip(images, masks, strict=True):
@@ -234,7 +290,7 @@ def load_dataset(
     *,
     layout: str = "auto",
     split: str | None = None,
-    label_map: str | dict[int | str, int] | None = None,
+    label_map: Mapping[int | str, int] | None = None,
 ) -> Dataset:
     """Find the images and their masks.
 
@@ -245,7 +301,8 @@ def load_dataset(
         layout: one of :data:`LAYOUTS`; ``auto`` detects it (module doc).
         split: Cityscapes/ADE20K split sub-folder, VOC ``ImageSets/Segmentation/<split>.txt``
             (defaults ``val``/``validation``/``val`` where present).
-        label_map: set id → model id, ``"15=1,*=0"`` or a dict.
+        label_map: set id → model id (:class:`LabelMap` or a mapping; the CLI parses ``"15=1,*=0"``
+            with :func:`parse_label_map`).
 
     Returns:
         A :class:`Dataset` (images sorted by path).
@@ -254,6 +311,7 @@ def load_dataset(
         ConfigError: unknown layout, a folder that does not exist, an image
             without its mask (layouts other than VOC), a bad label map.
         ImageError: no images found.
+        TypeError: ``label_map`` given as text (parse it first).
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown dataset layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -267,7 +325,7 @@ def load_dataset(
         layout = detected
     elif layout != "images" and mask_dir is None:
         raise ConfigError(f"layout {layout!r} needs masks: give the dataset root or --masks DIR")
-    lmap = parse_label_map(label_map) if isinstance(label_map, str) else label_map
+    lmap = LabelMap.of(label_map)
     if layout == "images":
         return Dataset.of(_images_in(img_dir), source=str(root), layout=layout)
     assert mask_dir is not None

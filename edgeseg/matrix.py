@@ -177,6 +177,7 @@ def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
 
 def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int) -> Cell:
     from edgeseg_runtime.runners import runner_class
+    from edgeseg_runtime.verify import compare_arrays
 
     from .backends import get_backend
 
@@ -192,7 +193,7 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
     except Exception as exc:  # a backend's converter failing is a measured N
         return Cell("N", error=_first_line(exc))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    if backend.build_on == "device":
+    if backend.capabilities.build_on == "device":
         return Cell("?", convert_ok=True, size_mb=round(size, 2),
                     error="the engine is built on the device (TensorRT not installable here)")
     runner_cls = runner_class(name)
@@ -209,11 +210,11 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
         return Cell("N", convert_ok=True, size_mb=round(size, 2), error=f"runs but fails: {_first_line(exc)}")
     if got.shape != ref.shape:
         return Cell("N", convert_ok=True, error=f"output shape {list(got.shape)} instead of {list(ref.shape)}")
-    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
-    diff = float(np.max(np.abs(got.astype(np.float64) - ref)))
+    a = compare_arrays(got, ref, got.argmax(1), ref.argmax(1))
+    diff = a.max_abs_diff
     rel = diff / max(float(ref.max() - ref.min()), 1e-12)
     status = "Y" if rel <= REL_TOL[target.precision] else "N"
-    return Cell(status, True, round(agreement, 6), diff, rel, round(latency, 2), round(size, 2),
+    return Cell(status, True, round(a.label_agreement, 6), diff, rel, round(latency, 2), round(size, 2),
                 "" if status == "Y" else f"logits differ from PyTorch by {rel:.1%} of their range")
 
 

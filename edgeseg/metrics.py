@@ -18,7 +18,8 @@ fp32 reference) standing in as ground truth.
 Also here, for comparison reports: latency percentiles (linear interpolation
 between closest ranks, numpy's default ``percentile`` method, warm-up runs
 left out by the caller) and the absolute difference of two score tensors
-accumulated over images (Polygraphy's ``max/mean absdiff``).
+accumulated over images (Polygraphy's ``max/mean absdiff``), pooled from the
+runtime's one comparison function (:func:`edgeseg_runtime.verify.compare_arrays`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from edgeseg_runtime.verify import Agreement, compare_arrays
 
 __all__ = [
     "IGNORE_INDEX",
@@ -168,18 +170,27 @@ class AbsDiff:
         self.count = 0
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Accumulate ``|a - b|``.
+        """Accumulate ``|a - b|`` of two float score tensors (:func:`~edgeseg_runtime.verify.compare_arrays`).
 
         Raises:
-            ValueError: the shapes differ.
+            ValueError: the shapes differ, or they are not float scores.
         """
         if a.shape != b.shape:
             raise ValueError(f"score tensors differ in shape: {a.shape} vs {b.shape}")
-        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        if d.size:
-            self.max_abs = max(self.max_abs, float(d.max()))
-            self._sum += float(d.sum())
-            self.count += d.size
+        self.include(compare_arrays(a, b))
+
+    def include(self, agreement: Agreement) -> None:
+        """Pool one image's :class:`~edgeseg_runtime.verify.Agreement` (its elements, sum and max of ``|a - b|``).
+
+        Raises:
+            ValueError: its scores were not compared (``agreement.note`` says why).
+        """
+        if not agreement.scores_compared:
+            raise ValueError(f"score tensors not compared: {agreement.note}")
+        if agreement.elements:
+            self.max_abs = max(self.max_abs, agreement.max_abs_diff)
+            self._sum += agreement.sum_abs_diff
+            self.count += agreement.elements
 
     @property
     def mean_abs(self) -> float:

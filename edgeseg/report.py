@@ -18,6 +18,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from edgeseg_runtime.images import load_image, overlay
 
 from .compare import Comparison, TargetResult
 
-__all__ = ["write_report", "render_markdown", "render_html", "summary_rows"]
+__all__ = ["write_report", "render_markdown", "render_html", "render_console", "summary_rows", "SUMMARY_COLUMNS",
+           "CONSOLE_COLUMNS"]
 
 #: classes shown in the IoU plot at most (those whose IoU varies most across targets)
 MAX_PLOT_CLASSES = 30
@@ -36,6 +38,11 @@ MAX_PLOT_CLASSES = 30
 WORST_IMAGES = 3
 #: height in pixels of each tile of the worst-images grid
 TILE_HEIGHT = 200
+#: the summary table's columns (keys of :func:`summary_rows`), in the model-zoo order
+SUMMARY_COLUMNS = ("method", "backend", "precision", "shape", "size", "mem", "latency", "device", "miou", "delta",
+                   "agreement", "max_abs_diff", "gate")
+#: the columns ``edgeseg compare`` prints on the terminal
+CONSOLE_COLUMNS = ("method", "backend", "precision", "latency", "device", "miou", "delta", "agreement", "gate")
 
 
 def write_report(comparison: Comparison, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -63,29 +70,47 @@ def _f(value: float, fmt: str = ".2f") -> str:
     return "n/a" if value != value else format(value, fmt)
 
 
-def summary_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table (one row per target)."""
-    miou_head = "mIoU" if c.dataset.has_masks else "mIoU vs fp32"
-    head = ["Method", "Backend", "Precision", "Shape", "Size", "Mem", "Latency (ms) / FPS", "Device", miou_head,
-            "Δ vs fp32", "Agreement", "Max abs diff", "Gate"]
-    rows = []
-    for r in c.results:
-        i = r.info
-        diff = r.score_diff
-        if r.error:
-            latency = miou = delta = agreement = max_diff = "n/a"
-        else:
-            latency = f"{_f(r.latency.p50)} / {_f(r.latency.fps, '.1f')}"
-            miou = _f(r.miou)
-            delta = "ref" if r.is_reference else _f(r.delta_miou, "+.2f")
-            agreement = _f(100 * r.vs_reference.pixel_accuracy) + "%" if r.vs_reference else "n/a"
-            max_diff = _f(diff.max_abs, ".2g") if diff is not None and diff.count else r.score_note or "n/a"
-        gate = "ref" if r.is_reference else ("pass" if r.passed else "FAIL")
-        device = r.device if r.device != "host" else f"host ({r.run['machine']})" if r.run else "host"
-        shape = "x".join(str(v) for v in i.input_shape[2:])
-        rows.append([i.model, f"{i.backend} ({r.label})", i.precision, shape, _mb(i.model_bytes), _mb(r.peak_memory_bytes),
-                     latency, device, miou, delta, agreement, max_diff, gate])
-    return head, rows
+def summary_rows(c: Comparison, columns: Sequence[str] = SUMMARY_COLUMNS) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table (one row per target), with ``columns`` (keys of :data:`SUMMARY_COLUMNS`).
+
+    Raises:
+        KeyError: an unknown column key.
+    """
+    head = {"method": "Method", "backend": "Backend", "precision": "Precision", "shape": "Shape", "size": "Size",
+            "mem": "Mem", "latency": "Latency (ms) / FPS", "device": "Device",
+            "miou": "mIoU" if c.dataset.has_masks else "mIoU vs fp32", "delta": "Δ vs fp32", "agreement": "Agreement",
+            "max_abs_diff": "Max abs diff", "gate": "Gate"}
+    rows = [_summary_row(r) for r in c.results]
+    return [head[k] for k in columns], [[row[k] for k in columns] for row in rows]
+
+
+def _summary_row(r: TargetResult) -> dict[str, str]:
+    i = r.info
+    diff = r.score_diff
+    if r.error:
+        latency = miou = delta = agreement = max_diff = "n/a"
+    else:
+        latency = f"{_f(r.latency.p50)} / {_f(r.latency.fps, '.1f')}"
+        miou = _f(r.miou)
+        delta = "ref" if r.is_reference else _f(r.delta_miou, "+.2f")
+        agreement = _f(100 * r.vs_reference.pixel_accuracy) + "%" if r.vs_reference else "n/a"
+        max_diff = _f(diff.max_abs, ".2g") if diff is not None and diff.count else r.score_note or "n/a"
+    return {
+        "method": i.model, "backend": f"{i.backend} ({r.label})", "precision": i.precision,
+        "shape": "x".join(str(v) for v in i.input_shape[2:]), "size": _mb(i.model_bytes),
+        "mem": _mb(r.peak_memory_bytes), "latency": latency,
+        "device": r.device if r.device != "host" else f"host ({r.run['machine']})" if r.run else "host",
+        "miou": miou, "delta": delta, "agreement": agreement, "max_abs_diff": max_diff,
+        "gate": "ref" if r.is_reference else ("pass" if r.passed else "FAIL"),
+    }
+
+
+def render_console(c: Comparison, columns: Sequence[str] = CONSOLE_COLUMNS) -> str:
+    """The summary table as aligned plain text (what ``edgeseg compare`` prints), ``columns`` of :func:`summary_rows`."""
+    head, rows = summary_rows(c, columns)
+    widths = [max(len(row[k]) for row in [head, *rows]) for k in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [head, *rows])
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgeseg_runtime.verify import compare_arrays
 
 from .errors import ConversionError
 from .spec import ModelSpec
@@ -122,9 +123,9 @@ def check_dynamic_export(dynamic_onnx: Path, static_onnx: Path, spec: ModelSpec,
             raise ConversionError(f"output shape {list(got.shape)} instead of {list(want.shape)}")
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
         return DynamicCheck(False, (h, w), float("nan"), 0.0, f"it fails there: {str(exc).splitlines()[0][:160]}")
-    diff = float(np.max(np.abs(got.astype(np.float64) - want)))
-    if want.shape[1] > 1:
-        agree = float(np.mean(got.argmax(1) == want.argmax(1)))
-    else:
-        agree = float(np.mean(got == want))
-    return DynamicCheck(diff <= DYNAMIC_ATOL, (h, w), diff, agree)
+    # in float64 whatever the output's dtype (labels too); labels: the argmax of multi-channel scores,
+    # a 1-channel output compared as it is
+    multi = want.shape[1] > 1
+    a = compare_arrays(got.astype(np.float64), want.astype(np.float64),
+                       got.argmax(1) if multi else got, want.argmax(1) if multi else want)
+    return DynamicCheck(a.max_abs_diff <= DYNAMIC_ATOL, (h, w), a.max_abs_diff, a.label_agreement)

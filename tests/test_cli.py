@@ -97,3 +97,12 @@ def test_run_full_disk_is_one_clear_line(archives: dict[str, Path], photos: dict
     assert "No space left on device" in proc.stderr and "free space or choose another --out" in proc.stderr
     assert left == ["filler"]  # no partial label map, no temporary file
     assert proc.stderr.count("\n") == 1
+
+
+def test_one_exit_code_rule() -> None:
+    """1 for a failed check (VerifyError and subclasses), 2 for every other error: the CLI's and invoke's."""
+    from edgeseg.cli import exit_code
+    from edgeseg.errors import AccuracyError, ConfigError, DeployError, VerifyError
+
+    assert [exit_code(e) for e in (VerifyError("x"), AccuracyError("x"), ConfigError("x"), DeployError("x"),
+                                   OSError("x"))] == [1, 1, 2, 2, 2]

@@ -15,6 +15,7 @@ from PIL import Image
 import edgeseg
 from conftest import HAS_OPENVINO, edgeseg_cli
 from edgeseg.compare import SCHEMA, SCHEMA_VERSION, Comparison, compare
+from edgeseg.datasets import parse_label_map
 from edgeseg.errors import ConfigError
 from edgeseg.report import write_report
 from edgeseg_runtime.archive import Archive
@@ -159,7 +160,7 @@ def voc(voc_person: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_voc_ground_truth_miou_is_the_hand_computed_one(every_archive: list[Path], voc: Path, tmp_path: Path) -> None:
     targets = every_archive
-    c = compare(targets, voc, label_map="15=1,*=0", runs=2, warmup=0, out_dir=tmp_path, **QUIET)
+    c = compare(targets, voc, label_map=parse_label_map("15=1,*=0"), runs=2, warmup=0, out_dir=tmp_path, **QUIET)
     assert c.dataset.layout == "voc" and c.dataset.has_masks
     truth = np.asarray(Image.open(voc / "SegmentationClass" / "2011_000001.png")).astype(np.int64)
     truth = np.where(truth == 15, 1, 0)
@@ -203,7 +204,7 @@ def test_gate_fails_on_wrong_weights_and_passes_on_the_real_archives(
 
 def test_gain_over_fp32_is_flagged(archives: dict[str, Path], corrupted: Path, voc: Path, tmp_path: Path) -> None:
     """Two-sided: with the wrong-weights model as the fp32 reference, the real model 'gains' far beyond noise."""
-    c = compare([archives["cpu"]], voc, reference=corrupted, label_map="15=1,*=0", runs=2, warmup=0,
+    c = compare([archives["cpu"]], voc, reference=corrupted, label_map=parse_label_map("15=1,*=0"), runs=2, warmup=0,
                 max_drop=1.0, max_gain=0.5, out_dir=tmp_path, **QUIET)
     real = c.results[1]
     assert real.delta_miou > 10 and not c.passed

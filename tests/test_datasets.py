@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeseg.datasets import load_dataset, parse_label_map, read_mask
+from edgeseg.datasets import Dataset, LabelMap, load_dataset, parse_label_map, read_mask
 from edgeseg.errors import ConfigError
 
 
@@ -97,6 +97,18 @@ def test_label_map_maps_ids_and_keeps_ignore() -> None:
     for bad in ("15", "a=1", "1=-1", "70000=1"):
         with pytest.raises(ConfigError, match="SRC=DST"):
             parse_label_map(bad)
+
+
+def test_label_map_is_a_typed_value(tmp_path: Path) -> None:
+    lmap = parse_label_map("15=1,*=0")
+    assert isinstance(lmap, LabelMap) and str(lmap) == "15=1,*=0" and LabelMap({15: 1, "*": 0}) == lmap
+    with pytest.raises(ConfigError, match="not a class id pair"):
+        LabelMap({15: -1})
+    _image(tmp_path / "x.png")
+    with pytest.raises(TypeError, match=r"parse_label_map\('15=1'\)"):
+        load_dataset(tmp_path, label_map="15=1")  # type: ignore[arg-type]  # the CLI's text is parsed by the CLI
+    ds = Dataset.of([tmp_path / "x.png"], source="x", label_map={15: 1, "*": 0})  # any mapping becomes a LabelMap
+    assert isinstance(ds.label_map, LabelMap) and ds.label_map == lmap
 
 
 def test_read_mask_applies_the_map_and_refuses_unmapped_ids(tmp_path: Path) -> None:

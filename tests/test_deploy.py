@@ -37,6 +37,7 @@ import edgeseg
 from edgeseg.bundle import pack
 from edgeseg.deploy import (
     DeviceResult,
+    Waves,
     deploy,
     deploy_device,
     device_status,
@@ -802,7 +803,7 @@ def test_fleet_rollout_stops_at_the_wave_with_a_broken_device(fleet: Fleet, rele
     for d in inv.devices:
         assert provision_device(d, inv).ok
     t0 = time.monotonic()
-    out = deploy(releases["1.0.0"], inv, group="fleet", waves="1,50%,100%", max_failure_rate=0.2)
+    out = deploy(releases["1.0.0"], inv, group="fleet", waves=Waves.parse("1,50%,100%"), max_failure_rate=0.2)
     took = time.monotonic() - t0
     assert out.waves == [["d1"], ["d2", "d3"], ["d4", "d5", "d6"]]
     assert out.stopped_at == 1 and "1/2 devices" in out.reason and "disk full" in out.reason
@@ -813,7 +814,7 @@ def test_fleet_rollout_stops_at_the_wave_with_a_broken_device(fleet: Fleet, rele
     for i in (3, 4, 5, 6):
         _assert_working(fleet, f"d{i}", None)
     # with a tolerant threshold the same fleet finishes, updating the later waves in parallel
-    out2 = deploy(releases["1.0.0"], inv, group="fleet", waves="1,50%,100%", max_failure_rate=0.5)
+    out2 = deploy(releases["1.0.0"], inv, group="fleet", waves=Waves.parse("1,50%,100%"), max_failure_rate=0.5)
     rows2 = {r.device: r.status for r in out2.results}
     assert rows2 == {"d1": "unchanged", "d2": "unchanged", "d3": "failed", "d4": "installed", "d5": "installed", "d6": "installed"}
     print(f"\nfirst rollout over 6 devices took {took:.1f} s")

@@ -16,11 +16,11 @@ import pytest
 from edgeseg_runtime.archive import sha256_file
 from edgeseg_runtime.contract import Manifest
 from edgeseg_runtime.errors import InstallError, SignatureError
-from edgeseg_runtime.install import Device, DeviceBusy, parse_version, part_name
+from edgeseg_runtime.install import DeviceBusy, InstallRoot, parse_version, part_name
 from edgeseg_runtime.signing import load_public_key, verify_manifest
 
 import edgeseg
-from edgeseg.deploy.fleet import parse_waves, plan_waves
+from edgeseg.deploy.fleet import Waves, parse_waves, plan_waves
 from edgeseg.deploy.inventory import Device as Entry
 from edgeseg.deploy.inventory import load_inventory
 from edgeseg.errors import ConfigError
@@ -39,14 +39,14 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _device(tmp_path: Path, pub: Path) -> Device:
-    dev = Device(tmp_path / "root")
+def _device(tmp_path: Path, pub: Path) -> InstallRoot:
+    dev = InstallRoot(tmp_path / "root")
     key_id, _ = load_public_key(pub)
     shutil.copyfile(pub, dev.root / "trusted_keys" / f"{key_id}.pem")
     return dev
 
 
-def _receive(dev: Device, archive: Path, tmp: Path, *, signature: bool = True) -> str:
+def _receive(dev: InstallRoot, archive: Path, tmp: Path, *, signature: bool = True) -> str:
     """Place an archive's files in the device's incoming/ as a finished upload would; returns the manifest sha256."""
     folder = tmp / f"unpacked-{archive.parent.name}"
     if not folder.exists():
@@ -158,8 +158,8 @@ def test_rollback_needs_a_previous_release(signed: dict[str, Path], tmp_path: Pa
 # ------------------------------------------------------------------ one command at a time (issue case 9)
 HOLD = """
 import sys, time
-from edgeseg_runtime.install import Device
-with Device(sys.argv[1]).lock("install"):
+from edgeseg_runtime.install import InstallRoot
+with InstallRoot(sys.argv[1]).lock("install"):
     print("held", flush=True)
     time.sleep(120)
 """
@@ -183,7 +183,7 @@ def test_one_state_changing_command_at_a_time_and_no_stale_lock(signed: dict[str
             assert re.fullmatch(pattern, err["error"]), err["error"]
             assert time.monotonic() - t0 < 10  # at once, not after waiting for the holder
         with pytest.raises(DeviceBusy):  # another open file description in this process: refused as well
-            Device(dev.root).recover()
+            InstallRoot(dev.root).recover()
         # state (and exec) take no lock: they answer, and say who holds it
         state = _agent(dev.root, "state")
         assert state.returncode == 0 and _answer(state)["lock"]["pid"] == holder.pid
@@ -329,12 +329,41 @@ def _entries(n: int) -> list[Entry]:
 
 def test_waves_are_cumulative() -> None:
     sizes = lambda plan: [len(w) for w in plan]
-    assert sizes(plan_waves(_entries(6), "1,50%,100%")) == [1, 2, 3]
-    assert sizes(plan_waves(_entries(10), "1,50%,100%")) == [1, 4, 5]
-    assert sizes(plan_waves(_entries(3), "1,50%")) == [1, 1, 1]  # the rest always forms a last wave
-    assert sizes(plan_waves(_entries(1), "1,50%,100%")) == [1]
-    assert sizes(plan_waves(_entries(5), "100%")) == [5]
+    assert sizes(plan_waves(_entries(6), Waves.parse("1,50%,100%"))) == [1, 2, 3]
+    assert sizes(plan_waves(_entries(10), Waves.parse("1,50%,100%"))) == [1, 4, 5]
+    assert sizes(plan_waves(_entries(3), Waves.parse("1,50%"))) == [1, 1, 1]  # the rest always forms a last wave
+    assert sizes(plan_waves(_entries(1), Waves.parse("1,50%,100%"))) == [1]
+    assert sizes(plan_waves(_entries(5), Waves.parse("100%"))) == [5]
     assert parse_waves("2, 25%") == [(2.0, False), (25.0, True)]
     for bad in ("", "0", "150%", "x", "1.5"):
         with pytest.raises(ConfigError):
             parse_waves(bad)
+
+
+def test_waves_are_typed_values() -> None:
+    waves = Waves.parse("1, 50%,100%")
+    assert str(waves) == "1,50%,100%" and waves.sizes[1].percent
+    with pytest.raises(ConfigError, match="percentage in"):
+        Waves(((150.0, True),))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Waves.parse\('1,50%'\)"):
+        plan_waves(_entries(3), "1,50%")  # type: ignore[arg-type]
+
+
+def test_health_check_reads_the_runtimes_json_as_records() -> None:
+    """What ``edgeseg verify --json`` / ``bench --json`` print is what the installer's records read (no free dicts)."""
+    from edgeseg_runtime.bench import BenchResult
+    from edgeseg_runtime.contract import BenchOutcome, VerifyOutcome
+    from edgeseg_runtime.verify import ImageCheck, VerifyReport
+
+    report = VerifyReport("a.tar.gz", "onnxruntime", "fp32", {"atol": 1e-4, "rtol": 0.0, "min_label_agreement": 0.99},
+                          [ImageCheck("golden/a.png", float("inf"), 0.5, 0.0, False)])
+    printed = json.loads(json.dumps({**report.to_dict(), "signature": "signature OK"}))  # as cmd_verify prints it
+    verify = VerifyOutcome.from_dict(printed)
+    assert (verify.passed, verify.verdict, verify.images[0].max_abs_diff) == (False, report.verdict(), float("inf"))
+    refusal = VerifyOutcome.from_dict({"passed": False, "verdict": "FAIL: signature INVALID"})  # cmd_verify's _fail
+    assert refusal.images == () and not refusal.passed
+    with pytest.raises(ValueError, match="passed: expected bool"):
+        VerifyOutcome.from_dict({"passed": "yes", "verdict": "PASS"})
+    bench = BenchResult((640, 480), (1, 3, 256, 256), 5, 1.0, 0.2, 1.1, 0.3, 1.6, 2.0, 0.5)
+    timed = BenchOutcome.from_dict(json.loads(json.dumps({"archive": "a.tar.gz", **bench.to_dict()})))
+    assert timed.end_to_end_ms == 1.6 and timed.input_shape == (1, 3, 256, 256)

@@ -2,10 +2,11 @@
 
 Public surface::
 
-    from edgeseg.deploy import load_inventory, deploy, rollback, status
+    from edgeseg.deploy import Waves, load_inventory, deploy
 
     inv = load_inventory("devices.toml")
-    rollout = deploy("dist/m-cpu-fp32.tar.gz", inv, group="lab")      # waves, per-device rows
+    rollout = deploy("dist/m-cpu-fp32.tar.gz", inv, group="lab")      # waves 1,50%,100%, per-device rows
+    rollout = deploy("dist/m-cpu-fp32.tar.gz", inv, group="lab", waves=Waves.parse("2,100%"))
     rollout = deploy("dist/m-cpu-fp32.tar.gz", inv, devices=["cam-01"])
 
 Modules: :mod:`.inventory` (``devices.toml``), :mod:`.ssh` (connections,
@@ -27,7 +28,7 @@ from .device import (
     recover_device,
     rollback_device,
 )
-from .fleet import Rollout, plan_waves, render_table, rollout, run_parallel
+from .fleet import DEFAULT_WAVES, Rollout, Waves, WaveSize, plan_waves, render_table, rollout, run_parallel
 from .inventory import Device, Inventory, load_inventory
 from .ssh import Cancel
 
@@ -36,6 +37,9 @@ __all__ = [
     "DeviceResult",
     "Inventory",
     "Rollout",
+    "Waves",
+    "WaveSize",
+    "DEFAULT_WAVES",
     "Cancel",
     "load_inventory",
     "deploy",
@@ -59,7 +63,7 @@ def deploy(
     *,
     devices: list[str] | None = None,
     group: str | None = None,
-    waves: str = "1,50%,100%",
+    waves: Waves = DEFAULT_WAVES,
     max_failure_rate: float = 0.0,
     allow_downgrade: bool = False,
     stage_only: bool = False,
@@ -75,7 +79,8 @@ def deploy(
     or discards that install on its own.
 
     Raises:
-        ConfigError: unknown device or group, bad waves.
+        ConfigError: unknown device or group.
+        TypeError: ``waves`` is not a :class:`Waves` (the CLI parses ``"1,50%,100%"`` with :meth:`Waves.parse`).
         KeyboardInterrupt: interrupted (after cancelling).
     """
     targets = inventory.select(devices, group)

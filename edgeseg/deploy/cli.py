@@ -123,13 +123,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from . import deploy
-    from .fleet import render_table
+    from .fleet import Waves, render_table
     from .inventory import load_inventory
 
     inv = load_inventory(args.inventory)
+    waves = Waves.parse(args.waves)
     try:
         result = deploy(
-            args.archive, inv, devices=args.device, group=args.group, waves=args.waves,
+            args.archive, inv, devices=args.device, group=args.group, waves=waves,
             max_failure_rate=args.max_failure_rate, allow_downgrade=args.allow_downgrade, stage_only=args.stage_only,
             report=_say,
         )

@@ -357,12 +357,15 @@ def deploy_device(
     report = report or (lambda _line: None)
     t0 = time.perf_counter()
     result = DeviceResult(device.name, "failed")
+
+    def count(n: int) -> None:
+        result.bytes_sent += n
+        if on_bytes is not None:
+            on_bytes(n)
+
     try:
         with Archive.open(archive_path) as archive:
-            sig = archive.signature
-            if sig is None:
-                raise DeployError(f"{archive_path} is unsigned; devices install only signed archives: "
-                                  "build with --sign-key (keys from 'edgeseg keys new')")
+            sig = _signature(archive, archive_path)
             blobs, msha = _payload(archive)
             result.bytes_total = sum(size for _, size in blobs.values())
             with DeviceLink(device, inventory.known_hosts, cancel=cancel) as link:
@@ -370,46 +373,19 @@ def deploy_device(
                 push_agent(link, report)
                 state = read_state(link)
                 result.before = state.version
-                key_id = _fits(archive.manifest, device, state, sig)
-                _check_signature(link, archive, key_id)
-
-                def count(n: int) -> None:
-                    result.bytes_sent += n
-                    if on_bytes is not None:
-                        on_bytes(n)
-
+                _check_signature(link, archive, _fits(archive.manifest, device, state, sig))
                 session = secrets.token_hex(8)
                 for attempt in (1, 2):
-                    plan = _plan(blobs, state)
-                    need = _needed_bytes(archive.manifest, plan)
-                    if state.free_bytes < need:
-                        raise DeployError(
-                            f"{device.name}: disk full: the install needs {need / 1e6:.1f} MB, {device.root} has "
-                            f"{state.free_bytes / 1e6:.1f} MB free; free space on the device (or lower [deploy] "
-                            "keep_releases) and retry"
-                        )
-                    todo = sum(b.size - b.offset for b in plan)
-                    report(f"{device.name}: sending {len(plan)} of {len(blobs)} files, {todo / 1e6:.2f} MB "
-                           f"({(result.bytes_total - todo) / 1e6:.2f} MB already there)")
-                    _upload(link, plan, session, count)
-                    try:
-                        link.put_bytes(sig, f"{device.root}/incoming/{msha}.sig")
-                    except OSError as exc:
-                        raise _upload_failure(link, exc, SIGNATURE_NAME) from None
+                    _send(link, archive.manifest, blobs, (msha, sig), state, session, result.bytes_total, count, report)
                     if cancel is not None:
                         cancel.check(device.name)
                     if stage_only:
                         result.status, result.after = "staged", result.before
                         report(f"{device.name}: staged {archive.manifest.release_version} "
                                f"({result.bytes_sent / 1e6:.2f} MB sent)")
-                        result.seconds = time.perf_counter() - t0
-                        return result
-                    args = ["install", "--manifest", msha, "--health-timeout", str(health_timeout)]
-                    if allow_downgrade:
-                        args.append("--allow-downgrade")
+                        break
                     try:
-                        answer = link.agent(*args, on_line=lambda text: report(f"{device.name}: {text}"),
-                                            timeout=health_timeout + 120)
+                        done = _install(link, msha, health_timeout, allow_downgrade, report)
                     except AgentError as exc:
                         # a stored file this deploy counted on went meanwhile (another install pruned it):
                         # send what is missing now, once
@@ -418,10 +394,7 @@ def deploy_device(
                         report(f"{device.name}: {exc}; sending the missing files")
                         state = read_state(link)
                         continue
-                    done = _answer(InstallResult, answer, device)
-                    result.status = done.status
-                    result.after = done.version
-                    result.details = done.to_dict()
+                    result.status, result.after, result.details = done.status, done.version, done.to_dict()
                     break
     except Cancelled:
         result.error = f"{device.name}: interrupted"
@@ -431,6 +404,48 @@ def deploy_device(
         result.after = result.before
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _signature(archive: Archive, archive_path: str | Path) -> bytes:
+    """Step 1: the archive's detached signature (devices install only signed archives)."""
+    sig = archive.signature
+    if sig is None:
+        raise DeployError(f"{archive_path} is unsigned; devices install only signed archives: "
+                          "build with --sign-key (keys from 'edgeseg keys new')")
+    return sig
+
+
+def _send(link: DeviceLink, manifest: Manifest, blobs: dict[str, tuple[Path, int]], signed: tuple[str, bytes],
+          state: DeviceState, session: str, total: int, count: Callable[[int], None], report: Report) -> None:
+    """Step 2: check the free space, upload what the device lacks (resuming partials), then the signature."""
+    device = link.device
+    msha, sig = signed
+    plan = _plan(blobs, state)
+    need = _needed_bytes(manifest, plan)
+    if state.free_bytes < need:
+        raise DeployError(
+            f"{device.name}: disk full: the install needs {need / 1e6:.1f} MB, {device.root} has "
+            f"{state.free_bytes / 1e6:.1f} MB free; free space on the device (or lower [deploy] "
+            "keep_releases) and retry"
+        )
+    todo = sum(b.size - b.offset for b in plan)
+    report(f"{device.name}: sending {len(plan)} of {len(blobs)} files, {todo / 1e6:.2f} MB "
+           f"({(total - todo) / 1e6:.2f} MB already there)")
+    _upload(link, plan, session, count)
+    try:
+        link.put_bytes(sig, f"{device.root}/incoming/{msha}.sig")
+    except OSError as exc:
+        raise _upload_failure(link, exc, SIGNATURE_NAME) from None
+
+
+def _install(link: DeviceLink, msha: str, health_timeout: float, allow_downgrade: bool, report: Report) -> InstallResult:
+    """Step 3: ``agent install`` (lock, signature, checks, slot, dependencies, health check, switch), streamed."""
+    device = link.device
+    args = ["install", "--manifest", msha, "--health-timeout", str(health_timeout)]
+    if allow_downgrade:
+        args.append("--allow-downgrade")
+    answer = link.agent(*args, on_line=lambda text: report(f"{device.name}: {text}"), timeout=health_timeout + 120)
+    return _answer(InstallResult, answer, device)  # type: ignore[no-any-return]
 
 
 def _upload(link: DeviceLink, plan: list[_Blob], session: str, count: Callable[[int], None]) -> None:

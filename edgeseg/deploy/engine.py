@@ -1,4 +1,4 @@
-"""Remote engine build: ``edgeseg build --target jetson --device NAME``.
+"""Remote engine build: ``edgeseg build --target jetson --device NAME`` (:func:`build_for_device`).
 
 A TensorRT engine only runs on the TensorRT version and GPU it was built on,
 so for a fleet of identical devices it pays to build it once, on one of them,
@@ -15,6 +15,10 @@ and ship it. :func:`build_engine_on_device`:
    ``backend.prebuilt_engines`` with its key, the device's golden check as the
    build check, re-signed. Devices whose key matches use it as it is; others
    build their own (the runner says why).
+
+:func:`build_for_device` is the whole workflow (the CLI's and invoke's
+``build --device``): check that the target builds on a device and that the
+device exists, :func:`edgeseg.build` the generic archive, then the above.
 """
 
 from __future__ import annotations
@@ -22,21 +26,110 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseg_runtime.archive import Archive
 
 from ..bundle import pack, write_manifest
-from ..errors import DeployError
+from ..errors import ConfigError, DeployError
 from ..signing import sign_stage
 from .device import push_agent
-from .inventory import Device, Inventory
+from .inventory import DEFAULT_INVENTORY, Device, Inventory, load_inventory
 from .ssh import DeviceLink
 
-__all__ = ["build_engine_on_device", "attach_engine"]
+if TYPE_CHECKING:
+    from ..build import BuildResult
+    from ..targets import Target
+
+__all__ = ["DeviceBuild", "build_for_device", "device_for_build", "build_engine_on_device", "attach_engine"]
+
+
+@dataclass(frozen=True)
+class DeviceBuild:
+    """What :func:`build_for_device` made.
+
+    Attributes:
+        generic: the build of the generic archive (each device builds its own engine from it).
+        archive: ``<generic archive stem>-<device>.tar.gz``, carrying the engine built on the device.
+    """
+
+    generic: BuildResult
+    archive: Path
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def device_for_build(
+    target: str | Path | Target, device: str, inventory: str | Path | Inventory = DEFAULT_INVENTORY
+) -> tuple[Inventory, Device]:
+    """Step 1 of :func:`build_for_device`: the target builds on a device, and the device is in the inventory.
+
+    Returns:
+        The inventory (loaded) and the device's entry.
+
+    Raises:
+        ConfigError: the target is built here, not on a device; no such inventory or device.
+    """
+    from ..backends import get_backend
+    from ..targets import Target, load_target
+
+    profile = target if isinstance(target, Target) else load_target(target)
+    if get_backend(profile).build_on != "device":
+        name = profile.name if isinstance(target, Target) else str(target)
+        raise ConfigError(f"--device: target {name!r} is built here, not on a device (only TensorRT targets are)")
+    inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
+    return inv, inv.get(device)
+
+
+def build_for_device(
+    model: Any = None,
+    *,
+    target: str | Path | Target,
+    device: str,
+    inventory: str | Path | Inventory = DEFAULT_INVENTORY,
+    out_dir: str | Path = "dist",
+    sign_key: str | Path | None = None,
+    report: Callable[[str], None] | None = None,
+    **build_options: Any,
+) -> DeviceBuild:
+    """Build the archive, then its TensorRT engine on ``device`` over SSH, into a device-specific archive.
+
+    Args:
+        model: as :func:`edgeseg.build`.
+        target: a target whose backend builds on the device (TensorRT: ``jetson``).
+        device: the device's name in ``inventory``.
+        inventory: ``devices.toml`` (path) or a loaded :class:`Inventory`.
+        out_dir: folder for both archives.
+        sign_key: signs both manifests (None: ``$EDGESEG_SIGNING_KEY``, else unsigned).
+        report: progress lines (None: the build's progress display, the device's lines on stderr).
+        **build_options: the other keywords of :func:`edgeseg.build` (``spec``, ``precision``, ...).
+
+    Returns:
+        A :class:`DeviceBuild`.
+
+    Raises:
+        ConfigError: the target is built here, not on a device; unknown device
+            (both before building anything).
+        DeployError: the device could not build the engine or it missed the golden check.
+        EdgesegError: the build itself failed (as :func:`edgeseg.build`).
+    """
+    from ..build import build
+    from ..signing import default_sign_key
+
+    inv, entry = device_for_build(target, device, inventory)  # before building anything
+    generic = build(model, target=target, out_dir=out_dir, sign_key=sign_key, report=report, **build_options)
+    say = report or _stderr_line
+    say(f"generic archive (engine built on each device): {generic.archive}")
+    archive = build_engine_on_device(generic.archive, entry, inv, Path(out_dir), sign_key=default_sign_key(sign_key),
+                                     report=say)
+    return DeviceBuild(generic, archive)
 
 
 def attach_engine(
@@ -67,17 +160,18 @@ def attach_engine(
         (stage / "engines").mkdir(exist_ok=True)
         rel = f"engines/{key}.engine"
         shutil.copyfile(engine, stage / rel)
-        manifest = {k: v for k, v in archive.manifest.items() if k != "files"}
-        backend = dict(manifest["backend"])
+        # the new document: the validated one with the engine listed (write_manifest lists the files again)
+        doc = {k: v for k, v in archive.manifest.doc.items() if k != "files"}
+        backend = dict(archive.manifest.backend.details)
         others = [e for e in backend.get("prebuilt_engines", []) if e.get("key") != key]
         backend["prebuilt_engines"] = [*others, {"file": rel, "key": key, "parts": result["parts"], "device": device}]
-        manifest["backend"] = backend
+        doc["backend"] = backend
         verify = result["verify"]
-        manifest["build_check"] = {
+        doc["build_check"] = {
             "passed": verify["passed"], "verdict": f"on {device}: {verify['verdict']}", "images": verify["images"],
             "device": device,
         }
-        write_manifest(stage, manifest)
+        write_manifest(stage, doc)
         if sign_key is not None:
             sign_stage(stage, sign_key)
         name = archive_path.name.removesuffix(".tar.gz")
@@ -114,8 +208,8 @@ def build_engine_on_device(
     say = report or (lambda _line: None)
     archive_path = Path(archive_path)
     with Archive.open(archive_path) as archive:
-        if archive.manifest["backend"]["name"] != "tensorrt":
-            raise DeployError(f"{archive_path.name} is a {archive.manifest['backend']['name']} archive; "
+        if archive.manifest.backend.name != "tensorrt":
+            raise DeployError(f"{archive_path.name} is a {archive.manifest.backend.name} archive; "
                               "--device builds TensorRT engines only (jetson targets)")
     scratch = f"{device.root}/engine-build/{secrets.token_hex(6)}"
     with DeviceLink(device, inventory.known_hosts) as link, tempfile.TemporaryDirectory(prefix="edgeseg-engine-") as tmp:

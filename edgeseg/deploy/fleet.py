@@ -1,7 +1,7 @@
 """Fleet rollouts in waves: canary first, then growing shares, stopping when a wave fails too often.
 
-``waves`` are cumulative sizes: ``"1,50%,100%"`` on 10 devices gives waves of
-1, 4 and 5 devices (1 canary, then up to half the fleet, then the rest).
+:class:`Waves` are cumulative sizes: ``1,50%,100%`` (the CLI's ``--waves``,
+parsed by :meth:`Waves.parse`) on 10 devices gives waves of 1, 4 and 5 devices (1 canary, then up to half the fleet, then the rest).
 Devices go into waves in inventory order. Within a wave devices are updated
 in parallel (one SSH connection each, a thread pool, as fabric's
 ``ThreadingGroup`` does for single commands). After each wave, when the
@@ -22,14 +22,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError
 from .device import DeviceResult
 from .inventory import Device
 from .ssh import Cancel
 
-__all__ = ["parse_waves", "plan_waves", "Rollout", "rollout", "render_table", "run_parallel", "CANCEL_GRACE"]
+__all__ = ["WaveSize", "Waves", "DEFAULT_WAVES", "parse_waves", "plan_waves", "Rollout", "rollout", "render_table",
+           "run_parallel", "CANCEL_GRACE"]
 
 #: seconds an interrupted rollout waits for its devices to notice before raising the interrupt again
 CANCEL_GRACE = 1.5
@@ -60,8 +61,24 @@ def run_parallel(action: Callable[[Device], DeviceResult], devices: Iterable[Dev
     return rows
 
 
-def parse_waves(text: str) -> list[tuple[float, bool]]:
-    """``"1,50%,100%"`` → ``[(1, False), (50, True), (100, True)]`` (value, is_percent).
+class WaveSize(NamedTuple):
+    """One cumulative wave size: ``value`` devices, or ``value`` percent of the fleet when ``percent``."""
+
+    value: float
+    percent: bool
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
+
+
+def _check_size(size: WaveSize, shown: str) -> WaveSize:
+    if size.value <= 0 or (size.percent and size.value > 100) or (not size.percent and size.value != int(size.value)):
+        raise ConfigError(f"--waves: {shown!r} must be a positive whole count or a percentage in (0, 100]")
+    return size
+
+
+def parse_waves(text: str) -> list[WaveSize]:
+    """The CLI's ``"1,50%,100%"`` → ``[(1, False), (50, True), (100, True)]`` (value, is_percent).
 
     Raises:
         ConfigError: empty, non-numeric, non-positive, or a percentage over 100.
@@ -73,27 +90,64 @@ def parse_waves(text: str) -> list[tuple[float, bool]]:
             value = float(part[:-1] if pct else part)
         except ValueError:
             raise ConfigError(f"--waves: {part!r} is not a device count or a percentage like 25%") from None
-        if value <= 0 or (pct and value > 100) or (not pct and value != int(value)):
-            raise ConfigError(f"--waves: {part!r} must be a positive whole count or a percentage in (0, 100]")
-        out.append((value, pct))
+        out.append(_check_size(WaveSize(value, pct), part))
     if not out:
         raise ConfigError("--waves is empty")
     return out
 
 
-def plan_waves(devices: Sequence[Device], waves: str) -> list[list[Device]]:
-    """Split ``devices`` into waves (cumulative sizes; the last wave always reaches every device)."""
-    n = len(devices)
-    cuts = []
-    for value, pct in parse_waves(waves):
-        cuts.append(min(n, math.ceil(n * value / 100) if pct else int(value)))
-    cuts.append(n)
-    plan, start = [], 0
-    for cut in cuts:
-        if cut > start:
-            plan.append(list(devices[start:cut]))
-            start = cut
-    return plan
+@dataclass(frozen=True)
+class Waves:
+    """Cumulative wave sizes of a rollout (``Waves.parse("1,50%,100%")``: one canary, up to half, the rest).
+
+    Raises:
+        ConfigError: no sizes, or a size that is not a positive whole count or a percentage in (0, 100].
+    """
+
+    sizes: tuple[WaveSize, ...]
+
+    def __post_init__(self) -> None:
+        sizes = tuple(WaveSize(*size) for size in self.sizes)
+        if not sizes:
+            raise ConfigError("--waves is empty")
+        for size in sizes:
+            _check_size(size, str(size))
+        object.__setattr__(self, "sizes", sizes)  # frozen: plain (value, percent) pairs become WaveSize
+
+    @classmethod
+    def parse(cls, text: str) -> Waves:
+        """Waves from the CLI's text (:func:`parse_waves`)."""
+        return cls(tuple(parse_waves(text)))
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self.sizes))
+
+    def plan(self, devices: Sequence[Device]) -> list[list[Device]]:
+        """Split ``devices`` into waves (the last wave always reaches every device)."""
+        n = len(devices)
+        cuts = [min(n, math.ceil(n * value / 100) if pct else int(value)) for value, pct in self.sizes]
+        cuts.append(n)
+        plan, start = [], 0
+        for cut in cuts:
+            if cut > start:
+                plan.append(list(devices[start:cut]))
+                start = cut
+        return plan
+
+
+#: one canary, then up to half the fleet, then the rest
+DEFAULT_WAVES = Waves.parse("1,50%,100%")
+
+
+def plan_waves(devices: Sequence[Device], waves: Waves) -> list[list[Device]]:
+    """Split ``devices`` into waves (:meth:`Waves.plan`)."""
+    return _waves(waves).plan(devices)
+
+
+def _waves(waves: Waves) -> Waves:
+    if not isinstance(waves, Waves):
+        raise TypeError(f"waves takes a Waves, not {waves!r}: Waves.parse({str(waves)!r}) parses the CLI's text")
+    return waves
 
 
 @dataclass
@@ -127,7 +181,7 @@ def rollout(
     devices: Sequence[Device],
     action: Callable[[Device], DeviceResult],
     *,
-    waves: str = "1,50%,100%",
+    waves: Waves = DEFAULT_WAVES,
     max_failure_rate: float = 0.0,
     parallel: int = 8,
     report: Callable[[str], None] | None = None,
@@ -138,19 +192,20 @@ def rollout(
     Args:
         devices: the fleet, in rollout order.
         action: deploys to one device and returns its row (never raises).
-        waves: cumulative wave sizes (:func:`parse_waves`).
+        waves: cumulative wave sizes (:class:`Waves`).
         max_failure_rate: in [0, 1]; a wave whose failed share is above it stops the rollout.
         parallel: devices updated at once within a wave.
         report: progress lines.
         cancel: fired on an interrupt (the actions' links close, uploads stop).
 
     Raises:
-        ConfigError: bad ``waves`` or ``max_failure_rate``.
+        ConfigError: bad ``max_failure_rate``.
+        TypeError: ``waves`` is not a :class:`Waves`.
     """
     if not 0.0 <= max_failure_rate <= 1.0:
         raise ConfigError(f"--max-failure-rate must be in [0, 1], got {max_failure_rate}")
     report = report or (lambda _line: None)
-    plan = plan_waves(devices, waves)
+    plan = _waves(waves).plan(devices)
     out = Rollout(waves=[[d.name for d in w] for w in plan])
     for i, wave in enumerate(plan):
         if out.stopped_at is not None:

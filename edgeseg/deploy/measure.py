@@ -20,7 +20,7 @@ from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
 from edgeseg_runtime.measure import DONE_PREFIX, MEASURE_NAME
 
 from ..errors import DeployError
-from .device import push_agent
+from .device import push_agent, read_state
 from .inventory import Device, Inventory
 from .ssh import DeviceLink
 
@@ -65,9 +65,9 @@ def measure_on_device(
     root = device.root
     with DeviceLink(device, inventory.known_hosts) as link:
         push_agent(link, say)
-        current = link.agent("state")["current"]
-        if not current or current.get("manifest_sha256") != manifest_sha:
-            running = f"release {current['version']}" if current else "nothing"
+        current = read_state(link).current
+        if current is None or current.manifest_sha256 != manifest_sha:
+            running = f"release {current.version}" if current else "nothing"
             raise DeployError(
                 f"{device.name} runs {running}, not {Path(archive_path).name}; install it first: "
                 f"edgeseg deploy {archive_path} --device {device.name}"
@@ -77,9 +77,9 @@ def measure_on_device(
             link.mkdirs(f"{scratch}/images", f"{scratch}/out")
             for image in images:
                 link.upload(image, f"{scratch}/images/{image.name}", 0)
-            say(f"{device.name}: {len(images)} images uploaded, measuring release {current['version']}")
+            say(f"{device.name}: {len(images)} images uploaded, measuring release {current.version}")
             argv = link.agent_argv(
-                "exec", "--", "measure", "--archive", current["slot"], f"{scratch}/images", "--out", f"{scratch}/out",
+                "exec", "--", "measure", "--archive", current.slot, f"{scratch}/images", "--out", f"{scratch}/out",
                 "--runs", str(runs), "--warmup", str(warmup), *([] if scores else ["--no-scores"]),
             )
             result = link.run(argv, on_line=lambda line: _progress(line, on_image))

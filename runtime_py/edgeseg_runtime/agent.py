@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import EdgesegError
-from .install import Device, DeviceBusy
+from .install import DeviceBusy, InstallRoot
 
 __all__ = ["main"]
 
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 def _exec(root: str, run_args: list) -> int:
     """``R/bin/edgeseg ARGS``: replace this process by the current release's runtime, or say why not (exit 2)."""
     try:
-        cmd, env = Device(root).exec_argv(run_args)
+        cmd, env = InstallRoot(root).exec_argv(run_args)
     except (EdgesegError, OSError) as exc:
         print(f"edgeseg: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _survive_hangup()
     out = _Out(args.plain)
     try:
-        device = Device(args.root, report=out.say)
+        device = InstallRoot(args.root, report=out.say)
         if args.command == "state":
             result = device.state()
         elif args.command == "install":

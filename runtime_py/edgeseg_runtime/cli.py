@@ -25,7 +25,7 @@ from . import __version__
 from .archive import Archive
 from .contract import Backend
 from .bench import bench, format_result
-from .errors import ArchiveError, EdgesegError, ImageError, SignatureError, ToolchainError, VerifyError
+from .errors import ArchiveError, EdgesegError, ImageError, SignatureError, ToolchainError, VerifyError, exit_code
 from .images import DEFAULT_MAX_PIXELS, iter_image_paths, load_image, overlay, save_label_map, save_scores
 from .runners import runner_class
 from .segmentor import Segmentor
@@ -401,12 +401,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) 
     previous = _terminate_on_signals()
     try:
         return handler(args)
-    except VerifyError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
     except EdgesegError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

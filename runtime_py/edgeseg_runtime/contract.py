@@ -72,6 +72,9 @@ __all__ = [
     "LockHolder",
     "Part",
     "PruneResult",
+    "GoldenImage",
+    "VerifyOutcome",
+    "BenchOutcome",
     "Record",
     "RecoverResult",
     "RecoverStatus",
@@ -1148,3 +1151,46 @@ class PruneResult(Record):
     """``agent prune``: the slot versions removed."""
 
     removed: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GoldenImage(Record):
+    """One golden image of ``verify --json`` (:class:`edgeseg_runtime.verify.ImageCheck`)."""
+
+    image: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    label_agreement: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class VerifyOutcome(Record):
+    """``edgeseg verify --json``: the verdict, and the figures when the check ran (a refusal has only the verdict)."""
+
+    passed: bool
+    verdict: str
+    archive: Optional[str] = None
+    backend: Optional[str] = None
+    precision: Optional[str] = None
+    tolerance: Dict[str, float] = dataclasses.field(default_factory=dict)
+    images: Tuple[GoldenImage, ...] = ()
+    signature: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BenchOutcome(Record):
+    """``edgeseg bench --json``: median latencies in ms (:class:`edgeseg_runtime.bench.BenchResult`)."""
+
+    archive: str
+    image_size: Tuple[int, ...]
+    input_shape: Tuple[int, ...]
+    runs: int
+    bare_ms: float
+    preprocess_ms: float
+    infer_ms: float
+    postprocess_ms: float
+    end_to_end_ms: float
+    decode_ms: float
+    encode_ms: float
+    overhead: float

@@ -16,7 +16,8 @@ AccuracyError under the same base.
 
 from __future__ import annotations
 
-__all__ = ["EdgesegError", "ArchiveError", "SignatureError", "ImageError", "ToolchainError", "VerifyError", "InstallError"]
+__all__ = ["EdgesegError", "ArchiveError", "SignatureError", "ImageError", "ToolchainError", "VerifyError", "InstallError",
+           "exit_code"]
 
 
 class EdgesegError(Exception):
@@ -45,3 +46,9 @@ class VerifyError(EdgesegError):
 
 class InstallError(EdgesegError):
     """An on-device install was refused or failed; the device still runs its previous version."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command that stopped on ``exc``: 1 when a measured check failed
+    (:class:`VerifyError` and its subclasses, e.g. a build's accuracy gate), 2 when it could not run."""
+    return 1 if isinstance(exc, VerifyError) else 2

@@ -55,15 +55,16 @@ renamed, POSIX ``rename(2)`` being atomic):
 2. assemble ``releases/.staging-<v>`` from the store, re-checking every sha256;
 3. dependencies: ``pip install --no-index`` from the archive's ``wheels/`` into
    ``sites/<sha>`` (skipped when the archive has none or the site exists);
-4. health check: the slot's own runtime runs ``verify`` on the golden set and,
-   when the profile sets ``[deploy] latency_budget_ms``, ``bench``;
+4. health check: the slot's own runtime runs ``verify --json`` on the golden set
+   and, when the profile sets ``[deploy] latency_budget_ms``, ``bench --json``;
+   their answers are read as records (:class:`VerifyOutcome`, :class:`BenchOutcome`);
 5. switch: rename the slot to ``releases/<v>``, point ``previous`` at the old
    release, raise ``version_floor``, then point ``current`` at the slot by
    renaming a new symbolic link over the old one;
 6. prune slots beyond the profile's ``keep_releases`` and unreferenced store files.
 
 Power may fail at any point: ``current`` always names a complete, checked
-slot, because nothing but step 5's rename changes it. :meth:`Device.recover`
+slot, because nothing but step 5's rename changes it. :meth:`InstallRoot.recover`
 (run at boot, and before every install) finishes an install whose switch
 already happened and discards any other half-done one (an unreadable
 journal included), deletes corrupt uploads, and points a missing or broken
@@ -72,6 +73,8 @@ journal included), deletes corrupt uploads, and points a missing or broken
 Standard library only (this runs before numpy is installed); Python 3.9+.
 """
 
+# typing's Optional/Tuple/Dict in the health-check records on purpose (Record.from_dict on Python 3.9)
+# ruff: noqa: UP006, UP035, UP045
 from __future__ import annotations
 
 import errno
@@ -91,13 +94,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
 from .archive import sha256_file
 from .contract import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from .contract import parse_version as _contract_version
 from .contract import (
+    BenchOutcome,
     DeviceState,
     Health,
     InstallResult,
@@ -108,11 +112,12 @@ from .contract import (
     RecoverResult,
     Release,
     RollbackResult,
+    VerifyOutcome,
 )
 from .errors import ArchiveError, EdgesegError, InstallError
 from .signing import load_public_key, verify_manifest
 
-__all__ = ["PART_RE", "STALE_SECONDS", "Device", "DeviceBusy", "parse_version", "part_name", "wheels_digest"]
+__all__ = ["PART_RE", "STALE_SECONDS", "DeviceBusy", "InstallRoot", "parse_version", "part_name", "wheels_digest"]
 
 Report = Callable[[str], None]
 #: uploads and signatures nobody touched for this long are deleted (seconds)
@@ -125,6 +130,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 PART_RE = re.compile(r"(?P<sha>[0-9a-f]{64})-(?P<size>[0-9]{1,15})\.(?P<session>[0-9A-Za-z_-]{1,64})\.part", re.ASCII)
 _SIG_RE = re.compile(r"(?P<sha>[0-9a-f]{64})\.sig", re.ASCII)
 _MAX_SMALL = 1 << 16  # journal.json, lock, version_floor, manifest.sig are small
+
+
+# ------------------------------------------------------------ health-check answers
+# What the slot's runtime prints for the health check (``edgeseg verify --json``, ``edgeseg bench --json``),
+# read as records. typing's Optional/Tuple/Dict: Record.from_dict resolves the annotations on Python 3.9.
+
+
+A = TypeVar("A", VerifyOutcome, BenchOutcome)
 
 
 def parse_version(text: Any) -> tuple[int, ...]:
@@ -222,8 +235,10 @@ class DeviceBusy(InstallError):
     """Another command that changes the install root holds ``R/lock``."""
 
 
-class Device:
+class InstallRoot:
     """The install root of one device (see the module docstring for the layout).
+
+    Not the host's inventory entry (:class:`edgeseg.deploy.Device`): this is the folder ``R`` on the device.
 
     Args:
         root: install root folder (created if missing and possible).
@@ -724,16 +739,19 @@ class Device:
         env = self._runtime_env(slot, site)
         t0 = time.perf_counter()
         self.report("health check: verify on the golden set")
-        verify = self._runtime_json(["verify", "--archive", str(slot), "--json"], env, timeout)
-        passed, verdict = verify.get("passed") is True, str(verify.get("verdict", "no verdict"))
+        verify, why = self._runtime_answer(VerifyOutcome, ["verify", "--archive", str(slot), "--json"], env, timeout)
+        passed, verdict = (verify.passed, verify.verdict) if verify is not None else (False, f"FAIL: {why}")
         latency: float | None = None
         budget = manifest.target.deploy.latency_budget_ms
         if passed and budget:
             self.report(f"health check: latency against the budget of {budget} ms")
-            bench = self._runtime_json(["bench", "--archive", str(slot), "--json", "--runs", "20", "--warmup", "3"], env, timeout)
-            ms = bench.get("end_to_end_ms")
-            latency = float(ms) if isinstance(ms, (int, float)) and not isinstance(ms, bool) else None
-            if latency is None or latency > budget:
+            bench, why = self._runtime_answer(
+                BenchOutcome, ["bench", "--archive", str(slot), "--json", "--runs", "20", "--warmup", "3"], env, timeout)
+            latency = bench.end_to_end_ms if bench is not None else None
+            if latency is None:
+                passed = False
+                verdict = f"FAIL: no latency to hold against the profile's budget of {budget} ms ({why})"
+            elif latency > budget:
                 passed = False
                 verdict = f"FAIL: median latency {latency} ms is over the profile's budget of {budget} ms"
             else:
@@ -742,20 +760,22 @@ class Device:
         self.report(f"health check: {health.verdict}")
         return health
 
-    def _runtime_json(self, args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    def _runtime_answer(self, record: type[A], args: list[str], env: dict[str, str], timeout: float) -> tuple[A | None, str]:
+        """Run ``edgeseg ARGS --json`` with the slot's runtime; its answer as ``record``, or ``(None, why not)``."""
         argv = [sys.executable, "-m", "edgeseg_runtime", *args]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"passed": False, "verdict": f"FAIL: '{args[0]}' took longer than {timeout:.0f} s"}
+            return None, f"'{args[0]}' took longer than {timeout:.0f} s"
         try:
             doc = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
+        except (ValueError, RecursionError):  # JSONDecodeError included
             tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit {proc.returncode}"
-            return {"passed": False, "verdict": f"FAIL: {args[0]} did not run: {tail}"}
-        return doc
+            return None, f"{args[0]} did not run: {tail}"
+        try:
+            return record.from_dict(doc, f"edgeseg {args[0]} --json"), ""
+        except ValueError as exc:
+            return None, f"{args[0]} answered in an unexpected form ({str(exc)[:160]})"
 
     def _discard(self, staging: Path) -> None:
         """Abandon an install before its switch: the half-built slot and the journal go, ``current`` stays."""

@@ -25,7 +25,7 @@ from .errors import ArchiveError
 from .images import load_image, load_label_map
 from .segmentor import Segmentor
 
-__all__ = ["ImageCheck", "VerifyReport", "compare_outputs", "verify_archive", "load_npy"]
+__all__ = ["Agreement", "ImageCheck", "VerifyReport", "compare_arrays", "compare_outputs", "verify_archive", "load_npy"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,86 @@ class VerifyReport:
         return {**asdict(self), "passed": self.passed, "verdict": self.verdict()}
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How far one output and label map are from a reference (:func:`compare_arrays`).
+
+    Attributes:
+        max_abs_diff: largest ``|out - ref|`` of the raw outputs (float64); 0.0
+            for label outputs, inf when the shapes differ, NaN without outputs.
+        mean_abs_diff: mean ``|out - ref|`` over every element (same special values).
+        label_agreement: fraction of pixels whose label equals the reference's, in
+            [0, 1]; 0.0 when the label maps differ in shape, NaN without label maps.
+        elements: output elements compared (0 when the scores were not compared).
+        sum_abs_diff: sum of ``|out - ref|`` (to pool several images exactly).
+        within_tolerance: every element within ``atol + rtol * |ref|`` (None when no
+            ``atol`` was given or the scores were not compared).
+        note: why the scores were not compared ("" when they were).
+    """
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    label_agreement: float
+    elements: int = 0
+    sum_abs_diff: float = 0.0
+    within_tolerance: bool | None = None
+    note: str = ""
+
+    @property
+    def scores_compared(self) -> bool:
+        """True when both raw outputs were float scores of one shape."""
+        return not self.note
+
+
+def compare_arrays(
+    output: np.ndarray | None,
+    reference: np.ndarray | None,
+    labels: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+    *,
+    atol: float | None = None,
+    rtol: float = 0.0,
+) -> Agreement:
+    """Compare a raw output and label map with the reference: the one comparison every check and report uses.
+
+    The raw outputs are compared when both are floating-point scores of one
+    shape, in float64: max and mean absolute difference and, given ``atol``,
+    the ``numpy.allclose`` rule ``|out - ref| <= atol + rtol * |ref|``.
+
+    Args:
+        output, reference: raw network outputs (``(1, C, h, w)`` scores or
+            ``(1, 1, h, w)`` labels); None when not available.
+        labels, reference_labels: label maps (any equal shape, e.g. ``(H, W)``);
+            None to skip the label agreement.
+        atol, rtol: tolerance for ``within_tolerance`` (None: not checked).
+
+    Returns:
+        An :class:`Agreement`.
+    """
+    if labels is None or reference_labels is None:
+        agreement = float("nan")
+    elif labels.shape != reference_labels.shape:
+        agreement = 0.0
+    else:
+        agreement = float(np.mean(labels == reference_labels))
+    if output is None or reference is None:
+        nan = float("nan")
+        return Agreement(nan, nan, agreement, note="no raw outputs")
+    if output.dtype.kind != "f" or reference.dtype.kind != "f":
+        return Agreement(0.0, 0.0, agreement, note="labels output (argmax folded in): no scores")
+    if output.shape != reference.shape:
+        inf = float("inf")
+        return Agreement(inf, inf, agreement,
+                         note=f"output shapes differ ({list(output.shape)} vs {list(reference.shape)})")
+    ref = reference.astype(np.float64)
+    diff = np.abs(output.astype(np.float64) - ref)
+    if not diff.size:
+        return Agreement(0.0, float("nan"), agreement)
+    total = float(diff.sum())
+    within = None if atol is None else bool(np.all(diff <= atol + rtol * np.abs(ref)))
+    return Agreement(float(diff.max()), total / diff.size, agreement, int(diff.size), total, within)
+
+
 def compare_outputs(
     output: np.ndarray,
     reference: np.ndarray,
@@ -85,7 +165,7 @@ def compare_outputs(
     reference_labels: np.ndarray,
     tolerance: dict[str, float],
 ) -> tuple[float, float, float, bool]:
-    """Compare one output and label map with the reference.
+    """The golden check of one image: :func:`compare_arrays` against the target's tolerance.
 
     Args:
         output, reference: raw network outputs of equal shape.
@@ -93,19 +173,17 @@ def compare_outputs(
         tolerance: ``atol``, ``rtol``, ``min_label_agreement``.
 
     Returns:
-        ``(max_abs_diff, mean_abs_diff, label_agreement, passed)``.
+        ``(max_abs_diff, mean_abs_diff, label_agreement, passed)``; a shape
+        mismatch is ``(inf, inf, 0.0, False)``, and score references that the
+        output does not match in kind fail.
     """
     if output.shape != reference.shape or labels.shape != reference_labels.shape:
         return float("inf"), float("inf"), 0.0, False
-    agreement = float(np.mean(labels == reference_labels))
-    ok = agreement >= tolerance["min_label_agreement"]
-    if np.issubdtype(reference.dtype, np.floating):
-        diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
-        max_diff, mean_diff = float(diff.max()), float(diff.mean())
-        ok = ok and bool(np.all(diff <= tolerance["atol"] + tolerance["rtol"] * np.abs(reference)))
-    else:
-        max_diff = mean_diff = 0.0
-    return max_diff, mean_diff, agreement, ok
+    a = compare_arrays(output, reference, labels, reference_labels, atol=tolerance["atol"], rtol=tolerance["rtol"])
+    ok = a.label_agreement >= tolerance["min_label_agreement"]
+    if reference.dtype.kind == "f":  # scores: within the tolerance too (a labels output cannot be)
+        ok = ok and a.within_tolerance is True
+    return a.max_abs_diff, a.mean_abs_diff, a.label_agreement, ok
 
 
 def load_npy(path: Path, max_bytes: int) -> np.ndarray:
