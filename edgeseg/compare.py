@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
+from edgeseg_runtime.images import load_label_map
 from edgeseg_runtime.measure import DONE_PREFIX, MEASURE_NAME
 from edgeseg_runtime.runners import runner_class
 from edgeseg_runtime.verify import compare_arrays
@@ -281,8 +281,12 @@ def _num(value: float) -> float | None:
 
 
 def _labels(folder: Path, stem: str) -> np.ndarray:
-    with Image.open(folder / f"{stem}.png") as img:
-        return np.asarray(img).astype(np.int64)
+    """A label map a run wrote (here or on a device) as int64: decoded as a PNG only, whatever the file holds.
+
+    Raises:
+        ImageError: not a PNG (an SGI, TGA, ... file named ``.png``), not single-channel, over the pixel limit, corrupt.
+    """
+    return load_label_map(folder / f"{stem}.png").astype(np.int64)
 
 
 def _output(folder: Path, stem: str) -> np.ndarray | None:

@@ -12,7 +12,8 @@ layout          images                                              ground truth
 ``images``      a folder of images                                  none
 ==============  ==================================================  ===============================================
 
-Every mask is a single-channel PNG of class ids; 255 is the ignore index
+Every mask is a single-channel PNG of class ids (decoded as PNG only: a file
+in another format, whatever its name, is refused); 255 is the ignore index
 (Cityscapes ``labelTrainIds``, VOC object boundaries). ADE20K annotations use
 0 for "other" and 1..150 for the classes: as in MMSegmentation's
 ``reduce_zero_label`` (``LoadAnnotations``), 0 becomes 255 and every other id
@@ -29,12 +30,14 @@ model scored on VOC maps class 15 (person) to 1 and the rest to background.
 from __future__ import annotations
 
 import hashlib
+import struct
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from edgeseg_runtime.archive import sha256_file
 from edgeseg_runtime.images import IMAGE_SUFFIXES, iter_image_paths
@@ -165,14 +168,11 @@ def read_mask(
         ``(H, W)`` int64 label map, 255 = ignore.
 
     Raises:
-        ConfigError: colour mask, wrong size, or ids outside the classes.
+        ConfigError: not a PNG (masks are decoded as PNG only, whatever the file
+            holds: an SGI or TGA file is refused), colour mask, wrong size (checked
+            before decoding), corrupt, or ids outside the classes.
     """
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P", "I", "I;16"):
-            raise ConfigError(f"{path.name}: mask mode {img.mode}; masks must be single-channel class-id PNGs (255 = ignore)")
-        mask = np.asarray(img).astype(np.int64)
-    if mask.shape != size:
-        raise ConfigError(f"{path.name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {size[1]}x{size[0]}")
+    mask = _decode_mask(path, size)
     lut = _lookup(label_map, reduce_zero_label)
     if lut is not None:
         mask = lut[np.clip(mask, 0, 65535)]
@@ -183,6 +183,24 @@ def read_mask(
             "255 = ignore); map the set's ids to the model's with a label map, e.g. --label-map 15=1,*=0"
         )
     return mask
+
+
+def _decode_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The mask's class ids as int64: PNG only, single-channel, the image's size (known before decoding)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: the size is checked below
+        try:
+            with Image.open(path, formats=("PNG",)) as img:
+                if img.mode not in ("L", "P", "I", "I;16"):
+                    raise ConfigError(f"{path.name}: mask mode {img.mode}; masks must be single-channel class-id PNGs "
+                                      "(255 = ignore)")
+                if (img.height, img.width) != tuple(size):
+                    raise ConfigError(f"{path.name}: mask is {img.width}x{img.height} but its image is {size[1]}x{size[0]}")
+                return np.asarray(img).astype(np.int64)
+        except UnidentifiedImageError:
+            raise ConfigError(f"{path.name}: not a PNG; masks must be single-channel class-id PNGs (255 = ignore)") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+            raise ConfigError(f"{path.name}: not a readable mask PNG ({' '.join(str(exc).split())[:120]})") from None
 
 
 @dataclass(frozen=True)

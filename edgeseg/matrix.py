@@ -35,6 +35,7 @@ Output: JSON and Markdown (:func:`write_matrix`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -47,10 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgeseg_runtime.runners import BACKEND_NAMES
 
 from .errors import EdgesegError
 
-__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "REL_TOL", "ModelRow", "Cell", "measure_matrix", "write_matrix",
+__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "REL_TOL", "backend_columns", "ModelRow",
+           "Cell", "measure_matrix", "write_matrix",
            "run_matrix"]
 
 #: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
@@ -94,17 +97,41 @@ SEED_MODELS: dict[str, str] = {
 }
 #: the CI subset: small models, ONNX Runtime only
 FAST_MODELS = ("BiSeNetV2", "CGNet", "ERFNet", "Fast-SCNN", "PSPNet")
-#: matrix column → (target profile, label)
-BACKEND_COLUMNS: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("cpu", "ONNX Runtime"),
-    "openvino": ("intel", "OpenVINO"),
-    "ncnn": ("arm", "ncnn"),
-    "tflite": ("tflite", "LiteRT"),
-    "coreml": ("apple", "CoreML"),
-    "tensorrt": ("jetson", "TensorRT"),
+#: the matrix's columns, left to right, by the target profile each backend is measured with → the column's label.
+#: The backend names come from edgeseg_runtime.runners.BACKEND_NAMES (:func:`backend_columns`): a backend whose
+#: profile is not listed here gets a column at the right, labelled with its name.
+COLUMN_PROFILES: dict[str, str] = {
+    "cpu": "ONNX Runtime",
+    "intel": "OpenVINO",
+    "arm": "ncnn",
+    "tflite": "LiteRT",
+    "apple": "CoreML",
+    "jetson": "TensorRT",
 }
 #: precision → largest max abs diff, relative to the PyTorch logits' range, for a Y cell
 REL_TOL: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
+
+
+@functools.cache
+def backend_columns() -> dict[str, tuple[str, str]]:
+    """Every backend of ``BACKEND_NAMES`` with a shipped target profile → ``(profile, label)``, in column order.
+
+    The profile is the shipped target whose ``backend`` it is (those of
+    :data:`COLUMN_PROFILES` first, in that order); read once.
+    """
+    from .targets import list_targets, load_target
+
+    profiles = [*COLUMN_PROFILES, *(t for t in list_targets() if t not in COLUMN_PROFILES)]
+    profile_of: dict[str, str] = {}
+    for profile in profiles:
+        profile_of.setdefault(load_target(profile).backend, profile)
+    order = {profile: i for i, profile in enumerate(profiles)}
+    names = sorted((n for n in BACKEND_NAMES if n in profile_of), key=lambda n: order[profile_of[n]])
+    return {n: (profile_of[n], COLUMN_PROFILES.get(profile_of[n], n)) for n in names}
+
+
+#: backend → (target profile, column label), in column order (:func:`backend_columns`)
+BACKEND_COLUMNS: dict[str, tuple[str, str]] = backend_columns()
 
 
 @dataclass
@@ -164,7 +191,7 @@ def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
     """
     from .targets import load_target
 
-    profile = load_target(BACKEND_COLUMNS[name][0])
+    profile = load_target(backend_columns()[name][0])
     profile = profile.model_copy(update={"quantization": profile.quantization.model_copy(update={"keep_float": []})})
     out = {}
     for precision in wanted:
@@ -274,7 +301,7 @@ def _check_names(models: Sequence[str], backends: Sequence[str], precisions: Seq
     """Raises ConfigError for a name the matrix does not know."""
     from .errors import ConfigError
 
-    for kind, names, known in (("model", models, SEED_MODELS), ("backend", backends, BACKEND_COLUMNS),
+    for kind, names, known in (("model", models, SEED_MODELS), ("backend", backends, backend_columns()),
                                ("precision", precisions, REL_TOL)):
         for name in names:
             if name not in known:
@@ -299,7 +326,7 @@ def measure_matrix(
         ConfigError: an unknown model or backend name.
     """
     names = list(SEED_MODELS if models is None else models)
-    cols = list(BACKEND_COLUMNS if backends is None else backends)
+    cols = list(backend_columns() if backends is None else backends)
     _check_names(names, cols, precisions)
     say = report or (lambda _line: None)
     targets = {b: _precisions(b, precisions) for b in cols}  # profiles read once, not per model
@@ -327,7 +354,7 @@ def _short(text: str, limit: int = 170) -> str:
 def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write ``support-matrix.json`` and ``support-matrix.md`` into ``out_dir``; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(b for r in rows for b in r.cells)) or list(BACKEND_COLUMNS)
+    cols = list(dict.fromkeys(b for r in rows for b in r.cells)) or list(backend_columns())
     doc = {"meta": meta or {}, "models": [asdict(r) for r in rows]}
     json_path = out_dir / "support-matrix.json"
     json_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -350,7 +377,7 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
         "not (build such models at fixed sizes: `[input] shapes`). int8 is not measured (calibration needs real "
         "weights; `edgeseg build --precision int8` gates it per model).",
         "",
-        "| Model | Export | Shape | " + " | ".join(BACKEND_COLUMNS[c][1] for c in cols) + " |",
+        "| Model | Export | Shape | " + " | ".join(backend_columns()[c][1] for c in cols) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |",
     ]
     for r in rows:
@@ -363,7 +390,7 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
         for c, cells in r.cells.items():
             for precision, cell in cells.items():
                 if cell.status == "Y":
-                    lines.append(f"  - {BACKEND_COLUMNS[c][1]} {precision}: max abs diff {cell.max_abs_diff:.2e} "
+                    lines.append(f"  - {backend_columns()[c][1]} {precision}: max abs diff {cell.max_abs_diff:.2e} "
                                  f"({cell.rel_diff:.1e} of the range), {cell.size_mb} MB")
     md_path = out_dir / "support-matrix.md"
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -428,7 +455,7 @@ def run_matrix(
     from .errors import ConfigError
 
     names = list(models or (SEED_MODELS if full else FAST_MODELS))
-    cols = list(backends or (BACKEND_COLUMNS if full else ["onnxruntime"]))
+    cols = list(backends or (backend_columns() if full else ["onnxruntime"]))
     precs = list(precisions or (REL_TOL if full else ["fp32"]))
     _check_names(names, cols, precs)  # before any work
     if jobs < 1:

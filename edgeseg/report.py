@@ -27,7 +27,7 @@ from PIL import Image
 
 from edgeseg_runtime.images import load_image, overlay
 
-from .compare import Comparison, TargetResult
+from .compare import Comparison, TargetResult, _labels
 
 __all__ = ["write_report", "render_markdown", "render_html", "render_console", "summary_rows", "SUMMARY_COLUMNS",
            "CONSOLE_COLUMNS"]
@@ -283,8 +283,8 @@ def _worst_plot(plt: Any, c: Comparison, r: TargetResult) -> str | None:
     for row, i in enumerate(worst):
         image = c.dataset.images[i]
         rgb = load_image(image)
-        ref = np.asarray(Image.open(c.reference.run_dir / f"{image.stem}.png")).astype(np.int64)
-        got = np.asarray(Image.open(r.run_dir / f"{image.stem}.png")).astype(np.int64)
+        ref = _labels(c.reference.run_dir, image.stem)  # PNG only (a device's file is not trusted to be one)
+        got = _labels(r.run_dir, image.stem)
         tiles = [_tile(rgb), _tile(overlay(rgb, ref, palette)), _tile(overlay(rgb, got, palette)),
                  disagreement(rgb, got, ref, _size(rgb.shape))]
         titles = [image.name, f"reference {c.reference.label}", r.label,

@@ -32,7 +32,7 @@ CAPABILITY_NAMES = {*Capabilities.__dataclass_fields__, "capabilities", "system_
 PENDING_GETATTR: set[str] = set()
 #: modules that still spell the list of backend names; they should read edgeseg_runtime.runners.BACKEND_NAMES
 #: (contract.py: the manifest schema's backend choices; matrix.py: the support matrix's columns and their profiles)
-PENDING_NAME_LISTS = {"edgeseg/matrix.py"}
+PENDING_NAME_LISTS: set[str] = set()
 
 
 def _modules() -> Iterator[tuple[str, Path]]:

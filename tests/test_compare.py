@@ -229,3 +229,54 @@ def test_limit_reference_and_device_errors(archives: dict[str, Path], quantized:
     r = edgeseg_cli("measure", "--archive", archives["cpu"], images, "--out", tmp_path / "m", "--runs", "0")
     assert r.returncode == 2 and "--runs: must be >= 1" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1  # one line, not argparse's usage block
+
+
+@pytest.mark.parametrize("fmt", ["SGI", "TGA"])
+def test_masks_and_returned_label_maps_are_png_only(fmt: str, archives: dict[str, Path], photos: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """A ground-truth mask, or a label map a device sends back, in another format is refused, never scored."""
+    from edgeseg.compare import _labels
+    from edgeseg_runtime.errors import ImageError
+
+    photo = sorted(photos.values())[0]
+    (tmp_path / "images").mkdir()
+    shutil.copyfile(photo, tmp_path / "images" / photo.name)
+    w, h = Image.open(photo).size
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "masks" / f"{photo.stem}.png", format=fmt)
+    r = edgeseg_cli("compare", archives["cpu"], "--images", tmp_path / "images", "--masks", tmp_path / "masks",
+                    "--runs", "1", "--out", tmp_path / "out")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"edgeseg: error: {photo.stem}.png: not a PNG; masks must be single-channel class-id PNGs (255 = ignore)"
+    ), r.stderr
+    # a run folder (here, or downloaded from a device) whose label map is not a PNG
+    Image.fromarray(np.ones((h, w), np.uint8)).save(tmp_path / "run.png", format=fmt)
+    with pytest.raises(ImageError, match="run.png: not a readable label map PNG"):
+        _labels(tmp_path, "run")
+    Image.fromarray(np.ones((h, w), np.uint8)).save(tmp_path / "ok.png")
+    assert (_labels(tmp_path, "ok") == 1).all()
+
+
+def test_measure_keeps_at_most_four_images_and_32_mp_for_the_latency_runs(archives: dict[str, Path], tmp_path: Path) -> None:
+    from edgeseg_runtime.measure import LATENCY_IMAGES, LATENCY_PIXELS, measure
+
+    assert (LATENCY_IMAGES, LATENCY_PIXELS) == (4, 32_000_000)
+
+    def photo(name: str, w: int, h: int) -> Path:
+        y, x = np.mgrid[0:h, 0:w]
+        rgb = np.stack([x * 255 // w, y * 255 // h, (x + y) % 256], -1).astype(np.uint8)
+        path = tmp_path / "in" / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(path, quality=80)
+        return path
+
+    twelve = [photo(f"p{i}.jpg", 4000, 3000) for i in range(3)]  # 12 MP each: two fit in 32 MP
+    doc = measure(archives["cpu"], twelve, tmp_path / "a", runs=4, warmup=0, scores=False)
+    assert doc["latency_images"] == ["p0.jpg", "p1.jpg"] and len(doc["latency_ms"]) == 4
+    assert [r["image"] for r in doc["images"]] == [p.name for p in twelve]  # every image is still segmented
+    big, small = photo("big.jpg", 6000, 6000), photo("small.jpg", 64, 48)  # 36 MP first: kept alone, whatever its size
+    doc = measure(archives["cpu"], [big, small], tmp_path / "b", runs=2, warmup=0, scores=False)
+    assert doc["latency_images"] == ["big.jpg"]
+    small4 = [photo(f"s{i}.jpg", 64, 48) for i in range(6)]
+    assert measure(archives["cpu"], small4, tmp_path / "c", runs=1, warmup=0, scores=False)["latency_images"] == [
+        "s0.jpg", "s1.jpg", "s2.jpg", "s3.jpg"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,35 @@ def test_bad_layout_and_missing_folders(tmp_path: Path) -> None:
     _image(tmp_path / "x.png")
     with pytest.raises(ConfigError, match="layout 'plain' needs masks"):
         load_dataset(tmp_path, layout="plain")
+
+
+@pytest.mark.parametrize("fmt", ["SGI", "TGA", "BMP"])
+def test_masks_are_decoded_as_png_only(tmp_path: Path, fmt: str) -> None:
+    """A mask in another format (named .png, or not) is refused in one line, never decoded and scored."""
+    ids = np.array([[0, 1, 1, 0]] * 3, np.uint8)
+    for name in ("m.png", f"m.{fmt.lower()}"):
+        path = tmp_path / name
+        Image.fromarray(ids).save(path, format=fmt)
+        assert Image.open(path).format == fmt  # Pillow itself would decode it
+        with pytest.raises(ConfigError, match=rf"^{re.escape(name)}: not a PNG; masks must be single-channel class-id PNGs"):
+            read_mask(path, 2, (3, 4))
+    # through a dataset, as 'edgeseg compare' and 'build --eval' read masks
+    _image(tmp_path / "set" / "images" / "a.jpg", (4, 3))
+    (tmp_path / "set" / "masks").mkdir()
+    Image.fromarray(ids).save(tmp_path / "set" / "masks" / "a.png", format=fmt)
+    ds = load_dataset(tmp_path / "set")
+    with pytest.raises(ConfigError, match="a.png: not a PNG"):
+        ds.read_mask(0, 2, (3, 4))
+    png = _mask(tmp_path / "ok.png", ids)
+    assert (read_mask(png, 2, (3, 4)) == ids).all()
+
+
+def test_mask_size_is_checked_before_decoding(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.new("L", (12000, 10000)).save(big)  # 120 MP of zeros: a small PNG
+    with pytest.raises(ConfigError, match="mask is 12000x10000 but its image is 4x3"):
+        read_mask(big, 2, (3, 4))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(_mask(tmp_path / "whole.png", IDS).read_bytes()[:45])
+    with pytest.raises(ConfigError, match=r"cut.png: not a readable mask PNG"):
+        read_mask(cut, 3, (4, 6))

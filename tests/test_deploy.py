@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -923,3 +924,145 @@ def test_jetson_health_check_is_honest_and_fallback_explicit(fleet: Fleet, keys:
     proc = _on_device(fleet, "j1", "verify", "--archive", f"{root}/current")
     assert proc.returncode == 0 and proc.stdout.startswith("PASS")
     assert "running the profile's fallback_backend onnxruntime" in proc.stderr
+
+
+# ------------------------------------------------------------------ a device that accepts TCP and never answers
+class _Silent:
+    """A TCP server that accepts connections and never sends a byte: a hung sshd (or a tarpit)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def silent(tmp_path: Path, keys: dict[str, Path]) -> Iterator[tuple[_Silent, Path]]:
+    """The silent server and an inventory naming it ``mute`` (timeout 20 s, group ``lab``)."""
+    server = _Silent()
+    (tmp_path / "known_hosts").write_text("")
+    inv = tmp_path / "devices.toml"
+    inv.write_text(
+        f'known_hosts = "known_hosts"\n[defaults]\nkey = "{keys["client"]}"\ntrusted_keys = ["{keys["pub"]}"]\n'
+        f'[[device]]\nname = "mute"\nhost = "127.0.0.1"\nport = {server.port}\ntarget = "cpu"\n'
+        f'root = "{tmp_path / "root"}"\npython = "{sys.executable}"\ngroups = ["lab"]\ntimeout = 20.0\n'
+    )
+    yield server, inv
+    server.close()
+
+
+@pytest.mark.parametrize(("command", "signum"), [
+    ("deploy", signal.SIGINT), ("deploy", signal.SIGTERM), ("deploy", signal.SIGHUP),
+    ("status", signal.SIGINT), ("recover", signal.SIGINT), ("rollback", signal.SIGINT), ("status", signal.SIGTERM),
+    ("devices provision", signal.SIGINT),
+])
+def test_a_signal_stops_a_command_waiting_on_a_hung_device_at_once_and_leaves_no_temporary_files(
+    silent: tuple[_Silent, Path], releases: dict[str, Path], tmp_path: Path, command: str, signum: int
+) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP while a device has accepted TCP but sends no SSH banner (its timeout is 20 s)."""
+    server, inv = silent
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    args = [releases["1.0.0"]] if command == "deploy" else []
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", *command.split(), *map(str, args), "-i", str(inv),
+                             "--group", "lab"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(private_tmp)})
+    try:
+        assert server.accepted.wait(60), "the command never connected"
+        if command == "deploy":
+            assert len(list(private_tmp.iterdir())) == 1  # the archive, opened once, in the main thread
+        time.sleep(0.3)  # in paramiko's wait for the banner
+        t0 = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\n{command}: {signal.Signals(signum).name} -> exit {proc.returncode} after {took:.2f} s")
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by signal {signum}"
+    lines = err.splitlines()
+    assert proc.returncode == (130 if signum == signal.SIGINT else 128 + signum), err
+    assert lines[-1].startswith(f"edgeseg: {how}: ") and "links closed" in lines[-1], err
+    assert not [line for line in lines[:-1] if not line.startswith("wave 1/1")], err  # no traceback, no paramiko lines
+    assert out == ""
+    assert took < 3.0, f"took {took:.1f} s to stop"
+    assert list(private_tmp.iterdir()) == []  # the unpacked archive is gone
+
+
+def test_paramiko_never_writes_on_stderr(silent: tuple[_Silent, Path], fleet: Fleet) -> None:
+    """Only edgeseg's line per device: no 'Exception (client)', tracebacks or 'Socket exception' from paramiko."""
+    server, inv = silent
+    inv.write_text(inv.read_text().replace("timeout = 20.0", "timeout = 1.0"))
+    proc = edgeseg_cli("status", "-i", inv, "--device", "mute", "--json")
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["error"] == f"mute (root@127.0.0.1:{server.port}): SSH failed (Error reading SSH protocol banner)"
+    # a missing key file, eight names for one real device at once (paramiko's transport thread saw the socket close)
+    dev = fleet.add("d1")
+    toml = fleet.root / "devices.toml"
+    text = toml.read_text().replace(f'key = "{fleet.keys["client"]}"', 'key = "/nonexistent/key"')
+    toml.write_text(text + "".join(dev.toml(f"alias{i}", groups=("many",)) for i in range(8)))
+    proc = edgeseg_cli("status", "-i", toml, "--group", "many", "--json")
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    assert {r["error"].split(": ", 1)[1] for r in json.loads(proc.stdout)} == {
+        "SSH failed ([Errno 2] No such file or directory: '/nonexistent/key')"}
+
+
+def test_a_fleet_deploy_opens_the_archive_once(fleet: Fleet, releases: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive is unpacked and checked once, before any device, not once per device."""
+    import edgeseg_runtime.tarball
+
+    for name in ("d1", "d2", "d3"):
+        _provisioned(fleet, name)
+    opened: list[Path] = []
+    real = edgeseg_runtime.tarball.extract
+
+    def counting(path: Path, dest: Path) -> object:
+        opened.append(Path(path))
+        return real(path, dest)
+
+    monkeypatch.setattr(edgeseg_runtime.tarball, "extract", counting)
+    out = deploy(releases["1.0.0"], fleet.inventory, group="lab", waves=Waves.parse("1,100%"), stage_only=True)
+    assert [r.status for r in out.results] == ["staged"] * 3, out.results
+    assert opened == [releases["1.0.0"]]
+    # refused before any device is contacted: unsigned, or a signature that is not a signature document
+    folder = tmp_path / "badsig"
+    with tarfile.open(releases["1.0.0"]) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "manifest.sig").write_text("garbage")
+    for archive, error in ((releases["unsigned"], "is unsigned"), (pack(folder, tmp_path / "badsig.tar.gz"),
+                                                                   "not a valid edgeseg signature")):
+        with pytest.raises(edgeseg.EdgesegError, match=error):
+            deploy(archive, fleet.inventory, group="lab")
+    assert len(opened) == 3
+
+
+def test_device_builds_read_the_backends_capabilities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``build --device`` checks ``capabilities.build_on``, not the deprecated ``build_on`` alias."""
+    from edgeseg.backends import BaseBackend
+    from edgeseg.deploy.engine import device_for_build
+
+    monkeypatch.setattr(BaseBackend, "build_on", property(lambda self: pytest.fail("read the deprecated build_on")))
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[[device]]\nname = "j1"\nhost = "10.0.0.1"\ntarget = "jetson"\n')
+    assert device_for_build("jetson", "j1", inv)[1].name == "j1"
+    with pytest.raises(edgeseg.ConfigError, match="only TensorRT targets are"):
+        device_for_build("cpu", "j1", inv)

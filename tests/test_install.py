@@ -367,3 +367,102 @@ def test_health_check_reads_the_runtimes_json_as_records() -> None:
     bench = BenchResult((640, 480), (1, 3, 256, 256), 5, 1.0, 0.2, 1.1, 0.3, 1.6, 2.0, 0.5)
     timed = BenchOutcome.from_dict(json.loads(json.dumps({"archive": "a.tar.gz", **bench.to_dict()})))
     assert timed.end_to_end_ms == 1.6 and timed.input_shape == (1, 3, 256, 256)
+
+
+# ------------------------------------------------------------------ attack findings: versions, agent usage, inventory shapes
+def _as_version(archive: Path, version: str, tmp: Path, key: Path) -> Path:
+    """``archive`` re-signed as release ``version`` (same files, another manifest)."""
+    from edgeseg.bundle import pack
+    from edgeseg.signing import sign_stage
+
+    folder = tmp / f"src-{version}"
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["release"]["version"] = version
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    sign_stage(folder, key)
+    return pack(folder, tmp / f"as-{version}" / archive.name)
+
+
+def test_equal_versions_in_other_spellings_never_get_a_second_slot(signed: dict[str, Path], tmp_path: Path) -> None:
+    """``1.0`` == ``1.0.0`` == ``01.0.0``: one slot per version; another spelling is another manifest, refused."""
+    dev = _device(tmp_path, signed["pub"])
+    v100 = _receive(dev, signed["1.0.0"], tmp_path)
+    assert dev.install(v100).status == "installed"
+    spelled = {v: _receive(dev, _as_version(signed["1.0.0"], v, tmp_path, signed["key"]), tmp_path)
+               for v in ("1.0", "01.0.0", "2.0", "2.00.0")}
+    for v in ("1.0", "01.0.0"):
+        for allow in (False, True):
+            with pytest.raises(InstallError, match=rf"^version {re.escape(v)} is installed with other contents "
+                                                   r"\(as 1\.0\.0, the same version\); give the new build another"):
+                dev.install(spelled[v], allow_downgrade=allow)
+    assert dev.install(v100).status == "unchanged"  # the same contents
+    assert dev.install(spelled["2.0"]).status == "installed"
+    with pytest.raises(InstallError, match=r"version 2\.00\.0 is installed with other contents \(as 2\.0,"):
+        dev.install(spelled["2.00.0"])
+    state = dev.state()
+    assert (state.version, state.releases, state.version_floor) == ("2.0", ("1.0.0", "2.0"), "2.0")
+    # slots gone, the floor remains: its version in another spelling is still refused, even as a downgrade
+    for link in ("current", "previous"):
+        (dev.root / link).unlink()
+    shutil.rmtree(dev.root / "releases")
+    (dev.root / "releases").mkdir()
+    with pytest.raises(InstallError, match=r"version 2\.00\.0 is installed with other contents \(as 2\.0, the same "
+                                           r"version, in version_floor\)"):
+        dev.install(spelled["2.00.0"], allow_downgrade=True)
+    assert dev.install(spelled["2.0"]).status == "installed"  # its own spelling: the floor's release again
+    assert dev.state().releases == ("2.0",)
+
+
+@pytest.mark.parametrize("argv", [["--root", "R", "bogus"], ["--root", "R", "prune", "--keep", "abc"], [],
+                                  ["--root", "R", "install"], ["--root", "R", "state", "extra"]])
+def test_agent_usage_errors_are_one_line(tmp_path: Path, argv: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(RUNTIME), "PYTHONDONTWRITEBYTECODE": "1"}
+    argv = [str(tmp_path / "root") if a == "R" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "edgeseg_runtime.agent", *argv], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert re.fullmatch(r"edgeseg-agent( \w+)?: error: .+ \(see edgeseg-agent( \w+)? --help\)\n", proc.stderr), proc.stderr
+    assert "usage:" not in proc.stderr
+
+
+_DEVICE = '[[device]]\nname = "d1"\nhost = "10.0.0.1"\ntarget = "cpu"\n'
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("defaults = []\n" + _DEVICE, r"defaults: must be a table \(\[defaults\]\), not an array"),
+    ("defaults = 5\n" + _DEVICE, r"defaults: must be a table \(\[defaults\]\), not an integer"),
+    ('device = "x"\n', r"device: must be an array of tables .*, not a string$"),
+    ("device = [1]\n", r"device\[0\]: must be a table \(a \[\[device\]\] section\), not an integer"),
+    ('[device]\nname = "d1"\nhost = "h"\ntarget = "cpu"\n', r"device: must be an array of tables .*not a table "
+                                                            r"\(\[device\] is one table: write \[\[device\]\]\)"),
+    ("[defaults]\nkey = 5\n" + _DEVICE, r"defaults\.key: must be a string \(an SSH private key file\), not an integer"),
+    (_DEVICE + "key = 5\n", r"device\[0\]\.key: must be a string"),
+    ("[defaults]\ntrusted_keys = [1]\n" + _DEVICE, r"defaults\.trusted_keys\[0\]: must be a string .*not an integer"),
+    ('[defaults]\ntrusted_keys = "keys/a.pem"\n' + _DEVICE,
+     r"defaults\.trusted_keys: must be an array of strings .*not a string \(one key: trusted_keys = \[\"keys/a.pem\"\]\)"),
+    ("known_hosts = 5\n" + _DEVICE, r"known_hosts: must be a string \(a file path\), not an integer"),
+    ('known_hosts = "a\\u0000b"\n' + _DEVICE, r"known_hosts: 'a\\x00b' is not a usable path"),
+])
+def test_inventory_shapes_are_checked_before_merging(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "devices.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_inventory(path)
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", "devices", "list", "-i", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.startswith(f"edgeseg: error: {path}: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize("text", ["nan%", "inf", "1e400", "-inf%", "nan", "1,1e400%"])
+def test_waves_must_be_finite(text: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"is not a finite number"):
+        Waves.parse(text)
+    inv = tmp_path / "devices.toml"
+    inv.write_text(_DEVICE.replace('target = "cpu"\n', 'target = "cpu"\ngroups = ["lab"]\n'))
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", "deploy", str(tmp_path / "a.tar.gz"), "-i", str(inv),
+                           "--group", "lab", f"--waves={text}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("edgeseg: error: --waves: "), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "internal error" not in proc.stderr

@@ -17,13 +17,17 @@ Needs ``pip install 'edgeseg[deploy]'`` (fabric, cryptography).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from edgeseg_runtime.archive import Archive
 
 from .device import (
     DeviceResult,
     deploy_device,
     device_status,
+    open_signed,
     provision_device,
     recover_device,
     rollback_device,
@@ -49,6 +53,7 @@ __all__ = [
     "recover_device",
     "device_status",
     "provision_device",
+    "open_signed",
     "plan_waves",
     "render_table",
     "rollout",
@@ -58,7 +63,7 @@ Report = Callable[[str], None]
 
 
 def deploy(
-    archive: str | Path,
+    archive: str | Path | Archive,
     inventory: Inventory,
     *,
     devices: list[str] | None = None,
@@ -73,41 +78,70 @@ def deploy(
 ) -> Rollout:
     """Deploy ``archive`` to named devices or a group, in waves (see :func:`edgeseg.deploy.fleet.rollout`).
 
-    Ctrl-C (KeyboardInterrupt) fires ``cancel`` (one is made when none is
-    given): uploads stop, links close, and the interrupt is raised again
-    within about two seconds. A device that had started installing finishes
-    or discards that install on its own.
+    The archive is opened and checked once, here, in the calling thread
+    (:func:`~edgeseg.deploy.device.open_signed`: tar safety, every sha256, the
+    signature's form), before any device is contacted; every device's worker
+    gets that opened archive, and its temporary folder is removed when this
+    returns or raises (Ctrl-C and SIGTERM included). An :class:`Archive`
+    already opened is used as it is.
+
+    Ctrl-C (KeyboardInterrupt), or any other exception reaching the waiting
+    thread (the CLI turns SIGTERM/SIGHUP into one), fires ``cancel`` (one is
+    made when none is given): uploads stop, links close, also one still
+    connecting or waiting for the SSH banner, and the exception is raised
+    again within about two seconds. A device that had started installing
+    finishes or discards that install on its own.
 
     Raises:
         ConfigError: unknown device or group.
+        ArchiveError: the archive is corrupt, tampered or unsafe (no device contacted).
+        DeployError: the archive is unsigned; SignatureError: its signature is malformed.
         TypeError: ``waves`` is not a :class:`Waves` (the CLI parses ``"1,50%,100%"`` with :meth:`Waves.parse`).
         KeyboardInterrupt: interrupted (after cancelling).
     """
     targets = inventory.select(devices, group)
+    plan_waves(targets, waves)  # TypeError for a wrong waves before unpacking anything
     cancel = cancel or Cancel()
+    with _opened(archive) as opened:
 
-    def one(device: Device) -> DeviceResult:
-        return deploy_device(
-            archive, device, inventory, allow_downgrade=allow_downgrade, stage_only=stage_only, report=report,
-            cancel=cancel,
-        )
+        def one(device: Device) -> DeviceResult:
+            return deploy_device(
+                opened, device, inventory, allow_downgrade=allow_downgrade, stage_only=stage_only, report=report,
+                cancel=cancel,
+            )
 
-    return rollout(targets, one, waves=waves, max_failure_rate=max_failure_rate, parallel=parallel, report=report,
-                   cancel=cancel)
+        return rollout(targets, one, waves=waves, max_failure_rate=max_failure_rate, parallel=parallel,
+                       report=report, cancel=cancel)
+
+
+@contextmanager
+def _opened(archive: str | Path | Archive) -> Iterator[Archive]:
+    if isinstance(archive, Archive):
+        yield archive
+    else:
+        with open_signed(archive) as opened:
+            yield opened
 
 
 def for_devices(
-    action: Callable[[Device, Inventory, Report | None], DeviceResult],
+    action: Callable[..., DeviceResult],
     inventory: Inventory,
     *,
     devices: list[str] | None = None,
     group: str | None = None,
     parallel: int = 8,
     report: Report | None = None,
+    cancel: Cancel | None = None,
 ) -> list[DeviceResult]:
     """Run one of the per-device commands (status, rollback, recover, provision) on many devices in parallel.
 
-    An interrupt cancels the devices not started yet and is raised again without waiting for the others.
+    ``action`` is called as ``action(device, inventory, report, cancel=cancel)``
+    (:func:`device_status`, :func:`rollback_device`, :func:`recover_device`,
+    :func:`provision_device`). An interrupt (Ctrl-C, or the CLI's SIGTERM/SIGHUP)
+    fires ``cancel`` (one is made when none is given): every link closes, also
+    one still connecting or waiting for the SSH banner, the devices not started
+    yet are cancelled, and the interrupt is raised again without waiting for the others.
     """
     targets = inventory.select(devices, group)
-    return run_parallel(lambda d: action(d, inventory, report), targets, parallel)
+    cancel = cancel or Cancel()
+    return run_parallel(lambda d: action(d, inventory, report, cancel=cancel), targets, parallel, cancel)

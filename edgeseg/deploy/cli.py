@@ -1,6 +1,7 @@
 """``edgeseg keys | devices | deploy | rollback | status | recover``: thin argument parsing over :mod:`edgeseg.deploy`.
 
-Exit codes: 0 every device ok; 1 a device failed or the rollout stopped; 2 bad usage/config.
+Exit codes: 0 every device ok; 1 a device failed or the rollout stopped; 2 bad usage/config;
+130 Ctrl-C, 128 + N signal N (SIGTERM, SIGHUP): links closed, one line, no waiting for a device.
 """
 
 from __future__ import annotations
@@ -87,11 +88,18 @@ def cmd_devices_trust(args: argparse.Namespace) -> int:
 
 
 def _for_devices(action: Callable[..., Any], args: argparse.Namespace, title: str) -> int:
+    from edgeseg_runtime.cli import _Terminated
+
     from . import for_devices
     from .inventory import load_inventory
 
     inv = load_inventory(args.inventory)
-    rows = for_devices(action, inv, devices=args.device, group=args.group, report=_say)
+    try:
+        rows = for_devices(action, inv, devices=args.device, group=args.group, report=_say)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        return _stopped(exc, "links closed" if title == "status" else
+                        f"links closed; a device that had already started the {title} finishes it on its own "
+                        "('edgeseg status' shows where each stands)")
     return _print_rows(rows, args.json, title)
 
 
@@ -120,6 +128,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from edgeseg_runtime.cli import _Terminated
     from rich.console import Console
 
     from . import deploy
@@ -134,8 +143,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             max_failure_rate=args.max_failure_rate, allow_downgrade=args.allow_downgrade, stage_only=args.stage_only,
             report=_say,
         )
-    except KeyboardInterrupt:
-        return _interrupted()
+    except (KeyboardInterrupt, _Terminated) as exc:  # the archive's temporary folder is gone already
+        return _stopped(exc, "uploads stopped and links closed; a device that had already started installing "
+                        "finishes or discards that install on its own ('edgeseg status' shows which)")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -145,14 +155,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _interrupted() -> int:
-    """Ctrl-C during a deploy: one line, exit 130, without waiting for a device thread that has not stopped yet."""
-    print("edgeseg: interrupted: uploads stopped and links closed; a device that had already started installing "
-          "finishes or discards that install on its own ('edgeseg status' shows which)", file=sys.stderr, flush=True)
+def _stopped(exc: BaseException, what: str) -> int:
+    """Ctrl-C (exit 130) or SIGTERM/SIGHUP (128 + N) during a device command: one line, without waiting for a device.
+
+    The links are closed already (the cancel token), so the device threads end
+    within moments; one still inside a blocking call is not waited for.
+    """
+    signum = getattr(exc, "signum", None)
+    code, how = (130, "interrupted") if signum is None else (128 + signum, f"stopped by signal {signum}")
+    print(f"edgeseg: {how}: {what}", file=sys.stderr, flush=True)
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.stdout.flush()
-        os._exit(130)  # a worker still in a blocking call: the interpreter would wait for it at exit
-    return 130
+        os._exit(code)  # a worker still in a blocking call: the interpreter would wait for it at exit
+    return code
 
 
 def add_commands(sub: Any) -> None:

@@ -2,7 +2,10 @@
 
 The host side of :mod:`edgeseg_runtime.install`. ``deploy_device``:
 
-1. opens the archive on the host (tar safety, every sha256; refuses unsigned);
+1. opens the archive on the host (tar safety, every sha256; refuses unsigned
+   or a malformed signature); a fleet deploy (:func:`edgeseg.deploy.deploy`)
+   opens it once, in the main thread, and hands the opened :class:`Archive`
+   to every device;
 2. connects (host key checked), pushes the installer (``R/agent``) when its
    code differs, reads the device's state (:class:`~edgeseg_runtime.contract.DeviceState`);
 3. refuses before sending a byte when the root is read-only, or the archive's
@@ -19,17 +22,18 @@ The host side of :mod:`edgeseg_runtime.install`. ``deploy_device``:
 
 Every failure is one line in :attr:`DeviceResult.error` and leaves the device
 on its installed version. A :class:`~edgeseg.deploy.ssh.Cancel` token stops
-the upload at the next chunk and closes the link (Ctrl-C); an install the
-device had started runs to its end there.
+the upload at the next chunk and closes the link (Ctrl-C, SIGTERM, SIGHUP; also
+a link still connecting or waiting for the SSH banner); an install the device
+had started runs to its end there. Every command here takes one (``cancel=``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ from edgeseg_runtime.archive import MANIFEST_NAME, Archive, sha256_file
 from edgeseg_runtime.contract import Manifest
 from edgeseg_runtime.contract import DeviceState, InstallResult, RecoverResult, RollbackResult
 from edgeseg_runtime.install import part_name
-from edgeseg_runtime.signing import SIGNATURE_NAME
+from edgeseg_runtime.signing import SIGNATURE_NAME, parse_signature
 
 from ..errors import DeployError, EdgesegError
 from ..signing import public_key_id, signature_key_id
@@ -47,7 +51,7 @@ from .inventory import Device, Inventory
 from .ssh import AgentError, Cancel, Cancelled, DeviceLink
 
 __all__ = ["DeviceResult", "deploy_device", "rollback_device", "device_status", "recover_device", "provision_device",
-           "push_agent"]
+           "push_agent", "open_signed"]
 
 Report = Callable[[str], None]
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64"}
@@ -181,17 +185,19 @@ def push_agent(link: DeviceLink, report: Report) -> bool:
     return True
 
 
-def provision_device(device: Device, inventory: Inventory, report: Report | None = None) -> DeviceResult:
+def provision_device(device: Device, inventory: Inventory, report: Report | None = None, *,
+                     cancel: Cancel | None = None) -> DeviceResult:
     """Prepare a device: install root, installer, the inventory's ``trusted_keys``, and ``R/bin/edgeseg``.
 
-    Raises nothing: failures are in the result (``status = failed``).
+    ``cancel`` closes the link when fired (Ctrl-C). Raises nothing: failures
+    are in the result (``status = failed``).
     """
     report = report or (lambda _line: None)
     t0 = time.perf_counter()
     if not device.trusted_keys:
         return DeviceResult(device.name, "failed", error=f"{device.name}: no trusted_keys in the inventory to provision")
     try:
-        with DeviceLink(device, inventory.known_hosts) as link:
+        with DeviceLink(device, inventory.known_hosts, cancel=cancel) as link:
             _prepare_root(link)
             link.mkdirs(f"{device.root}/trusted_keys")
             push_agent(link, report)
@@ -298,13 +304,25 @@ def _device_key(link: DeviceLink, key_id: str) -> Any:
     data = link.read_bytes(remote, limit=1 << 16)
     if data is None:
         raise DeployError(f"{device.name} has no {remote} for signing key {key_id}; run 'edgeseg devices provision {device.name}'")
-    with tempfile.TemporaryDirectory(prefix="edgeseg-key-") as tmp:
-        local = Path(tmp) / "key.pem"
-        local.write_bytes(data)
-        kid, key = load_public_key(local)
+    kid, key = _pem_public_key(data, f"{device.name}:{remote}")  # parsed in memory: no temporary file
     if kid != key_id:
         raise DeployError(f"{device.name}: {remote} holds key {kid}, not {key_id}; run 'edgeseg devices provision {device.name}'")
     return key
+
+
+def _pem_public_key(data: bytes, where: str) -> tuple[str, Any]:
+    """``(key_id, Ed25519PublicKey)`` of PEM bytes (what :func:`edgeseg_runtime.signing.load_public_key` reads from a file)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from edgeseg_runtime.signing import key_id_of
+
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise DeployError(f"{where}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise DeployError(f"{where}: not an Ed25519 public key")
+    return key_id_of(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)), key
 
 
 def _check_signature(link: DeviceLink, archive: Archive, key_id: str) -> None:
@@ -325,7 +343,7 @@ def _needed_bytes(manifest: Manifest, plan: list[_Blob]) -> int:
 
 
 def deploy_device(
-    archive_path: str | Path,
+    archive_path: str | Path | Archive,
     device: Device,
     inventory: Inventory,
     *,
@@ -339,7 +357,9 @@ def deploy_device(
     """Deploy one archive to one device.
 
     Args:
-        archive_path: ``.tar.gz`` (or unpacked folder) from ``edgeseg build``, signed.
+        archive_path: ``.tar.gz`` (or unpacked folder) from ``edgeseg build``, signed; or an
+            :class:`Archive` already opened (:func:`open_signed`: a fleet deploy opens it once
+            for all its devices; it stays open, and is not checked again, here).
         device: inventory entry; its ``target`` must be the archive's.
         inventory: for the known_hosts file.
         allow_downgrade: install a lower release version than the highest installed one.
@@ -364,8 +384,8 @@ def deploy_device(
             on_bytes(n)
 
     try:
-        with Archive.open(archive_path) as archive:
-            sig = _signature(archive, archive_path)
+        with _opened(archive_path) as archive:
+            sig = _signature(archive)
             blobs, msha = _payload(archive)
             result.bytes_total = sum(size for _, size in blobs.values())
             with DeviceLink(device, inventory.known_hosts, cancel=cancel) as link:
@@ -406,12 +426,41 @@ def deploy_device(
     return result
 
 
-def _signature(archive: Archive, archive_path: str | Path) -> bytes:
-    """Step 1: the archive's detached signature (devices install only signed archives)."""
+@contextmanager
+def _opened(archive: str | Path | Archive) -> Iterator[Archive]:
+    """``archive`` itself when already open (the caller removes it), else :func:`open_signed`."""
+    if isinstance(archive, Archive):
+        yield archive
+        return
+    with open_signed(archive) as opened:
+        yield opened
+
+
+@contextmanager
+def open_signed(archive_path: str | Path) -> Iterator[Archive]:
+    """Open an archive to deploy: tar safety, every sha256, and a signature that is a well-formed document.
+
+    Its temporary folder goes on every exit path (an exception, Ctrl-C, the
+    CLI's SIGTERM/SIGHUP), so open it in the thread that handles those: the
+    main thread.
+
+    Raises:
+        ArchiveError: corrupt, tampered or unsafe archive.
+        DeployError: unsigned (devices install only signed archives).
+        SignatureError: ``manifest.sig`` is not an edgeseg signature document.
+    """
+    with Archive.open(archive_path) as archive:
+        _signature(archive)
+        yield archive
+
+
+def _signature(archive: Archive) -> bytes:
+    """Step 1: the archive's detached signature (devices install only signed archives), checked for form."""
     sig = archive.signature
     if sig is None:
-        raise DeployError(f"{archive_path} is unsigned; devices install only signed archives: "
+        raise DeployError(f"{archive.source} is unsigned; devices install only signed archives: "
                           "build with --sign-key (keys from 'edgeseg keys new')")
+    parse_signature(sig)  # SignatureError (one line) when malformed; the device's key checks the maths
     return sig
 
 
@@ -484,11 +533,12 @@ def _upload_failure(link: DeviceLink, exc: OSError, what: str) -> DeployError:
     return DeployError(f"{link.device.name}: upload of {what} failed ({exc}); deploy again to resume")
 
 
-def _simple(device: Device, inventory: Inventory, command: str, report: Report | None) -> DeviceResult:
+def _simple(device: Device, inventory: Inventory, command: str, report: Report | None,
+            cancel: Cancel | None = None) -> DeviceResult:
     t0 = time.perf_counter()
     report = report or (lambda _line: None)
     try:
-        with DeviceLink(device, inventory.known_hosts) as link:
+        with DeviceLink(device, inventory.known_hosts, cancel=cancel) as link:
             push_agent(link, report)
             before = read_state(link)
             if command == "state":
@@ -505,21 +555,24 @@ def _simple(device: Device, inventory: Inventory, command: str, report: Report |
                         details=done.to_dict())
 
 
-def rollback_device(device: Device, inventory: Inventory, report: Report | None = None) -> DeviceResult:
-    """Make the device's previous release current again (``edgeseg rollback``)."""
-    return _simple(device, inventory, "rollback", report)
+def rollback_device(device: Device, inventory: Inventory, report: Report | None = None, *,
+                    cancel: Cancel | None = None) -> DeviceResult:
+    """Make the device's previous release current again (``edgeseg rollback``); ``cancel`` closes the link."""
+    return _simple(device, inventory, "rollback", report, cancel)
 
 
-def recover_device(device: Device, inventory: Inventory, report: Report | None = None) -> DeviceResult:
+def recover_device(device: Device, inventory: Inventory, report: Report | None = None, *,
+                   cancel: Cancel | None = None) -> DeviceResult:
     """Finish or discard a half-done install, repair a missing ``current`` (what its boot-time ``edgeseg recover`` does)."""
-    return _simple(device, inventory, "recover", report)
+    return _simple(device, inventory, "recover", report, cancel)
 
 
-def device_status(device: Device, inventory: Inventory, report: Report | None = None) -> DeviceResult:
+def device_status(device: Device, inventory: Inventory, report: Report | None = None, *,
+                  cancel: Cancel | None = None) -> DeviceResult:
     """What the device runs: current/previous release, kept releases, free space (``details``).
 
     ``status`` is ``problem`` (``error`` says what) when the device needs
     attention: no current release, an unreadable journal, an install that
-    stopped halfway, a read-only root.
+    stopped halfway, a read-only root. ``cancel`` closes the link when fired (Ctrl-C).
     """
-    return _simple(device, inventory, "state", report)
+    return _simple(device, inventory, "state", report, cancel)

@@ -81,7 +81,7 @@ def device_for_build(
     from ..targets import Target, load_target
 
     profile = target if isinstance(target, Target) else load_target(target)
-    if get_backend(profile).build_on != "device":
+    if get_backend(profile).capabilities.build_on != "device":
         name = profile.name if isinstance(target, Target) else str(target)
         raise ConfigError(f"--device: target {name!r} is built here, not on a device (only TensorRT targets are)")
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)

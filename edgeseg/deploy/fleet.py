@@ -71,7 +71,13 @@ class WaveSize(NamedTuple):
         return f"{self.value:g}%" if self.percent else f"{self.value:g}"
 
 
-def _check_size(size: WaveSize, shown: str) -> WaveSize:
+def _check_size(size: WaveSize, shown: str | None = None) -> WaveSize:
+    numeric = isinstance(size.value, (int, float)) and not isinstance(size.value, bool)
+    if shown is None:
+        shown = str(size) if numeric else repr(size.value)
+    if not numeric or not math.isfinite(size.value):
+        raise ConfigError(f"--waves: {shown!r} is not a finite number: a wave is a positive whole count or a "
+                          "percentage in (0, 100]")
     if size.value <= 0 or (size.percent and size.value > 100) or (not size.percent and size.value != int(size.value)):
         raise ConfigError(f"--waves: {shown!r} must be a positive whole count or a percentage in (0, 100]")
     return size
@@ -81,7 +87,8 @@ def parse_waves(text: str) -> list[WaveSize]:
     """The CLI's ``"1,50%,100%"`` → ``[(1, False), (50, True), (100, True)]`` (value, is_percent).
 
     Raises:
-        ConfigError: empty, non-numeric, non-positive, or a percentage over 100.
+        ConfigError: empty, non-numeric, not finite (``nan``, ``inf``, ``1e400``), non-positive, or a
+            percentage over 100.
     """
     out = []
     for part in (p.strip() for p in text.split(",")):
@@ -111,7 +118,7 @@ class Waves:
         if not sizes:
             raise ConfigError("--waves is empty")
         for size in sizes:
-            _check_size(size, str(size))
+            _check_size(size)
         object.__setattr__(self, "sizes", sizes)  # frozen: plain (value, percent) pairs become WaveSize
 
     @classmethod

@@ -106,9 +106,15 @@ class Inventory(Strict):
         return found
 
 
-def _resolve(base: Path, value: str) -> str:
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+def _resolve(base: Path, value: str, where: str, source: Path) -> str:
+    """``value`` as an absolute path (``~`` expanded, relative to the inventory's folder); ConfigError naming ``where``."""
+    try:
+        if "\0" in value:
+            raise ValueError("it contains a NUL character")
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    except (ValueError, RuntimeError, OSError) as exc:  # NUL, ~user without a home, a resolve loop
+        raise ConfigError(f"{source}: {where}: {value!r} is not a usable path ({exc})") from None
 
 
 def load_inventory(path: str | Path = DEFAULT_INVENTORY) -> Inventory:
@@ -122,17 +128,59 @@ def load_inventory(path: str | Path = DEFAULT_INVENTORY) -> Inventory:
         raise ConfigError(f"device inventory {path} does not exist; write one (see edgeseg/deploy/inventory.py) or pass --inventory")
     data = load_toml(path, "device inventory")
     base = path.parent.resolve()
-    defaults: dict[str, Any] = data.pop("defaults", {})
+    defaults = data.pop("defaults", {})
+    _check_table(defaults, "defaults", path, "[defaults]")
     unknown = set(defaults) - set(_DEVICE_KEYS)
     if unknown:
         raise ConfigError(f"{path}: defaults.{sorted(unknown)[0]}: unknown key")
+    _check_paths(defaults, "defaults", path)
+    raw_devices = data.pop("device", [])
+    if not isinstance(raw_devices, list):
+        raise ConfigError(f"{path}: device: must be an array of tables (one [[device]] section per device), "
+                          f"not {_kind(raw_devices)}{' ([device] is one table: write [[device]])' if isinstance(raw_devices, dict) else ''}")
     devices = []
-    for raw in data.pop("device", []):
+    for i, raw in enumerate(raw_devices):
+        _check_table(raw, f"device[{i}]", path, "a [[device]] section")
+        _check_paths(raw, f"device[{i}]", path)
         merged = {**defaults, **raw}
         if merged.get("key"):
-            merged["key"] = _resolve(base, merged["key"])
-        merged["trusted_keys"] = [_resolve(base, k) for k in merged.get("trusted_keys", [])]
+            merged["key"] = _resolve(base, merged["key"], f"{f'device[{i}]' if 'key' in raw else 'defaults'}.key", path)
+        src = f"device[{i}]" if "trusted_keys" in raw else "defaults"
+        merged["trusted_keys"] = [_resolve(base, k, f"{src}.trusted_keys[{j}]", path)
+                                  for j, k in enumerate(merged.get("trusted_keys", []))]
         devices.append(merged)
     if "known_hosts" in data:
-        data["known_hosts"] = _resolve(base, data["known_hosts"])
+        if not isinstance(data["known_hosts"], str):
+            raise ConfigError(f"{path}: known_hosts: must be a string (a file path), not {_kind(data['known_hosts'])}")
+        data["known_hosts"] = _resolve(base, data["known_hosts"], "known_hosts", path)
     return validate(Inventory, {**data, "devices": devices}, str(path))
+
+
+def _kind(value: object) -> str:
+    """A TOML value's type in words (for one-line errors)."""
+    for cls, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                      (list, "an array"), (dict, "a table")):
+        if isinstance(value, cls):
+            return name
+    return "a date/time"
+
+
+def _check_table(value: object, where: str, path: Path, written: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where}: must be a table ({written}), not {_kind(value)}")
+
+
+def _check_paths(table: dict[str, Any], where: str, path: Path) -> None:
+    """The path-valued keys the merge resolves (``key``, ``trusted_keys``) have their TOML shapes."""
+    if "key" in table and not isinstance(table["key"], str):
+        raise ConfigError(f"{path}: {where}.key: must be a string (an SSH private key file), not {_kind(table['key'])}")
+    if "trusted_keys" in table:
+        keys = table["trusted_keys"]
+        if not isinstance(keys, list):
+            hint = f' (one key: trusted_keys = ["{keys}"])' if isinstance(keys, str) else ""
+            raise ConfigError(f"{path}: {where}.trusted_keys: must be an array of strings (PEM public key files), "
+                              f"not {_kind(keys)}{hint}")
+        for j, item in enumerate(keys):
+            if not isinstance(item, str):
+                raise ConfigError(f"{path}: {where}.trusted_keys[{j}]: must be a string (a PEM public key file), "
+                                  f"not {_kind(item)}")

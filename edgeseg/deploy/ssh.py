@@ -15,9 +15,15 @@
   loses nothing already written, a later session takes a partial over by
   renaming it to its own name and resumes at its size, and two hosts sending
   the same file never interleave. The device checks the sha256 before use.
-* **Cancelling** (Ctrl-C): a :class:`Cancel` token shared by the links of a
-  rollout; :meth:`Cancel.cancel` closes every open link (a blocked read or
-  write fails at once) and the upload loop checks it before every chunk.
+* **Cancelling** (Ctrl-C, SIGTERM, SIGHUP): a :class:`Cancel` token shared by
+  the links of a command; :meth:`Cancel.cancel` shuts down every link's socket,
+  also one still connecting or waiting for the server's SSH banner (a blocked
+  read or write fails at once), and the upload loop checks it before every chunk.
+* **Logging**: paramiko's own log records (its transport thread logs a failed
+  handshake as an ERROR with two tracebacks, a closed socket as "Socket
+  exception") never reach stderr: the ``paramiko`` logger gets a
+  ``NullHandler`` and does not propagate, so edgeseg's one line is all a user
+  sees. Add a handler to ``logging.getLogger("paramiko")`` to see them.
 
 Sources: paramiko ``SSHClient``/``SFTPClient`` docs, fabric ``Connection``,
 ``tcp(7)`` for ``TCP_USER_TIMEOUT``/``TCP_KEEPIDLE``.
@@ -29,6 +35,7 @@ import base64
 import errno
 import hashlib
 import json
+import logging
 import secrets
 import shlex
 import socket
@@ -53,7 +60,23 @@ def _paramiko() -> Any:
         import paramiko
     except ImportError:
         raise ToolchainError("deploying over SSH needs fabric and paramiko: pip install 'edgeseg[deploy]'") from None
+    _quiet_paramiko()
     return paramiko
+
+
+def _quiet_paramiko() -> None:
+    """Keep paramiko's log records (``paramiko``, ``paramiko.transport``, ...) off stderr.
+
+    Without a handler of its own, Python's last-resort handler prints
+    paramiko's ERROR records ("Exception (client): Error reading SSH protocol
+    banner" and two tracebacks, "Socket exception: Bad file descriptor")
+    next to edgeseg's one-line error. A ``NullHandler`` and no propagation
+    swallow them; a handler added to the ``paramiko`` logger still sees them.
+    """
+    logger = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
 
 
 def _link_errors() -> tuple[type[BaseException], ...]:
@@ -106,7 +129,7 @@ class Cancel:
             raise Cancelled(f"{name + ': ' if name else ''}interrupted")
 
     def cancel(self) -> None:
-        """Cancel: every link registered now or later is closed."""
+        """Cancel: every link registered now or later is closed (its socket shut down, even mid-handshake)."""
         self._event.set()
         with self._lock:
             links = list(self._links)
@@ -124,13 +147,40 @@ class Cancel:
             self._links.discard(link)
 
 
-def _open_socket(device: Device) -> socket.socket:
-    try:
-        sock = socket.create_connection((device.host, device.port), timeout=device.connect_timeout)
-    except OSError as exc:
-        raise DeployError(
+def _open_socket(device: Device, on_socket: Callable[[socket.socket], None] | None = None) -> socket.socket:
+    """A TCP connection to the device with dead-link options; ``on_socket`` sees each socket before it connects.
+
+    ``on_socket`` lets a :class:`DeviceLink` register the socket with its
+    cancel token first, so cancelling also ends a connect in progress.
+    """
+    def unreachable(exc: OSError) -> DeployError:
+        return DeployError(
             f"{device.name} ({device.host}:{device.port}): cannot connect ({exc.strerror or exc}); is it on and reachable?"
-        ) from None
+        )
+
+    try:
+        addresses = socket.getaddrinfo(device.host, device.port, 0, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise unreachable(exc) from None
+    sock, error = None, None
+    for family, kind, proto, _name, address in addresses:
+        candidate = socket.socket(family, kind, proto)
+        try:
+            if on_socket is not None:
+                on_socket(candidate)
+            candidate.settimeout(device.connect_timeout)
+            candidate.connect(address)
+        except OSError as exc:
+            candidate.close()
+            error = exc
+            continue
+        except BaseException:
+            candidate.close()
+            raise
+        sock = candidate
+        break
+    if sock is None:
+        raise unreachable(error or OSError("no address")) from None
     ms = int(device.timeout * 1000)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -186,18 +236,37 @@ class DeviceLink:
         self.cancel = cancel
         self._conn: Any = None
         self._sftp: Any = None
+        self._sock: socket.socket | None = None
+        self._closed = False
         self._close_lock = threading.Lock()
 
     # -------------------------------------------------------------- connect
     def __enter__(self) -> DeviceLink:
         paramiko = _paramiko()
+        d = self.device
+        self._closed = False
+        if self.cancel is not None:
+            self.cancel.check(d.name)
+            self.cancel._add(self)  # from now on cancelling shuts the socket down: connect and handshake end at once
+        try:
+            self._connect(paramiko)
+        except BaseException as exc:
+            self.close()
+            if self.cancel is not None:
+                self.cancel._drop(self)
+                if self.cancel.cancelled and isinstance(exc, Exception):
+                    raise Cancelled(f"{d.name}: interrupted while connecting") from None
+            raise
+        return self
+
+    def _connect(self, paramiko: Any) -> None:
         from fabric import Config, Connection
 
         d = self.device
-        if self.cancel is not None:
-            self.cancel.check(d.name)
         policy = _RefuseUnknown(d, self.known_hosts)
-        sock = _open_socket(d)
+        sock = _open_socket(d, self._watch)
+        if self._cancelled():  # cancelled between registering and connecting
+            raise Cancelled(f"{d.name}: interrupted while connecting")
         kwargs: dict[str, Any] = {
             "sock": sock, "look_for_keys": False, "allow_agent": False, "banner_timeout": d.timeout,
             "auth_timeout": d.timeout, "channel_timeout": d.timeout,
@@ -209,29 +278,45 @@ class DeviceLink:
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(policy)
         conn.client = client
+        with self._close_lock:
+            self._conn = conn  # close() (a cancel) also closes the transport paramiko is starting
+        try:
+            self._open(paramiko, conn)
+        except BaseException:
+            for closing in (client.close, sock.close):  # the transport thread ends before the socket closes
+                try:
+                    closing()
+                except Exception:  # noqa: BLE001, S110  (closing a half-open link: nothing left to report)
+                    pass
+            raise
+
+    def _open(self, paramiko: Any, conn: Any) -> None:
+        d = self.device
         try:
             conn.open()
         except paramiko.BadHostKeyException as exc:
-            sock.close()
             raise DeployError(
                 f"{d.name} ({_host_id(d)}): host key CHANGED (now {fingerprint(exc.key)}, known_hosts has "
                 f"{fingerprint(exc.expected_key)}); refusing to connect: possible man-in-the-middle. If the device "
                 f"was reinstalled, remove its line from {self.known_hosts} and trust it again"
             ) from None
         except _UnknownHost as exc:
-            sock.close()
             raise DeployError(str(exc)) from None
         except paramiko.AuthenticationException as exc:
-            sock.close()
             raise DeployError(f"{d.name} ({d.address}): SSH login refused ({exc}); check 'user' and 'key' in the inventory") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            sock.close()
             raise DeployError(f"{d.name} ({d.address}): SSH failed ({exc})") from None
+        if self._conn is None or conn.transport is None:  # closed meanwhile (cancelled)
+            raise Cancelled(f"{d.name}: interrupted while connecting")
         conn.transport.set_keepalive(max(1, int(d.timeout / 3)))
-        self._conn = conn
-        if self.cancel is not None:
-            self.cancel._add(self)
-        return self
+
+    def _watch(self, sock: socket.socket) -> None:
+        """Remember the socket being connected, so that :meth:`close` can shut it down."""
+        with self._close_lock:
+            self._sock = sock
+            closed = self._closed
+        if closed:  # cancelled before the socket existed
+            raise Cancelled(f"{self.device.name}: interrupted while connecting")
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -239,8 +324,14 @@ class DeviceLink:
             self.cancel._drop(self)
 
     def close(self) -> None:
-        """Close SFTP and SSH (never raises: the link may already be dead; any thread may call it)."""
+        """Close SFTP and SSH (never raises: the link may already be dead; any thread may call it).
+
+        Then the socket is shut down: that wakes a thread still blocked on it
+        (a connect, paramiko waiting for the banner or the key exchange) at once.
+        """
         with self._close_lock:
+            self._closed = True
+            sock, self._sock = self._sock, None
             objs, self._sftp, self._conn = (self._sftp, self._conn), None, None
         for obj in objs:
             try:
@@ -248,6 +339,8 @@ class DeviceLink:
                     obj.close()
             except Exception:
                 pass
+        if sock is not None:
+            _shutdown(sock)
 
     def _cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.cancelled
@@ -470,6 +563,18 @@ class DeviceLink:
             if arrived < offset + sent:
                 raise OSError(errno.EIO, f"only {arrived:,} of {offset + sent:,} bytes of {local.name} arrived")
         return sent
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shut a socket down for both directions (wakes a blocked connect, recv or send); never raises.
+
+    The descriptor is left open: the thread using it closes it (closing it
+    here could hand its number to another file while that thread still uses it).
+    """
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _LineSink:

@@ -11,7 +11,8 @@ the install root ``R``::
                                session takes over (renames) a partial and resumes at its size
     incoming/<sha256>.sig      the signature of the manifest stored under that sha256
     store/<sha256>             received files, named by their content (read-only)
-    releases/<version>/        installed slots: the archive's files, hard links into store/
+    releases/<version>/        installed slots: the archive's files, hard links into store/;
+                               one slot per version (``1.0``, ``1.0.0`` are one version)
     releases/.staging-<v>/     a slot being assembled
     sites/<sha256>/            dependencies installed from an archive's wheels/ (shared by
                                every slot with the same wheels)
@@ -51,7 +52,8 @@ renamed, POSIX ``rename(2)`` being atomic):
 1. check: signature of ``manifest.json`` by a trusted key, the manifest's
    contract (:class:`~edgeseg_runtime.contract.Manifest`: every path inside the
    slot), the release version against ``current`` and ``version_floor``
-   (anti-rollback), then ingest the uploads the manifest lists;
+   (anti-rollback; a version equal to an installed one in another spelling or
+   with another manifest is refused), then ingest the uploads the manifest lists;
 2. assemble ``releases/.staging-<v>`` from the store, re-checking every sha256;
 3. dependencies: ``pip install --no-index`` from the archive's ``wheels/`` into
    ``sites/<sha>`` (skipped when the archive has none or the site exists);
@@ -576,8 +578,20 @@ class InstallRoot:
         return manifest, key_id
 
     def _check_version(self, version: str, manifest_sha: str, current: Release | None, allow_downgrade: bool) -> None:
-        """Anti-rollback against ``current`` and ``version_floor``; one version, one content."""
+        """Anti-rollback against ``current`` and ``version_floor``; one version, one content, one slot.
+
+        Versions compare by :func:`parse_version` (``1.0 == 1.0.0``, ``01.1 == 1.1``).
+        A version equal to an installed slot's is refused unless it is that
+        slot's own spelling and manifest (the same contents: reinstall or
+        ``unchanged``); equal to ``version_floor`` in another spelling, it is
+        refused too (another spelling is another manifest). So each version
+        has one slot, named by one spelling (:meth:`_same_version_slots`),
+        whatever ``--allow-downgrade`` says.
+        """
         new = parse_version(version)
+        other = "; give the new build another --release-version"
+        for name in self._same_version_slots(version):
+            raise InstallError(f"version {version} is installed with other contents (as {name}, the same version){other}")
         slot = self.root / "releases" / version
         if slot.is_dir():
             try:
@@ -585,18 +599,25 @@ class InstallRoot:
             except OSError:
                 existing = None
             if existing is not None and existing != manifest_sha:
-                raise InstallError(f"version {version} is installed with other contents; give the new build another "
-                                   "--release-version")
+                raise InstallError(f"version {version} is installed with other contents{other}")
+        floor = self.version_floor()
+        if floor and floor != version and parse_version(floor) == new:
+            raise InstallError(f"version {version} is installed with other contents (as {floor}, the same version, "
+                               f"in version_floor){other}")
         if allow_downgrade:
             return
         cur = current.version if current and not current.broken else None
         if cur and new < parse_version(cur):
             raise InstallError(f"version {version} is older than the installed {cur}; refusing a downgrade "
                                "(anti-rollback) unless --allow-downgrade")
-        floor = self.version_floor()
         if floor and new < parse_version(floor):
             raise InstallError(f"version {version} is older than {floor}, the highest version installed on this device "
                                "(version_floor); refusing a downgrade (anti-rollback) unless --allow-downgrade")
+
+    def _same_version_slots(self, version: str) -> list[str]:
+        """Slots (``releases/<name>``) of the same version as ``version`` under another name (``1.0`` for ``1.0.0``)."""
+        key = parse_version(version)
+        return [name for name in self.releases() if name != version and _version_key(name) == key]
 
     def install(self, manifest_sha: str, *, allow_downgrade: bool = False, health_timeout: float = 600.0) -> InstallResult:
         """Install the release whose ``manifest.json`` is uploaded under ``manifest_sha`` (holds ``R/lock``).

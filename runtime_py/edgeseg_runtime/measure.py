@@ -16,7 +16,11 @@ and ``measure.json``:
 * ``latency_ms`` / ``infer_ms``: one sample per timed run of the in-memory path
   (pre-processing + inference + post-processing to a label map at the image's
   size; decoding the file is not included) and of its inference part; the
-  runs cycle over the first images, after ``warmup`` untimed runs;
+  runs cycle over the first images, after ``warmup`` untimed runs. Those
+  images stay decoded in memory: at most :data:`LATENCY_IMAGES` (4) and at most
+  :data:`LATENCY_PIXELS` (32 MP) of them in total, the first image always (so
+  four 64 MP photos keep one decoded, about 190 MB as RGB, not four); every
+  other image is released once segmented; ``latency_images`` names them;
 * ``load_ms``: opening the archive and activating the backend;
 * ``peak_rss_bytes``: peak resident memory of this process (:func:`peak_rss_bytes`);
 * ``backend``, ``machine``, ``python``: where it ran.
@@ -40,14 +44,16 @@ from .images import load_image, save_label_map
 from .runners import runner_class
 from .segmentor import Segmentor
 
-__all__ = ["MEASURE_NAME", "DONE_PREFIX", "measure", "peak_rss_bytes"]
+__all__ = ["MEASURE_NAME", "DONE_PREFIX", "LATENCY_IMAGES", "LATENCY_PIXELS", "measure", "peak_rss_bytes"]
 
 #: the result file in the output folder
 MEASURE_NAME = "measure.json"
 #: ``edgeseg measure`` prints this and the image name as each image is done (progress for the host)
 DONE_PREFIX = "measured "
-#: images kept decoded for the latency runs
+#: images kept decoded for the latency runs, at most
 LATENCY_IMAGES = 4
+#: pixels (width x height) of all the images kept for the latency runs, at most; the first image is kept whatever its size
+LATENCY_PIXELS = 32_000_000
 
 
 def peak_rss_bytes() -> int | None:
@@ -98,6 +104,10 @@ def measure(
         scores: also write each raw network output as ``<stem>.output.npy``.
         on_image: called with each image's file name once it is segmented.
 
+    The timed runs cycle over the first images kept decoded: at most
+    :data:`LATENCY_IMAGES` and :data:`LATENCY_PIXELS` pixels in total (the
+    first image always); the others are released once segmented.
+
     Returns:
         The ``measure.json`` document (see module doc).
 
@@ -120,7 +130,9 @@ def measure(
     with Archive.open(archive_path) as archive, Segmentor(archive) as seg:
         load_ms = (clock() - t0) / 1e6
         records = []
-        kept: list[np.ndarray] = []
+        kept: list[np.ndarray] = []  # the first images, within LATENCY_IMAGES and LATENCY_PIXELS
+        kept_names: list[str] = []
+        kept_pixels, keeping = 0, True
         for path in images:
             t = clock()
             rgb = load_image(path)
@@ -131,8 +143,13 @@ def measure(
                 np.save(out / f"{path.stem}.output.npy", result.output)
             records.append({"image": path.name, "stem": path.stem, "width": rgb.shape[1], "height": rgb.shape[0],
                             "seconds": round(seconds, 6)})
-            if len(kept) < LATENCY_IMAGES:
+            pixels = rgb.shape[0] * rgb.shape[1]
+            keeping = keeping and len(kept) < LATENCY_IMAGES and (not kept or kept_pixels + pixels <= LATENCY_PIXELS)
+            if keeping:
                 kept.append(rgb)
+                kept_names.append(path.name)
+                kept_pixels += pixels
+            del rgb, result  # not kept: released before the next image is decoded
             if on_image is not None:
                 on_image(path.name)
         latency, infer = [], []
@@ -166,6 +183,7 @@ def measure(
         "load_ms": round(load_ms, 3),
         "latency_ms": latency,
         "infer_ms": infer,
+        "latency_images": kept_names,
         "peak_rss_bytes": peak_rss_bytes(),
     }
     (out / MEASURE_NAME).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
