@@ -94,6 +94,13 @@ def fuzz(examples: int) -> settings:
 # ---------------------------------------------------------------------------------------------- worker
 _WORKER = r"""
 import contextlib, io, json, os, resource, sys, time, traceback, warnings
+def _peak_kib():
+    # VmHWM: this process's own peak; ru_maxrss also counts the parent's pages at fork (Linux, across exec)
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cap = int(sys.argv[1])
 if cap:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -134,7 +141,7 @@ for line in sys.stdin:
     proto.write(json.dumps({
         "rc": rc, "stdout": out_b.getvalue()[:4 << 20].decode("utf-8", "replace"),
         "stderr": err_b.getvalue()[:1 << 20].decode("utf-8", "replace"), "usage": usage, "escaped": escaped,
-        "seconds": seconds, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "seconds": seconds, "maxrss_kib": _peak_kib(),
     }) + "\n")
 """
 

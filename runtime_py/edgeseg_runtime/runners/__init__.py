@@ -1,4 +1,4 @@
-"""Inference runners, one small module per backend (imported lazily), and THE backend registry.
+"""Inference runners, one small module per backend (imported lazily); the registry (registry.py) re-exported.
 
 Every runner subclasses :class:`BaseRunner` (Polygraphy's template): the base
 class keeps the state and checks the inputs, the runner writes three hooks::
