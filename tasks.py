@@ -1,4 +1,4 @@
-"""invoke tasks: thin wrappers over edgeseg's Python API (or its command line, ``edgeseg.cli.main([...])``).
+"""invoke tasks: thin wrappers over edgeseg's command line (``edgeseg.cli.main([...])``) or its Python API.
 
     invoke build --target intel            # archive of the embedded default model
     invoke build --target cpu --precision int8 [--calib DIR] [--eval DIR]
@@ -11,13 +11,18 @@
     invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 
+Every task option is a flag (``--target T``), none positional: invoke gives a
+positional parameter the next word, so ``invoke build --help`` used to run a
+build for the target ``--help``. ``invoke TASK --help`` (or ``invoke --help
+TASK``) shows a task's options. A required option that is missing is one line
+and exit 2, as in the CLI.
+
 Errors are one line with the CLI's exit codes (:func:`edgeseg.cli.exit_code`: 1 a failed check, 2 otherwise).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from invoke import Exit, task
 
@@ -29,18 +34,34 @@ def _fail(exc: Exception) -> Exit:
     return Exit(f"edgeseg: error: {exc}", code=exit_code(exc))
 
 
-def _cli(*args: object) -> None:
-    """``edgeseg ARGS`` in this process; its exit code (when not 0) becomes the task's."""
+def _missing(task_name: str, option: str) -> Exit:
+    """A required option not given: one line, exit 2 (invoke itself would take any next word as its value)."""
+    return Exit(f"invoke {task_name}: error: give {option} (see invoke {task_name} --help)", code=2)
+
+
+def _cli(*args: object, **options: object) -> None:
+    """``edgeseg ARGS --option value ...`` in this process; its exit code (when not 0) becomes the task's.
+
+    ``options``: ``name=value`` becomes ``--name value`` (underscores as dashes);
+    ``True`` becomes ``--name`` alone; None and False are left out.
+    """
     from edgeseg.cli import main
 
-    code = main([str(a) for a in args])
+    argv = [str(a) for a in args]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    code = main(argv)
     if code:
         raise Exit(code=code)
 
 
 @task(
     help={
-        "target": "target profile name (targets/<name>.toml) or path",
+        "target": "target profile name (see 'edgeseg targets') or .toml path (required)",
         "model": "ONNX or TorchScript file (default: the embedded default model)",
         "spec": "model spec TOML (needed with --model)",
         "out": "output folder (default: dist)",
@@ -54,30 +75,20 @@ def _cli(*args: object) -> None:
         "sign-key": "Ed25519 signing key (default: $EDGESEG_SIGNING_KEY)",
         "device": "TensorRT targets: build the engine on this device over SSH into <archive>-<device>.tar.gz",
         "inventory": "device inventory for --device (default: devices.toml)",
+        "json": "print the archive path and the gates' figures as JSON",
     }
 )
 def build(  # noqa: ANN201
-    c, target, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
+    c, target=None, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
     precision=None, calib=None, calib_count=None, eval=None, recalibrate=False,  # noqa: ANN001, A002
-    release_version=None, sign_key=None, device=None, inventory="devices.toml",  # noqa: ANN001
+    release_version=None, sign_key=None, device=None, inventory="devices.toml", json=False,  # noqa: ANN001
 ):
-    """Build <out>/<model>-<target>-<precision>.tar.gz; prints its path on the last line."""
-    import edgeseg
-
-    options = {
-        "out_dir": out, "with_argmax": with_argmax, "precision": precision, "calib": [calib] if calib else None,
-        "calib_count": int(calib_count) if calib_count else None, "eval_set": eval, "recalibrate": recalibrate,
-        "release_version": release_version, "sign_key": sign_key,
-    }
-    try:
-        if device:
-            archive = edgeseg.build_for_device(model, target=target, device=device, inventory=inventory, spec=spec,
-                                               **options).archive
-        else:
-            archive = edgeseg.build(model, target=target, spec=spec, **options).archive
-    except edgeseg.EdgesegError as exc:
-        raise _fail(exc) from None
-    print(archive)
+    """Build <out>/<model>-<target>-<precision>.tar.gz (edgeseg build); prints its path on the last line."""
+    if not target:
+        raise _missing("build", "--target NAME")
+    _cli("build", target=target, model=model, spec=spec, out=out, with_argmax=with_argmax, precision=precision,
+         calib=calib, calib_count=calib_count, eval=eval, recalibrate=recalibrate, release_version=release_version,
+         sign_key=sign_key, device=device, inventory=inventory if device else None, json=json)
 
 
 @task(
@@ -98,18 +109,18 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
 
     if archive is None:
         if target is None:
-            raise _fail(edgeseg.ConfigError("give --target (to build) or --archive"))
+            raise _missing("deploy", "--target NAME (to build) or --archive FILE")
         try:
             archive = edgeseg.build(target=target).archive
         except edgeseg.EdgesegError as exc:
             raise _fail(exc) from None
-    _cli("deploy", archive, "--inventory", inventory, *(["--device", device] if device else []),
-         *(["--group", group] if group else []), "--waves", waves, "--max-failure-rate", max_failure_rate)
+    _cli("deploy", archive, inventory=inventory, device=device, group=group, waves=waves,
+         max_failure_rate=max_failure_rate)
 
 
 @task(
     help={
-        "images": "image folder or dataset root (images/+masks/, Cityscapes, ADE20K, VOC)",
+        "images": "image folder or dataset root (images/+masks/, Cityscapes, ADE20K, VOC) (required)",
         "archives": "comma-separated archives (default: build the default model for --targets)",
         "targets": "targets to build when no --archives (default cpu,intel; cpu fp32 is the reference)",
         "masks": "ground-truth mask folder",
@@ -122,11 +133,13 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
         "out": "report folder (default: report)",
     }
 )
-def compare(c, images, archives=None, targets="cpu,intel", masks=None, label_map=None, limit=None,  # noqa: ANN001, ANN201
+def compare(c, images=None, archives=None, targets="cpu,intel", masks=None, label_map=None, limit=None,  # noqa: ANN001, ANN201
             device=None, inventory="devices.toml", max_drop=None, max_gain=None, out="report"):  # noqa: ANN001
     """Run archives on the same images; write report.json/.md/.html with accuracy vs fp32, latency, memory, size."""
     import edgeseg
 
+    if not images:
+        raise _missing("compare", "--images DIR")
     if archives:
         paths = archives.split(",")
     else:
@@ -136,10 +149,8 @@ def compare(c, images, archives=None, targets="cpu,intel", masks=None, label_map
             paths += [edgeseg.build(target=t).archive for t in names if t != "cpu"]
         except edgeseg.EdgesegError as exc:
             raise _fail(exc) from None
-    options = {"--masks": masks, "--label-map": label_map, "--limit": limit, "--device": device,
-               "--max-drop": max_drop, "--max-gain": max_gain}
-    _cli("compare", *paths, "--images", images, "--inventory", inventory, "--out", out,
-         *(arg for flag, value in options.items() if value for arg in (flag, value)))
+    _cli("compare", *paths, images=images, inventory=inventory, out=out, masks=masks, label_map=label_map,
+         limit=limit, device=device, max_drop=max_drop, max_gain=max_gain)
 
 
 @task(help={"fast": "skip tests marked slow", "k": "pytest -k expression"})
@@ -166,18 +177,9 @@ def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
             "precisions": "comma-separated precisions (fp32,fp16)", "out": "output folder",
             "jobs": "models measured at once (worker processes)", "resume": "keep the models already measured in <out>"})
 def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs", jobs=1, resume=False):  # noqa: ANN001, ANN201
-    """Measure the MMSegmentation support matrix into <out>/support-matrix.{json,md} (needs edgeseg[mmseg])."""
-    import edgeseg
-    from edgeseg.matrix import run_matrix
-
-    try:
-        for path in run_matrix(full=full, models=models.split(",") if models else None,
-                               backends=backends.split(",") if backends else None,
-                               precisions=precisions.split(",") if precisions else None, out_dir=Path(out),
-                               jobs=int(jobs), resume=resume, report=print):
-            print(path)
-    except edgeseg.EdgesegError as exc:
-        raise _fail(exc) from None
+    """Measure the MMSegmentation support matrix into <out>/support-matrix.{json,md} (edgeseg matrix; needs edgeseg[mmseg])."""
+    _cli("matrix", full=full, models=models, backends=backends, precisions=precisions, out=out, jobs=jobs,
+         resume=resume)
 
 
 @task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})
@@ -185,3 +187,13 @@ def convert_default_model(c, work=None):  # noqa: ANN001, ANN201
     """Re-create the embedded default model and the LiteRT reference masks (needs PyPI)."""
     extra = f" --work '{work}'" if work else ""
     c.run(f"'{sys.executable}' scripts/convert_default_model.py{extra}", pty=False)
+
+
+@task(help={"build": "write the site into build/site (mkdocs build --strict) instead of serving it",
+            "addr": "address to serve on (default: 127.0.0.1:8000)"})
+def docs(c, build=False, addr="127.0.0.1:8000"):  # noqa: ANN001, ANN201
+    """The documentation site (needs edgeseg[docs]): serve docs/ with live reload, or --build it (warnings fail)."""
+    if build:
+        c.run(f"'{sys.executable}' -m mkdocs build --strict", pty=False, env={"NO_MKDOCS_2_WARNING": "1"})
+    else:
+        c.run(f"'{sys.executable}' -m mkdocs serve --dev-addr '{addr}'", pty=False, env={"NO_MKDOCS_2_WARNING": "1"})

@@ -6,7 +6,7 @@ Public API::
 
     result = edgeseg.build(target="intel")              # embedded default model
     result = edgeseg.build("model.onnx", target="cpu", spec="model.toml")
-    print(result.archive)                               # dist/<model>-<target>.tar.gz
+    print(result.archive)                               # dist/<model>-<target>-<precision>.tar.gz
     edgeseg.build_for_device(target="jetson", device="jet-01", inventory="devices.toml")  # + its TensorRT engine
 
 ``import edgeseg`` imports nothing but :mod:`edgeseg._version`: every name

@@ -1,4 +1,4 @@
-"""Keep a native library's console output (C++ logs on file descriptors 1 and 2) off the user's terminal."""
+"""Keep third-party console output off stdout: C++ logs and progress bars belong on stderr, or in a log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["captured_output"]
+__all__ = ["captured_output", "stdout_to_stderr"]
 
 
 @contextlib.contextmanager
@@ -36,3 +36,33 @@ def captured_output() -> Iterator[Path]:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (file descriptor 1 and ``sys.stdout``) to stderr while the block runs.
+
+    stdout carries results only (``out=$(edgeseg build ...)`` captures the
+    archive path); third-party progress displays (NNCF's rich progress bars,
+    which write to ``sys.stdout``) and native logs on fd 1 go to stderr, where
+    the user still sees them.
+    """
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -55,7 +55,7 @@ from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
 from .calibration import CalibrationSet, load_calibration
 from .datasets import Dataset
-from .errors import ArchiveError, ConfigError, ConversionError, ToolchainError, VerifyError
+from .errors import ArchiveError, ConfigError, ConversionError, EdgesegError, ToolchainError, VerifyError
 from .export import SharedModel, export_shared
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
@@ -73,9 +73,12 @@ SAMPLE_IMAGES = DATA / "images"
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BuildResult:
     """What :func:`build` produced.
+
+    Its ``repr`` is one short line (archive, target, precision, the accuracy
+    gate's and the golden check's verdicts); the manifest is ``result.manifest``.
 
     Attributes:
         archive: path of the ``.tar.gz``.
@@ -91,6 +94,26 @@ class BuildResult:
     check: VerifyReport | None
     accuracy: AccuracyReport | None = None
     calibration_cache: str = ""
+
+    def __repr__(self) -> str:
+        """``BuildResult(archive='dist/m-cpu-fp32.tar.gz', target='cpu', precision='fp32', gate=None, check='PASS')``.
+
+        ``gate``: the accuracy gate, None when it did not run (fp32, or a backend
+        that cannot run here); ``check``: the golden check, None when pending.
+        """
+        from edgeseg_runtime.contract import Manifest
+
+        try:
+            target = Manifest.from_doc(self.manifest).target
+            name, precision = target.name, target.precision
+        except EdgesegError:  # a hand-made or partial manifest: the repr never raises
+            name = precision = None
+
+        def verdict(report: Any) -> str | None:
+            return None if report is None else ("PASS" if report.passed else "FAIL")
+
+        return (f"BuildResult(archive={str(self.archive)!r}, target={name!r}, "
+                f"precision={precision!r}, gate={verdict(self.accuracy)!r}, check={verdict(self.check)!r})")
 
 
 def _golden_paths(golden: Sequence[str | Path] | None) -> list[Path]:

@@ -93,7 +93,7 @@ def runtime_wheel(dest_dir: Path, version: str, requirements: list[str]) -> Path
     """Write the runtime as a deterministic pure-Python wheel ``edgeseg_runtime-<version>-py3-none-any.whl``.
 
     Members sorted, fixed timestamps and modes, ``RECORD`` with urlsafe-base64
-    sha256 digests; the console script ``edgeseg`` runs ``edgeseg_runtime.cli:main``.
+    sha256 digests; the console script ``edgeseg`` runs ``edgeseg_runtime.cli:console``.
 
     Returns:
         The wheel's path.
@@ -117,7 +117,7 @@ def runtime_wheel(dest_dir: Path, version: str, requirements: list[str]) -> Path
             *(f"Requires-Dist: {r}" for r in requirements)]
     members[f"{dist}.dist-info/METADATA"] = ("\n".join(meta) + "\n").encode()
     members[f"{dist}.dist-info/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: edgeseg\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    members[f"{dist}.dist-info/entry_points.txt"] = b"[console_scripts]\nedgeseg = edgeseg_runtime.cli:main\n"
+    members[f"{dist}.dist-info/entry_points.txt"] = b"[console_scripts]\nedgeseg = edgeseg_runtime.cli:console\n"
 
     def record_line(name: str, data: bytes) -> str:
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()

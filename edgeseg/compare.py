@@ -50,7 +50,8 @@ from .datasets import Dataset, LabelMap, load_dataset
 from .errors import ConfigError, EdgesegError
 from .metrics import IGNORE_INDEX, AbsDiff, LatencySummary, SegmentationScores, confusion_matrix, latency_summary, scores_from_confusion
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "ArchiveInfo", "TargetResult", "Comparison", "compare", "archive_info"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "ArchiveInfo", "TargetResult", "Comparison", "compare", "archive_info",
+           "same_source"]
 
 #: ``report.json``'s ``schema`` and ``schema_version`` (bump on incompatible changes)
 SCHEMA = "edgeseg.compare"
@@ -69,8 +70,11 @@ class ArchiveInfo:
         target, backend, precision: from the profile.
         input_shape: ``[1, 3, H, W]`` network input.
         archive_bytes, model_bytes: archive size; the backend's model files' size.
-        source_sha256: the source model's sha256 (archives of one model share it).
+        source_sha256: sha256 of the source model file the archive was built from
+            (``provenance.source_sha256``; archives of one model at any target or
+            precision share it); "" when built from an in-memory PyTorch module.
         with_argmax: the model outputs labels, not scores.
+        model_version, release_version: the spec's model version; the release version devices compare.
     """
 
     path: Path
@@ -87,6 +91,8 @@ class ArchiveInfo:
     model_bytes: int
     source_sha256: str
     with_argmax: bool
+    model_version: str = ""
+    release_version: str = ""
 
 
 def archive_info(path: str | Path) -> ArchiveInfo:
@@ -116,7 +122,24 @@ def archive_info(path: str | Path) -> ArchiveInfo:
         model_bytes=sum(files[f].size for f in model_files if f in files),
         source_sha256=m["provenance"]["source_sha256"],  # report-only section: read through the Mapping
         with_argmax=m.model.with_argmax,
+        model_version=m.model.version,
+        release_version=m.release_version,
     )
+
+
+def same_source(a: ArchiveInfo, b: ArchiveInfo) -> bool:
+    """Whether two archives were built from one source model.
+
+    The source model is the file the build started from: both archives record
+    its sha256 (``provenance.source_sha256``), identical for every target and
+    precision built from it, whereas the shared ONNX's sha256 is not (with
+    arg-max folded in, dynamic or static H/W it differs). A build from an
+    in-memory PyTorch module records no file digest: when either archive lacks
+    it, the model's name and version (the spec's) must match instead.
+    """
+    if a.source_sha256 and b.source_sha256:
+        return a.source_sha256 == b.source_sha256
+    return (a.model, a.model_version) == (b.model, b.model_version)
 
 
 @dataclass
@@ -196,6 +219,8 @@ class TargetResult:
             "machine": self.run["machine"] if self.run else None,
             "is_reference": self.is_reference,
             "source_sha256": i.source_sha256,
+            "model_version": i.model_version,
+            "release_version": i.release_version,
             "size": {"archive_bytes": i.archive_bytes, "model_bytes": i.model_bytes},
             "latency_ms": self.latency.to_dict(),
             "inference_ms": self.infer_latency.to_dict(),
@@ -297,7 +322,7 @@ def _output(folder: Path, stem: str) -> np.ndarray | None:
 def _measure_here(info: ArchiveInfo, images: Sequence[Path], out: Path, runs: int, warmup: int, step: Step) -> dict[str, Any]:
     """``edgeseg measure`` in a subprocess of this host's Python (its own peak memory)."""
     runner_class(info.backend).version()  # ToolchainError (one line, which extra) before starting a process
-    argv = [sys.executable, "-m", "edgeseg_runtime", "measure", "--archive", str(info.path), *map(str, images),
+    argv = [sys.executable, "-m", "edgeseg_runtime", "measure", str(info.path), *map(str, images),
             "--out", str(out), "--runs", str(runs), "--warmup", str(warmup)]
     step.start(len(images), "images")
     with tempfile.TemporaryFile("w+") as err:
@@ -418,6 +443,7 @@ def compare(
     max_gain: float | None = None,
     out_dir: str | Path = "report",
     report: Reporter | None = None,
+    allow_other_sources: bool = False,
 ) -> Comparison:
     """Run every archive on the same images and measure it against the fp32 reference.
 
@@ -438,13 +464,19 @@ def compare(
         out_dir: report folder; every run's label maps go to ``out_dir/runs/<n>-<label>/``
             (replaced on each comparison), for the report's images and for you.
         report: progress lines (None = rich progress on stderr).
+        allow_other_sources: compare archives built from another source model
+            than the reference's (:func:`same_source`), e.g. a new release's
+            weights against the previous release's fp32; the report names them.
+            By default they are refused before anything runs.
 
     Returns:
         A :class:`Comparison`; targets that could not run carry ``error`` and fail the gate.
 
     Raises:
-        ConfigError: no reference, archives of models with other classes, bad
-            dataset, unknown device, or a device whose archive is ambiguous.
+        ConfigError: no reference, archives of models with other classes or
+            (unless ``allow_other_sources``) another source model than the
+            reference's, bad dataset, unknown device, or a device whose archive
+            is ambiguous; raised before any archive runs.
         ArchiveError: an archive is corrupt.
         EdgesegError: the reference itself cannot run.
     """
@@ -453,7 +485,7 @@ def compare(
     if not archives and reference is None:
         raise ConfigError("give at least one archive")
     dataset = load_dataset(images, masks, layout=layout, split=split, label_map=label_map).limit(limit)
-    infos, ref_info = _archives(archives, reference, dataset)
+    infos, ref_info = _archives(archives, reference, dataset, allow_other_sources)
     inv = None
     if devices:
         from .deploy.inventory import load_inventory
@@ -478,9 +510,14 @@ def compare(
 
 
 def _archives(
-    archives: Sequence[str | Path], reference: str | Path | None, dataset: Dataset
+    archives: Sequence[str | Path], reference: str | Path | None, dataset: Dataset, allow_other_sources: bool = False
 ) -> tuple[list[ArchiveInfo], ArchiveInfo]:
-    """Step 1: every archive's info and the reference's, checked to be one model with distinct image stems."""
+    """Step 1: every archive's info and the reference's, checked to be one model (classes and source, see
+    :func:`same_source`) with distinct image stems.
+
+    Raises:
+        ConfigError: see :func:`compare`.
+    """
     stems = [p.stem for p in dataset.images]
     if len(set(stems)) != len(stems):
         raise ConfigError("images must have distinct file names (stems): results are matched by name")
@@ -492,7 +529,19 @@ def _archives(
                 f"{info.path}: classes {info.classes} differ from the reference's {ref_info.classes}; "
                 "compare archives of one model"
             )
+        if not allow_other_sources and not same_source(info, ref_info):
+            raise ConfigError(
+                f"{info.path}: built from another source model ({_source_text(info)}) than the reference "
+                f"{ref_info.path} ({_source_text(ref_info)}); compare archives of one source model, or pass "
+                "--allow-other-sources to compare them anyway"
+            )
     return infos, ref_info
+
+
+def _source_text(info: ArchiveInfo) -> str:
+    """``model 1.0, source sha256 0123abcd4567`` for the one-line refusal."""
+    source = f"source sha256 {info.source_sha256[:12]}" if info.source_sha256 else "no source digest"
+    return f"{info.model} {info.model_version}, {source}"
 
 
 def _run_target(result: TargetResult, dev: Any, inv: Any, dataset: Dataset, runs: int, warmup: int, steps: Steps,

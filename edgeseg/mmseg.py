@@ -1,8 +1,9 @@
 """MMSegmentation 1.x models in: a config (and checkpoint) → a PyTorch module and an edgeseg model spec.
 
-Install with ``pip install 'edgeseg[mmseg]'`` (``mmengine==0.10.7``,
-``mmcv-lite==2.1.0``, ``mmsegmentation==1.2.2``, ``ftfy``, ``regex``,
-``setuptools<81``; measured, DESIGN.md §7). The configs ship in the
+Install with ``pip install 'edgeseg[mmseg]'`` (``mmengine>=0.10.7,<0.11``,
+``mmcv-lite>=2.1,<2.2``, ``mmsegmentation>=1.2.2,<1.3``, ``ftfy``, ``regex``;
+measured with 0.10.7 / 2.1.0 / 1.2.2, DESIGN.md §7). mmengine 0.10 imports
+``pkg_resources``: with setuptools 81 or newer the import fails, said in one line. The configs ship in the
 mmsegmentation wheel under ``mmseg/.mim/configs/`` (:func:`config_path` finds
 them by name).
 
@@ -92,6 +93,9 @@ def _mmseg() -> dict[str, Any]:
             from mmseg.registry import DATASETS
             from mmseg.utils import register_all_modules
     except ImportError as exc:
+        if exc.name == "pkg_resources":  # setuptools 81 removed it; mmengine 0.10 imports it (a range, not a pin)
+            raise ToolchainError("mmengine imports pkg_resources, which setuptools 81 removed; "
+                                 "pip install 'setuptools<81' in this environment") from None
         raise ToolchainError(f"MMSegmentation is not installed ({exc}); pip install 'edgeseg[mmseg]'") from None
     register_all_modules()
     return {"Config": Config, "init_model": init_model, "DATASETS": DATASETS, "revert": revert_sync_batchnorm}

@@ -38,7 +38,7 @@ def test_altered_model_fails_verify_by_checksum(archives: dict[str, Path], tmp_p
     folder = _unpack(archives["cpu"], tmp_path / "x")
     scale_weights(folder / "end2end.onnx", folder / "end2end.onnx", -1.0)  # negate the largest initializer
     bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=False)
-    proc = edgeseg_cli("verify", "--archive", bad)
+    proc = edgeseg_cli("verify", bad)
     assert proc.returncode == 1
     assert proc.stdout.startswith("FAIL: ") and "end2end.onnx does not match its sha256" in proc.stdout
 
@@ -48,7 +48,7 @@ def test_altered_model_with_rewritten_manifest_fails_numerically(archives: dict[
     folder = _unpack(archives["cpu"], tmp_path / "x")
     scale_weights(folder / "end2end.onnx", folder / "end2end.onnx", -1.0)  # negate the largest initializer
     bad = _repack(folder, tmp_path / "bad.tar.gz", update_manifest=True)
-    proc = edgeseg_cli("verify", "--archive", bad, "--json")
+    proc = edgeseg_cli("verify", bad, "--json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["passed"] is False
@@ -63,7 +63,7 @@ def test_unpacked_folder_runs_with_its_own_runtime(archives: dict[str, Path], tm
     # -B: no bytecode cache written into the archive (it would be a file the manifest does not list)
     for _ in range(2):  # and running it leaves the folder exactly as it was: the second run passes too
         proc = subprocess.run(
-            [sys.executable, "-I", "-B", "-c", code, str(folder / "runtime"), "verify", "--archive", str(folder)],
+            [sys.executable, "-I", "-B", "-c", code, str(folder / "runtime"), "verify", str(folder)],
             capture_output=True, text=True, timeout=120,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -83,9 +83,9 @@ def test_truncated_archive(archives: dict[str, Path], tmp_path: Path) -> None:
     data = archives["cpu"].read_bytes()
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(data[: len(data) // 2])
-    proc = edgeseg_cli("verify", "--archive", cut)
+    proc = edgeseg_cli("verify", cut)
     assert proc.returncode == 1 and "corrupt or truncated" in proc.stdout
-    proc = edgeseg_cli("info", "--archive", cut)
+    proc = edgeseg_cli("info", cut)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "corrupt or truncated" in proc.stderr
 
@@ -201,7 +201,7 @@ def test_runtime_wheel_installs_from_unpacked_archive_without_touching_it(archiv
     assert (site / "bin" / "edgeseg").is_file()
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before  # pip wrote nothing there
     env = {**os.environ, "PYTHONPATH": str(site)}
-    verify = [str(site / "bin" / "edgeseg"), "verify", "--archive", str(folder)]
+    verify = [str(site / "bin" / "edgeseg"), "verify", str(folder)]
     proc = subprocess.run(verify, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # pip's byproducts of a source build are not tolerated inside an archive: each is an unlisted file

@@ -42,7 +42,7 @@ def skimage_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _masks(archive: Path, photos: dict[str, Path], out: Path) -> dict[str, np.ndarray]:
-    proc = edgeseg_cli("run", "--archive", archive, *photos.values(), "--out", out)
+    proc = edgeseg_cli("run", archive, *photos.values(), "--out", out)
     assert proc.returncode == 0, proc.stderr
     return {name: np.asarray(Image.open(out / f"{name}.png")) for name in photos}
 
@@ -61,7 +61,7 @@ def test_run_agrees_with_fp32_reference(name: str, arm_archives, archives, skima
 
 @pytest.mark.parametrize("name", ["arm-fp16", "arm-fp32", "tflite-fp16", "tflite-int8"])
 def test_verify_passes(name: str, arm_archives) -> None:  # noqa: ANN001
-    proc = edgeseg_cli("verify", "--archive", arm_archives[name].archive)
+    proc = edgeseg_cli("verify", arm_archives[name].archive)
     backend = name.split("-")[0].replace("arm", "ncnn")
     assert proc.returncode == 0 and proc.stdout.startswith("PASS") and f"({backend} " in proc.stdout, proc.stdout + proc.stderr
 
@@ -135,7 +135,7 @@ def _dynamic_onnx(tmp: Path) -> Path:
 
 
 def test_info_names_the_archive_backend(arm_archives) -> None:  # noqa: ANN001
-    proc = edgeseg_cli("info", "--archive", arm_archives["arm-fp16"].archive)
+    proc = edgeseg_cli("info", arm_archives["arm-fp16"].archive)
     assert proc.returncode == 0 and "ncnn" in proc.stdout
     manifest = json.loads(tarfile.open(arm_archives["arm-fp16"].archive).extractfile("manifest.json").read())
     assert manifest["target"]["platform"]["arch"] == "aarch64"

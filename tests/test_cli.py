@@ -43,7 +43,7 @@ def test_run_keeps_going_past_a_bad_image(archives: dict[str, Path], photos: dic
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     rgba = tmp_path / "in" / "rgba.png"
     Image.fromarray(np.zeros((50, 40, 4), np.uint8), mode="RGBA").save(rgba)
-    proc = edgeseg_cli("run", "--archive", archives["cpu"], photos["rocket"], tmp_path / "in", "--out", tmp_path / "out")
+    proc = edgeseg_cli("run", archives["cpu"], photos["rocket"], tmp_path / "in", "--out", tmp_path / "out")
     assert proc.returncode == 1
     assert "broken.png" in proc.stderr and "2/3 images segmented" in proc.stdout
     assert (tmp_path / "out" / "rocket.png").is_file() and (tmp_path / "out" / "rgba.png").is_file()
@@ -53,12 +53,12 @@ def test_run_keeps_going_past_a_bad_image(archives: dict[str, Path], photos: dic
 def test_run_refuses_duplicate_stems(archives: dict[str, Path], photos: dict[str, Path], tmp_path: Path) -> None:
     other = tmp_path / "rocket.jpg"
     Image.open(photos["rocket"]).save(other)
-    proc = edgeseg_cli("run", "--archive", archives["cpu"], photos["rocket"], other, "--out", tmp_path / "o")
+    proc = edgeseg_cli("run", archives["cpu"], photos["rocket"], other, "--out", tmp_path / "o")
     assert proc.returncode == 2 and "would both write rocket.png" in proc.stderr
 
 
 def test_run_pixel_limit(archives: dict[str, Path], photos: dict[str, Path], tmp_path: Path) -> None:
-    proc = edgeseg_cli("run", "--archive", archives["cpu"], photos["astronaut"], "--out", tmp_path, "--max-pixels", "1000")
+    proc = edgeseg_cli("run", archives["cpu"], photos["astronaut"], "--out", tmp_path, "--max-pixels", "1000")
     assert proc.returncode == 1 and "over the limit" in proc.stderr
 
 
@@ -66,7 +66,7 @@ def test_run_pixel_limit(archives: dict[str, Path], photos: dict[str, Path], tmp
 def test_bench_reports_ratio(archives: dict[str, Path]) -> None:
     import json
 
-    proc = edgeseg_cli("bench", "--archive", archives["cpu"], "--runs", "5", "--warmup", "1", "--json")
+    proc = edgeseg_cli("bench", archives["cpu"], "--runs", "5", "--warmup", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout)
     assert figures["runs"] == 5 and figures["bare_ms"] > 0
@@ -89,7 +89,7 @@ def test_run_full_disk_is_one_clear_line(archives: dict[str, Path], photos: dict
             pass
         finally:
             os.close(fd)
-        proc = edgeseg_cli("run", "--archive", archives["cpu"], photos["rocket"], "--out", out)
+        proc = edgeseg_cli("run", archives["cpu"], photos["rocket"], "--out", out)
         left = sorted(p.name for p in out.iterdir())
     finally:
         subprocess.run(["umount", "-l", str(out)], check=False)

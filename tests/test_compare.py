@@ -1,11 +1,16 @@
-"""edgeseg compare: every archive of the default model on real photos and a labelled VOC photo, the gate, the report."""
+"""edgeseg compare: every archive of the default model on real photos and a labelled VOC photo, the gate, the report
+(its plots' layout measured in matplotlib, its page rendered in headless Chromium), the one-source-model check."""
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import itertools
 import json
 import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +19,10 @@ from PIL import Image
 
 import edgeseg
 from conftest import HAS_OPENVINO, edgeseg_cli
-from edgeseg.compare import SCHEMA, SCHEMA_VERSION, Comparison, compare
+from edgeseg.compare import SCHEMA, SCHEMA_VERSION, Comparison, archive_info, compare, same_source
 from edgeseg.datasets import parse_label_map
 from edgeseg.errors import ConfigError
-from edgeseg.report import write_report
+from edgeseg.report import iou_figure, render_console, scatter_figure, shape_text, shape_title, write_report
 from edgeseg_runtime.archive import Archive
 from edgeseg_runtime.images import load_image
 from edgeseg_runtime.segmentor import Segmentor
@@ -47,11 +52,104 @@ def _scrambled(dest: Path) -> Path:
     return dest
 
 
+def _claiming_source(archive: Path, source_sha256: str) -> Path:
+    """Re-pack ``archive`` (unsigned) with ``provenance.source_sha256`` replaced: what a conversion that broke the
+    weights of that source model would have written."""
+    from edgeseg.bundle import pack, write_manifest
+
+    stage = archive.parent / "restage"
+    with tarfile.open(archive) as tar:
+        tar.extractall(stage, filter="data")
+    manifest = json.loads((stage / "manifest.json").read_text())
+    manifest["provenance"]["source_sha256"] = source_sha256
+    write_manifest(stage, {k: v for k, v in manifest.items() if k != "files"})
+    pack(stage, archive)
+    shutil.rmtree(stage)
+    return archive
+
+
 @pytest.fixture(scope="module")
-def corrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cpu fp32 archive of the default model with wrong (shuffled) weights; it builds and verifies against itself."""
+def corrupted(archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cpu fp32 archive of the default model with wrong (shuffled) weights; it builds and verifies against itself.
+
+    Its provenance names the default model's file as its source, as a broken conversion of that model would: it is
+    one source model with the real archives, so ``compare`` runs them together and the gate must catch it.
+    """
     out = tmp_path_factory.mktemp("corrupted")
-    return edgeseg.build(_scrambled(out / "scrambled.onnx"), spec=edgeseg.DEFAULT_SPEC, target="cpu", out_dir=out, **QUIET).archive
+    built = edgeseg.build(_scrambled(out / "scrambled.onnx"), spec=edgeseg.DEFAULT_SPEC, target="cpu", out_dir=out, **QUIET)
+    return _claiming_source(built.archive, archive_info(archives["cpu"]).source_sha256)
+
+
+#: Cityscapes class names: a many-class model for the report's tables and plots
+CITYSCAPES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "terrain", "sky", "person"]
+#: dynamic input dims named as paddle2onnx (p2o.DynamicDimension.N) and tf2onnx (unk__N) name them
+DYNAMIC_INPUT = ["p2o.DynamicDimension.0", 3, "p2o.DynamicDimension.1", "unk__123"]
+
+
+def _tiny_onnx(dest: Path, classes: int, seed: int = 0) -> Path:
+    """A small segmentation ONNX with random weights and dynamic N/H/W (:data:`DYNAMIC_INPUT`): conv stride 2, ReLU,
+    conv to ``classes`` channels, 2x ConvTranspose, Sigmoid, resize to the input's H x W. The cpu profile keeps
+    ConvTranspose and Sigmoid in float (as in the default model), so it builds at fp32, fp16 and int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def init(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(value, name)
+
+    inits = [init("w1", rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)), init("b1", rng.normal(0, 0.1, 8).astype(np.float32)),
+             init("w2", rng.normal(0, 0.5, (classes, 8, 3, 3)).astype(np.float32)),
+             init("b2", rng.normal(0, 0.1, classes).astype(np.float32)),
+             init("w3", rng.normal(0, 0.5, (classes, classes, 2, 2)).astype(np.float32)),
+             init("i0", np.array([0], np.int64)), init("i2", np.array([2], np.int64)), init("i4", np.array([4], np.int64))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c2", "w3"], ["u2"], strides=[2, 2]),
+             helper.make_node("Sigmoid", ["u2"], ["g2"]),
+             helper.make_node("Shape", ["g2"], ["s2"]), helper.make_node("Shape", ["x"], ["sx"]),
+             helper.make_node("Slice", ["s2", "i0", "i2"], ["nc"]), helper.make_node("Slice", ["sx", "i2", "i4"], ["hw"]),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["g2", "", "", "sizes"], ["y"], mode="linear")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, DYNAMIC_INPUT)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [DYNAMIC_INPUT[0], classes, *DYNAMIC_INPUT[2:]])
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+    return dest
+
+
+def _tiny_build(out: Path, name: str, classes: list[str], precision: str = "fp32", seed: int = 0) -> Path:
+    """A cpu archive of :func:`_tiny_onnx` named ``name`` with these classes."""
+    from edgeseg.spec import load_spec
+
+    spec = load_spec(None, {"name": name, "input": {"layout": "NCHW", "size": [64, 96], "mean": [123.675, 116.28, 103.53],
+                                                    "std": [58.395, 57.12, 57.375]},
+                            "output": {"kind": "logits", "classes": classes}})
+    out.mkdir(parents=True, exist_ok=True)
+    src = _tiny_onnx(out / f"{name}-{seed}.onnx", len(classes), seed)
+    return edgeseg.build(src, spec=spec, target="cpu", precision=precision, out_dir=out / precision, **QUIET).archive
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``tiny-city`` (12 Cityscapes classes, dynamic input) at cpu fp32, fp16 and int8, and ``tiny-person``: another
+    model with the default model's classes (background, person)."""
+    out = tmp_path_factory.mktemp("tiny")
+    built = {p: _tiny_build(out / "city", "tiny-city", CITYSCAPES, p) for p in ("fp32", "fp16", "int8")}
+    return {**built, "person": _tiny_build(out / "person", "tiny-person", ["background", "person"], seed=1)}
+
+
+@pytest.fixture(scope="module")
+def tiny_compared(tiny: dict[str, Path], photos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Comparison:
+    """tiny-city's three archives compared on the photos, with the report written."""
+    c = compare([tiny["fp32"], tiny["fp16"], tiny["int8"]], next(iter(photos.values())).parent, runs=3, warmup=1,
+                out_dir=tmp_path_factory.mktemp("tiny-report"), **QUIET)
+    write_report(c)
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -112,35 +210,137 @@ def test_markdown_has_the_model_zoo_table_and_the_gate(on_photos: Comparison) ->
         row = next(line for line in md.splitlines() if f"({r.label})" in line)
         assert f"{r.miou:.2f}" in row and "256x256" in row
     assert ("**PASS**" in md) == on_photos.passed
-    assert "| Target (IoU vs fp32 labels) | background | person |" in md
+    # per-class IoU: a row per class, a column per target
+    assert "| Class (IoU % vs fp32 labels) | " + " | ".join(r.label for r in on_photos.results) + " |" in md
+    person = [f"{100 * r.vs_reference.iou[1]:.2f}" for r in on_photos.results]
+    assert "| person | " + " | ".join(person) + " |" in md and person[0] == "100.00"
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
 
+#: appended to a copy of a page: after load, it writes into the DOM what the page measured (read with --dump-dom)
+PROBE = """<script>window.addEventListener('load',()=>{document.body.dataset.probe=JSON.stringify({
+images:[...document.images].map(i=>i.complete?[i.naturalWidth,i.naturalHeight]:[0,0]),
+viewport:window.innerWidth,page:document.documentElement.scrollWidth,
+tables:[...document.querySelectorAll('table')].map(t=>({right:t.getBoundingClientRect().right,
+box:t.parentElement.clientWidth,content:t.parentElement.scrollWidth,boxRight:t.parentElement.getBoundingClientRect().right})),
+tips:[...document.querySelectorAll('td[title]')].map(td=>[td.textContent,td.title])})})</script>"""
+
+
+def _measure_page(page: Path, tmp_path: Path, width: int) -> dict:
+    """``page`` rendered by headless Chromium in a window ``width`` px wide: what :data:`PROBE` measured."""
+    copy = tmp_path / f"probe-{width}.html"
+    copy.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          f"--window-size={width},2400", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+
+
+def _screenshot(page: Path, shot: Path, width: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels of ``page`` rendered ``width`` px wide and 2400 px high (scroll bars hidden)."""
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={width},2400", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    return np.asarray(Image.open(shot).convert("RGB"))
+
+
+def _pyplot():  # noqa: ANN202
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (apt install chromium-headless-shell)")
-def test_html_renders_in_headless_chromium_with_embedded_plots(on_photos: Comparison, tmp_path: Path) -> None:
-    page = (on_photos.out_dir / "report.html").read_text()
-    assert "<script" not in page and not re.search(r'src="(?!data:image/png;base64,)', page)  # self-contained
-    expected = 2 + sum(1 for r in on_photos.results if not r.is_reference)  # IoU bars, scatter, one grid per target
-    # a probe appended to a copy: after load, each <img> that decoded reports its natural size into the DOM
-    probe = page.replace("</body>", "<script>window.addEventListener('load',()=>{document.body.dataset.decoded="
-                         "JSON.stringify([...document.images].map(i=>i.complete?[i.naturalWidth,i.naturalHeight]:[0,0]))})"
-                         "</script></body>")
-    copy = tmp_path / "probe.html"
-    copy.write_text(probe)
-    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    sizes = json.loads(re.search(r'data-decoded="([^"]*)"', dom).group(1).replace("&quot;", '"'))
-    assert len(sizes) == expected and all(w > 300 and h > 200 for w, h in sizes), sizes
-    shot = tmp_path / "page.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,2400",
-                    f"--screenshot={shot}", (on_photos.out_dir / "report.html").as_uri()], capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
-    # matplotlib's default colours of the bars (blue C0, orange C1) are on the rendered page
-    for colour in ((31, 119, 180), (255, 127, 14)):
-        assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 12).sum() > 500, colour
+def test_html_renders_in_headless_chromium_within_the_page(on_photos: Comparison, tiny_compared: Comparison,
+                                                           tmp_path: Path) -> None:
+    page = on_photos.out_dir / "report.html"
+    text = page.read_text()
+    assert "<script" not in text and not re.search(r'src="(?!data:image/png;base64,)', text)  # self-contained
+    for report in (on_photos, tiny_compared):
+        page = report.out_dir / "report.html"
+        wide = _measure_page(page, tmp_path, 1200)
+        # every plot decoded: the IoU heat map, the scatter, one grid of worst images per target
+        expected = 2 + sum(1 for r in report.results if not r.is_reference)
+        assert len(wide["images"]) == expected and all(w > 300 and h > 200 for w, h in wide["images"]), wide["images"]
+        # 1200 px: every table fits the page as it is (no scrolling in its box), nothing right of the window
+        assert wide["viewport"] == 1200 and wide["page"] <= 1200, wide
+        assert len(wide["tables"]) == 2 and all(t["content"] <= t["box"] and t["right"] <= 1200 for t in wide["tables"])
+        # a phone: the page is never wider than the window (a table too wide even wrapped scrolls in its own box) ...
+        narrow = _measure_page(page, tmp_path, 480)
+        assert narrow["viewport"] == 480 and narrow["page"] <= 480, narrow
+        assert all(t["boxRight"] <= 480 for t in narrow["tables"]), narrow
+        # ... and on its screenshot the right-hand margin band is blank: no table or plot runs into it
+        pixels = _screenshot(page, tmp_path / "narrow.png", 480)
+        assert pixels.shape[1] == 480 and (pixels[:, -20:] >= 250).all()
+    # the dynamic dims' full names are the Shape cells' tooltips
+    tip = "input Nx3xHxW (N = p2o.DynamicDimension.0, H = p2o.DynamicDimension.1, W = unk__123)"
+    assert narrow["tips"] == [["HxW", tip]] * 3
+    # the heat map's reddest cell (the largest IoU drop) is on the rendered page, in its colour
+    plt = _pyplot()
+    cells = iou_figure(plt, on_photos).axes[0].images[0]
+    worst = float(np.nanmin(cells.get_array()))
+    colour = np.round(255 * np.asarray(cells.cmap(cells.norm(worst))[:3]))
+    plt.close("all")
+    pixels = _screenshot(on_photos.out_dir / "report.html", tmp_path / "wide.png", 1200).reshape(-1, 3)
+    assert (np.abs(pixels.astype(int) - colour).sum(axis=1) < 12).sum() > 500, colour
+
+
+def test_iou_heat_map_annotates_every_cell_and_keeps_its_colour_bar_off_them(
+    on_photos: Comparison, tiny_compared: Comparison
+) -> None:
+    plt = _pyplot()
+    for c in (on_photos, tiny_compared):
+        fig = iou_figure(plt, c)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        cells, bar = fig.axes
+        area = cells.get_window_extent(renderer)
+        assert not area.overlaps(bar.get_tightbbox(renderer))  # the key (colour bar, its ticks and label) is outside
+        shown = [r for r in c.results if not r.is_reference]  # no masks: the reference would be 100 everywhere
+        assert [t.get_text() for t in cells.get_xticklabels()] == [r.label for r in shown]
+        texts = cells.texts
+        assert [t.get_text() for t in texts] == [f"{100 * r.vs_reference.iou[k]:.2f}" for k in range(len(c.classes))
+                                                 for r in shown]
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        for t, box in zip(texts, boxes, strict=True):  # each value inside its own cell
+            x, y = t.get_position()
+            (x0, y0), (x1, y1) = cells.transData.transform([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)])
+            assert min(x0, x1) <= box.x0 and box.x1 <= max(x0, x1) and min(y0, y1) <= box.y0 and box.y1 <= max(y0, y1)
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+        # a small drop is not drawn as 100: the colour is the difference from fp32, so 99.x stands out from 100.00
+        image = cells.images[0]
+        deltas = np.asarray(image.get_array().filled(np.nan))
+        ious = np.array([[100 * r.vs_reference.iou[k] for r in shown] for k in range(len(c.classes))])
+        assert np.allclose(deltas, ious - 100, equal_nan=True)
+        lost = deltas[(deltas < -0.5) & (deltas > -2)]
+        assert lost.size, deltas
+        red, white = np.asarray(image.cmap(image.norm(lost.max()))[:3]), np.asarray(image.cmap(image.norm(0.0))[:3])
+        assert np.abs(red - white).sum() > 0.25 and red[0] > red[2]
+        plt.close(fig)
+
+
+def test_scatter_labels_sit_apart_outside_the_plot_with_leader_lines(on_photos: Comparison, tiny_compared: Comparison) -> None:
+    plt = _pyplot()
+    from matplotlib.text import Text
+
+    for c in (on_photos, tiny_compared):  # on the photos four targets share mIoU 100.00 at nearby latencies
+        fig = scatter_figure(plt, c)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        labels = ax.texts
+        assert [t.get_text() for t in labels] == [
+            f"{r.label}{' (ref)' if r.is_reference else ''}: {r.latency.p50:.2f} ms, {r.miou:.2f}" for r in c.results]
+        assert [t.xy for t in labels] == [(r.latency.p50, r.miou) for r in c.results]  # each leader line ends at its point
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text alone, without its leader line
+        area = ax.get_window_extent(renderer)
+        assert all(box.x0 >= area.x1 for box in boxes)  # right of the plot area: never over a point
+        assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2)), [tuple(b.bounds) for b in boxes]
+        plt.close(fig)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +378,7 @@ def test_voc_ground_truth_miou_is_the_hand_computed_one(every_archive: list[Path
     doc = json.loads(paths["json"].read_text())
     assert doc["dataset"]["layout"] == "voc" and doc["dataset"]["label_map"] == {"15": 1, "*": 0}
     assert doc["targets"][1]["vs_ground_truth"]["iou"]["person"] == pytest.approx(c.results[1].vs_ground_truth.iou[1], abs=1e-6)
-    assert "| Target (IoU vs ground truth) | background | person |" in paths["md"].read_text()
+    assert "| Class (IoU % vs ground truth) | cpu/fp32 | " in paths["md"].read_text()
     # IoU bars, latency vs mIoU, and each non-reference target's worst images
     assert paths["html"].read_text().count("data:image/png;base64,") == 2 + len(targets) - 1
 
@@ -226,7 +426,7 @@ def test_limit_reference_and_device_errors(archives: dict[str, Path], quantized:
         compare([archives["cpu"]], images, devices=["cam"], inventory=inv, out_dir=tmp_path, **QUIET)
     r = edgeseg_cli("compare", archives["cpu"], "--images", tmp_path / "nope")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
-    r = edgeseg_cli("measure", "--archive", archives["cpu"], images, "--out", tmp_path / "m", "--runs", "0")
+    r = edgeseg_cli("measure", archives["cpu"], images, "--out", tmp_path / "m", "--runs", "0")
     assert r.returncode == 2 and "--runs: must be >= 1" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1  # one line, not argparse's usage block
 
@@ -280,3 +480,73 @@ def test_measure_keeps_at_most_four_images_and_32_mp_for_the_latency_runs(archiv
     small4 = [photo(f"s{i}.jpg", 64, 48) for i in range(6)]
     assert measure(archives["cpu"], small4, tmp_path / "c", runs=1, warmup=0, scores=False)["latency_images"] == [
         "s0.jpg", "s1.jpg", "s2.jpg", "s3.jpg"]
+
+
+def test_shape_column_shows_dynamic_dims_compactly_with_their_names_aside(tiny_compared: Comparison) -> None:
+    c = tiny_compared
+    doc = json.loads((c.out_dir / "report.json").read_text())
+    assert [t["input_shape"] for t in doc["targets"]] == [DYNAMIC_INPUT] * 3  # the data keeps the graph's names
+    md = (c.out_dir / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| tiny-city |")]
+    assert len(rows) == 3 and all("| HxW |" in row and "Dynamic" not in row and "unk__" not in row for row in rows), rows
+    names = "input Nx3xHxW (N = p2o.DynamicDimension.0, H = p2o.DynamicDimension.1, W = unk__123)"
+    assert f"`cpu/fp32`, `cpu/fp16`, `cpu/int8`: {names}." in md
+    page = (c.out_dir / "report.html").read_text()
+    assert page.count(f'<td title="{names}">HxW</td>') == 3
+    # the per-class table: a row per class (12), a column per target
+    assert "| Class (IoU % vs fp32 labels) | cpu/fp32 | cpu/fp16 | cpu/int8 |" in md
+    assert sum(line.startswith(("| traffic light |", "| traffic sign |")) for line in md.splitlines()) == 2
+    # the terminal table: one line a row when the width allows, else its cells wrap within the width given
+    wide = render_console(c, width=200).splitlines()
+    assert len(wide) == 1 + len(c.results) and all(f"{r.miou:.2f}" in line for r, line in zip(c.results, wide[1:], strict=True))
+    for width in (80, 100):
+        lines = render_console(c, width=width).splitlines()
+        assert len(lines) > len(wide) and max(map(len, lines)) <= width, (width, lines)
+        assert all(f" {r.miou:.2f} " in "\n".join(lines) for r in c.results)  # numbers are not split
+    assert shape_text([1, 3, 512, 1024]) == "512x1024" and shape_text([1, 3, "height", 1024]) == "Hx1024"
+    assert shape_text([1, 3, "?", None]) == shape_text([1, 3, -1, 0]) == "HxW" and shape_text([1, 7]) == "1x7"
+    assert shape_title([1, 3, 512, 1024]) == "input 1x3x512x1024"
+
+
+def test_archives_of_another_source_model_are_refused_before_anything_runs(
+    archives: dict[str, Path], quantized: dict, every_archive: list[Path], tiny: dict[str, Path], photos: dict[str, Path],
+    tmp_path: Path
+) -> None:
+    images = next(iter(photos.values())).parent
+    ref = archive_info(archives["cpu"])
+    # every target and precision built from the default model's file is one source model
+    assert all(same_source(archive_info(a), ref) for a in every_archive)
+    # another model with the same classes (so only the source tells them apart)
+    other = tiny["person"]
+    info = archive_info(other)
+    assert info.classes == ref.classes and info.source_sha256 != ref.source_sha256
+    r = edgeseg_cli("compare", archives["cpu"], quantized[("cpu", "int8")].archive, other, "--images", images,
+                    "--out", tmp_path / "mixed")
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr == (
+        f"edgeseg: error: {other}: built from another source model (tiny-person {info.model_version}, source sha256 "
+        f"{info.source_sha256[:12]}) than the reference {archives['cpu']} ({ref.model} {ref.model_version}, source "
+        f"sha256 {ref.source_sha256[:12]}); compare archives of one source model, or pass --allow-other-sources to "
+        "compare them anyway\n"
+    )
+    assert not (tmp_path / "mixed").exists()  # nothing ran, nothing written
+    # the default model with changed weights (a new release's file): another source model too
+    from conftest import scale_weights
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    changed = edgeseg.build(scale_weights(edgeseg.DEFAULT_MODEL, tuned / "selfie_tuned.onnx", 1.01), spec=edgeseg.DEFAULT_SPEC,
+                            target="cpu", out_dir=tuned, **QUIET).archive
+    with pytest.raises(ConfigError, match=r"selfie_tuned|built from another source model"):
+        compare([archives["cpu"], changed], images, out_dir=tmp_path / "r", **QUIET)
+    assert not (tmp_path / "r").exists()
+    # allowed on purpose (the new weights against the previous fp32): it runs, and the report says so
+    c = compare([archives["cpu"], changed], images, runs=1, warmup=0, out_dir=tmp_path / "r", allow_other_sources=True, **QUIET)
+    assert not c.results[1].error and 0.9 < c.results[1].vs_reference.pixel_accuracy < 1.0
+    paths = write_report(c)
+    note = "Note: cpu/fp32 (2) come from another source model than the reference cpu/fp32"
+    assert note in paths["md"].read_text() and note in paths["html"].read_text() and note in render_console(c)
+    # built from an in-memory module (no file digest): the model's name and version decide
+    memory = dataclasses.replace(ref, source_sha256="")
+    assert same_source(memory, ref) and not same_source(dataclasses.replace(memory, model="tiny-person"), ref)
+    assert not same_source(dataclasses.replace(memory, model_version="9.9"), ref)

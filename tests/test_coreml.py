@@ -19,7 +19,8 @@ import edgeseg
 from conftest import edgeseg_cli
 from edgeseg import ConfigError, ConversionError
 
-ct = pytest.importorskip("edgeseg.backends.coreml")._ct()  # skips without coremltools (extra 'coreml')
+pytest.importorskip("coremltools", reason="coremltools is not installed (extra 'coreml')")
+ct = pytest.importorskip("edgeseg.backends.coreml")._ct()
 from edgeseg.backends.coreml import describe_package, validate_package  # noqa: E402
 
 QUIET = {"report": lambda _line: None}
@@ -105,11 +106,11 @@ def test_linux_says_macos_only_and_check_is_pending(apple: dict[str, edgeseg.Bui
     assert apple["fp16"].check is None and m["build_check"]["passed"] is None
     assert "CoreML prediction is only supported on macOS" in m["build_check"]["verdict"]
     assert m["backend"]["numeric_check"].startswith("pending")
-    verify = edgeseg_cli("verify", "--archive", apple["fp16"].archive)
+    verify = edgeseg_cli("verify", apple["fp16"].archive)
     assert verify.returncode == 2  # could not run here, not a failed check
     assert verify.stderr.startswith("edgeseg: error: CoreML prediction is only supported on macOS (coremltools 9")
     assert verify.stderr.count("\n") == 1 and verify.stdout == ""  # one line, no page of coremltools import warnings
-    info = edgeseg_cli("info", "--archive", apple["fp16"].archive).stdout
+    info = edgeseg_cli("info", apple["fp16"].archive).stdout
     assert "validated   on the build host: input tensor float32 [1, 3, 256, 256]; output tensor float32 [1, 2, 256, 256]" in info
     assert "on device   coremltools prediction, compute units ALL (macOS only)" in info
 
@@ -136,5 +137,5 @@ def test_offline_archive_bundles_macos_arm64_wheels(tmp_path: Path) -> None:
 @pytest.mark.skipif(not MACOS, reason="CoreML prediction is only supported on macOS")
 def test_golden_check_on_macos(apple: dict[str, edgeseg.BuildResult]) -> None:
     for key in ("fp16", "fp32", "int8", "image"):
-        verify = edgeseg_cli("verify", "--archive", apple[key].archive)
+        verify = edgeseg_cli("verify", apple[key].archive)
         assert verify.returncode == 0 and verify.stdout.startswith("PASS"), verify.stdout + verify.stderr

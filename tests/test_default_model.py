@@ -19,7 +19,7 @@ TARGETS = ["cpu", pytest.param("intel", marks=pytest.mark.skipif(not HAS_OPENVIN
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_run_agrees_with_litert_reference(target: str, archives: dict[str, Path], photos: dict[str, Path], tmp_path: Path) -> None:
-    proc = edgeseg_cli("run", "--archive", archives[target], *photos.values(), "--out", tmp_path, "--overlay", "--probs")
+    proc = edgeseg_cli("run", archives[target], *photos.values(), "--out", tmp_path, "--overlay", "--probs")
     assert proc.returncode == 0, proc.stderr
     for name, photo in photos.items():
         with Image.open(tmp_path / f"{name}.png") as img:
@@ -43,7 +43,7 @@ def test_run_agrees_with_litert_reference(target: str, archives: dict[str, Path]
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_verify_passes_and_reports(target: str, archives: dict[str, Path]) -> None:
-    proc = edgeseg_cli("verify", "--archive", archives[target])
+    proc = edgeseg_cli("verify", archives[target])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("PASS: ") and "3/3 golden images" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1
@@ -77,7 +77,7 @@ def test_intel_archive_holds_fp16_ir(archives: dict[str, Path]) -> None:
 
 
 def test_info_describes_archive(archives: dict[str, Path]) -> None:
-    proc = edgeseg_cli("info", "--archive", archives["cpu"])
+    proc = edgeseg_cli("info", archives["cpu"])
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "selfie_segmentation 0.10.14" in out and "onnxruntime fp32" in out

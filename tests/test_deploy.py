@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import edgeseg_cli, scale_weights
+
+pytest.importorskip("fabric", reason="fabric is not installed (extra 'deploy')")
+pytest.importorskip("cryptography", reason="cryptography is not installed (extra 'deploy')")
+from conftest import edgeseg_cli, scale_weights  # noqa: E402
 from edgeseg_runtime.archive import Archive, sha256_file
 from edgeseg_runtime.contract import Manifest
 from edgeseg_runtime.images import load_image
@@ -165,7 +168,7 @@ def _assert_working(fleet: Fleet, name: str, version: str | None) -> None:
     assert _current(fleet, name) == version
     if version is not None:
         root = fleet.inventory.get(name).root
-        proc = _on_device(fleet, name, "verify", "--archive", f"{root}/current")
+        proc = _on_device(fleet, name, "verify", f"{root}/current")
         assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
 
 
@@ -193,7 +196,7 @@ def test_deploy_update_rollback(fleet: Fleet, releases: dict[str, Path]) -> None
     # the device segments a photo with the new release (the command users run there)
     root = fleet.inventory.get("d1").root
     golden = json.loads(Path(f"{root}/current/manifest.json").read_text())["golden"][0]["image"]
-    proc = _on_device(fleet, "d1", "run", "--archive", f"{root}/current", f"{root}/current/{golden}", "--out", f"{root}/../out")
+    proc = _on_device(fleet, "d1", "run", f"{root}/current", f"{root}/current/{golden}", "--out", f"{root}/../out")
     assert proc.returncode == 0 and "person" in proc.stdout, proc.stdout + proc.stderr
 
     back = rollback_device(fleet.inventory.get("d1"), fleet.inventory)
@@ -247,7 +250,7 @@ def test_offline_wheels_full_vs_delta(fleet: Fleet, keys: dict[str, Path], tmp_p
     sites = [p for p in (root / "sites").iterdir() if not p.name.startswith(".")]
     assert len(sites) == 1 and (sites[0] / "onnxruntime").is_dir()  # installed once, shared by both releases
     # the health check ran on the bundled wheels: numpy comes from the site, not the test venv
-    proc = _on_device(fleet, "d1", "info", "--archive", f"{root}/current")
+    proc = _on_device(fleet, "d1", "info", f"{root}/current")
     assert proc.returncode == 0 and "installed here (onnxruntime" in proc.stdout
 
 
@@ -774,7 +777,7 @@ def test_read_only_root_and_nothing_installed_are_said_plainly(fleet: Fleet, rel
     """Case 14: a read-only install root is named as such; R/bin/edgeseg with nothing installed is one line."""
     dev = _provisioned(fleet, disk_mb=32)
     root = fleet.inventory.get("d1").root
-    empty = _on_device(fleet, "d1", "info", "--archive", f"{root}/current")
+    empty = _on_device(fleet, "d1", "info", f"{root}/current")
     assert (empty.returncode, empty.stdout) == (2, "")
     assert empty.stderr == f"edgeseg: nothing is installed under {root}; deploy a release first\n"
     assert _deploy(fleet, releases["1.0.0"]).status == "installed"
@@ -788,7 +791,7 @@ def test_read_only_root_and_nothing_installed_are_said_plainly(fleet: Fleet, rel
         assert back.status == "failed" and f"{root} is read-only" in back.error
         status = device_status(fleet.inventory.get("d1"), fleet.inventory)
         assert status.status == "problem" and f"{root} is read-only" in status.error
-        proc = _on_device(fleet, "d1", "verify", "--archive", f"{root}/current")
+        proc = _on_device(fleet, "d1", "verify", f"{root}/current")
         assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(dev.root)], check=True)
@@ -834,7 +837,7 @@ def test_cli_keys_build_deploy_status(fleet: Fleet, keys: dict[str, Path], tmp_p
     proc = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "dist", "--release-version", "4.0.0", "--sign-key", keys["sign"])
     assert proc.returncode == 0, proc.stderr
     archive = Path(proc.stdout.strip().splitlines()[-1])
-    info = edgeseg_cli("info", "--archive", archive)
+    info = edgeseg_cli("info", archive)
     assert "release     4.0.0; signed by key" in info.stdout
     bad = edgeseg_cli("build", "--target", "cpu", "--out", tmp_path / "x", "--release-version", "v4")
     assert bad.returncode == 2 and "dotted ASCII numbers" in bad.stderr, bad.stderr
@@ -864,7 +867,7 @@ def test_compare_measures_the_installed_release_on_the_device(
     quiet = {"report": lambda _line: None}
     # d1 runs target cpu: the non-reference cpu archive (1.1.0) goes there, the reference (1.0.0) runs here
     c = compare([releases["1.0.0"], releases["1.1.0"]], images[0].parent, devices=["d1"], inventory=fleet.root / "devices.toml",
-                runs=3, warmup=1, out_dir=tmp_path / "r", **quiet)
+                runs=3, warmup=1, out_dir=tmp_path / "r", allow_other_sources=True, **quiet)  # 1.1.0 has new weights
     ref, dev = c.results
     assert (ref.device, dev.device, dev.label) == ("host", "d1", "cpu/fp32@d1") and not dev.error, dev.error
     assert dev.run["archive"] == "1.1.0" and dev.run["latency_ms"] and dev.run["peak_rss_bytes"] > 20e6  # the installed slot ran
@@ -921,7 +924,7 @@ def test_jetson_health_check_is_honest_and_fallback_explicit(fleet: Fleet, keys:
     assert res.status == "installed", res.error
     assert "(onnxruntime, fallback for tensorrt fp16)" in res.details["health"]["verdict"]
     root = fleet.inventory.get("j1").root
-    proc = _on_device(fleet, "j1", "verify", "--archive", f"{root}/current")
+    proc = _on_device(fleet, "j1", "verify", f"{root}/current")
     assert proc.returncode == 0 and proc.stdout.startswith("PASS")
     assert "running the profile's fallback_backend onnxruntime" in proc.stderr
 

@@ -151,9 +151,9 @@ def test_torchscript_file_with_argmax(tmp_path: Path, photos: dict[str, Path]) -
     proc = edgeseg_cli("build", "--target", "cpu", "--model", ts, "--spec", spec, "--with-argmax", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     archive = Path(proc.stdout.strip().splitlines()[-1])
-    proc = edgeseg_cli("run", "--archive", archive, photos["rocket"], "--out", tmp_path / "o")
+    proc = edgeseg_cli("run", archive, photos["rocket"], "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
-    proc = edgeseg_cli("run", "--archive", archive, photos["rocket"], "--out", tmp_path / "o", "--probs")
+    proc = edgeseg_cli("run", archive, photos["rocket"], "--out", tmp_path / "o", "--probs")
     assert proc.returncode == 2 and "argmax folded in" in proc.stderr
-    proc = edgeseg_cli("verify", "--archive", archive)
+    proc = edgeseg_cli("verify", archive)
     assert proc.returncode == 0 and proc.stdout.startswith("PASS")

@@ -61,9 +61,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-from PIL import Image
+
+pytest.importorskip("hypothesis", reason="hypothesis is not installed (extra 'dev')")
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import edgeseg
 from edgeseg.bundle import pack, write_manifest
@@ -664,10 +666,10 @@ def archive_checks(env: Env, case: Path, data: bytes, what: str, name: str = "a.
     for cmd in commands:
         if cmd == "run":
             (case / "in.png").write_bytes(env.base.astronaut)
-            check(env.call(case, "run", "--archive", name, "in.png", "--out", "out", out="out"), what=what)
+            check(env.call(case, "run", name, "in.png", "--out", "out", out="out"), what=what)
             shutil.rmtree(case / "out", ignore_errors=True)
         else:
-            check(env.call(case, cmd, "--archive", name), what=what)
+            check(env.call(case, cmd, name), what=what)
 
 
 # ----------------------------------------------------------------------------------- a) tar streams
@@ -1120,7 +1122,7 @@ def test_fuzz_signature(env: Env, data: st.DataObject) -> None:
         archive_checks(env, case, b.targz(members), f"signature {form}: {sig[:80]!r}")
         if not (case / "a.tar.gz").exists():
             return
-        res = env.call(case, "info", "--archive", "a.tar.gz", "--json")
+        res = env.call(case, "info", "a.tar.gz", "--json")
         check(res, what=f"info --json, signature {form}")
         if res.rc == 0 and "signature valid" in res.stdout:
             # a signature said valid must be the original one: same Ed25519 signature and public key bytes
@@ -1215,7 +1217,7 @@ def test_fuzz_pipeline(env: Env, data: st.DataObject) -> None:
         what = f"pipeline ops {ops} form={form}"
         archive_checks(env, case, archive, what, commands=("info", "verify"))
         (case / "in.png").write_bytes(b.astronaut)
-        check(env.call(case, "run", "--archive", "a.tar.gz", "in.png", "--out", "out", *flags, out="out"),
+        check(env.call(case, "run", "a.tar.gz", "in.png", "--out", "out", *flags, out="out"),
               what=what)
 
 
@@ -1363,7 +1365,7 @@ def test_fuzz_images(env: Env, data: st.DataObject) -> None:
         if data.draw(st.integers(0, 5), label="max-pixels (5)") == 5:
             flags += ["--max-pixels", data.draw(st.sampled_from(["1", "100", "1728", "1000000"]), label="max")]
         inputs = ["in"] if data.draw(st.integers(0, 4), label="folder (4)") == 4 else files
-        res = env.call(case, "run", "--archive", env.base.stage, *inputs, "--out", "out", *flags, out="out")
+        res = env.call(case, "run", env.base.stage, *inputs, "--out", "out", *flags, out="out")
         check(res, what=f"images {notes} flags {flags}")
         if res.rc == 0 and not res.problems:
             suffixes = [".png"] + (["_overlay.png"] if "--overlay" in flags else []) + (["_scores.npy"] if "--probs" in flags else [])
@@ -1397,13 +1399,13 @@ def _cli_case(case: Path, base: Base, photo: bytes) -> None:
 @fuzz(120)
 @given(data=st.data())
 def test_fuzz_cli_args(env: Env, data: st.DataObject) -> None:
-    """Odd --runs/--warmup/--max-pixels/--out values, clashing and odd input names, odd --archive paths."""
+    """Odd --runs/--warmup/--max-pixels/--out values, clashing and odd input names, odd archive paths."""
     env.example()
     photo = {lbl: raw for lbl, raw, _ in env.images}["png-rgb"]
     cmd = data.draw(st.sampled_from(["run", "run", "run", "measure", "bench", "info", "verify"]), label="command")
     archive = data.draw(st.sampled_from(["A.tar.gz"] * 6 + [str(env.base.stage), "", ".", "in/a.png", "missing.tar.gz",
                                                              "/dev/null", "in", "file.txt", "-"]), label="archive")
-    argv = [cmd, "--archive", archive]
+    argv = [cmd, archive]
     out = data.draw(st.sampled_from(["out", "out", "out", ".", "in", "in/", "", "a.png", "file.txt", "file.txt/sub",
                                      "out/../out2", "x" * 300, "deep/er/out", "/dev/null", "noimages", "\u00e9",
                                      os.fsdecode(b"\xff")]), label="out")
@@ -1452,7 +1454,7 @@ def _refused_fast(env: Env, data: bytes, name: str = "a.tar.gz", limit: float = 
     with env.case() as case:
         (case / name).write_bytes(data)
         for cmd in commands:
-            res = env.call(case, cmd, "--archive", name)
+            res = env.call(case, cmd, name)
             check(res, what=f"regression {name}")
             assert res.rc == (2 if cmd == "info" else 1), res.brief()
             assert res.seconds < limit, f"{cmd} took {res.seconds:.2f} s (limit {limit} s)"
@@ -1498,7 +1500,7 @@ def test_100k_empty_members(env: Env) -> None:
     rest = b"".join(member_chunk(n, d) for n, d in env.base.members[1:])
     with env.case() as case:
         (case / "dirs.tar.gz").write_bytes(_targz(_manifest_chunk(env.base), folders, rest))
-        res = env.call(case, "info", "--archive", "dirs.tar.gz")
+        res = env.call(case, "info", "dirs.tar.gz")
         check(res, what="100k folder members")
         assert res.seconds < CASE_TIMEOUT_S
     many = copy.deepcopy(env.base.manifest)
@@ -1531,7 +1533,7 @@ def test_unlisted_3gb_member_is_refused_at_its_header(env: Env, compressed: bool
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            res = env.call(case, "info", "--archive", path.name)
+            res = env.call(case, "info", path.name)
         finally:
             done.set()
             sampler.join()
@@ -1562,7 +1564,7 @@ def test_deeply_nested_json(env: Env, doc: str, depth: int) -> None:
     with env.case() as case:
         (case / "a.tar.gz").write_bytes(b.targz(members))
         for cmd in ("info", "verify"):
-            res = env.call(case, cmd, "--archive", "a.tar.gz")
+            res = env.call(case, cmd, "a.tar.gz")
             check(res, what=f"{depth}-deep {doc}")
             assert res.rc != 0 and res.seconds < FAST_S, res.brief()
             if doc == "signature":
@@ -1595,10 +1597,10 @@ def test_3_byte_signature_is_invalid(env: Env) -> None:
     members = [b.signed_members[0], ("manifest.sig", b"abc")] + b.signed_members[2:]
     with env.case() as case:
         (case / "a.tar.gz").write_bytes(b.targz(members))
-        info = env.call(case, "info", "--archive", "a.tar.gz")
+        info = env.call(case, "info", "a.tar.gz")
         check(info, what="3-byte signature")
         assert info.rc == 1 and "signature INVALID" in info.stdout, info.brief()
-        verify = env.call(case, "verify", "--archive", "a.tar.gz")
+        verify = env.call(case, "verify", "a.tar.gz")
         check(verify, what="3-byte signature")
         assert verify.rc == 1 and verify.stdout.startswith("FAIL: ") and "signature INVALID" in verify.stdout
 
@@ -1609,7 +1611,7 @@ def test_max_pixels_accepts_the_documented_default(env: Env) -> None:
     with env.case() as case:
         (case / "in.png").write_bytes(env.base.astronaut)
         for value in ("64000000", "100000000"):
-            res = env.call(case, "run", "--archive", env.base.stage, "in.png", "--out", f"out{value}", "--max-pixels",
+            res = env.call(case, "run", env.base.stage, "in.png", "--out", f"out{value}", "--max-pixels",
                            value, out=f"out{value}")
             check(res, allow_usage=True, what=f"--max-pixels {value}")
             assert res.rc == 0 and not res.usage, res.brief()
@@ -1625,7 +1627,7 @@ def test_backend_import_writes_nothing(env: Env, tmp_path: Path) -> None:
     home.mkdir()
     child_env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     child_env.update(TMPDIR=str(tmp), HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, "-m", "edgeseg_runtime", "info", "--archive", str(env.base.archive)],
+    proc = subprocess.run([sys.executable, "-m", "edgeseg_runtime", "info", str(env.base.archive)],
                           check=False, capture_output=True, text=True, env=child_env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
@@ -1638,7 +1640,7 @@ def test_decoder_warnings_stay_off_stderr(env: Env) -> None:
     env.example()
     with env.case() as case:
         (case / "t.tif").write_bytes(b"II*\x00\x08\x00\x00\x00")
-        res = env.call(case, "run", "--archive", env.base.stage, "t.tif", "--out", "out", out="out")
+        res = env.call(case, "run", env.base.stage, "t.tif", "--out", "out", out="out")
         check(res, what="8-byte TIFF")
         assert res.rc == 1 and res.stderr.count("\n") == 1, res.brief()
 
@@ -1654,10 +1656,10 @@ def test_non_utf8_file_name(env: Env, command: str) -> None:
         if command == "info":
             archive = os.fsdecode(b"\xff\xfe.tar.gz")
             (case / archive).write_bytes(env.base.gz)
-            res = env.call(case, "info", "--archive", archive)
+            res = env.call(case, "info", archive)
         else:
             (case / name).write_bytes(env.base.astronaut)
-            res = env.call(case, command, "--archive", env.base.stage, name, "--out", "out",
+            res = env.call(case, command, env.base.stage, name, "--out", "out",
                            *(["--runs", "1"] if command == "measure" else []), out="out")
         check(res, what=f"non-UTF-8 file name ({command})")
         assert res.rc == 0, res.brief()
@@ -1673,7 +1675,7 @@ def test_out_that_cannot_be_a_folder(env: Env, command: str, out: str) -> None:
     with env.case() as case:
         (case / "a.png").write_bytes(env.base.astronaut)
         (case / "file.txt").write_text("x")
-        res = env.call(case, command, "--archive", env.base.stage, "a.png", "--out", out,
+        res = env.call(case, command, env.base.stage, "a.png", "--out", out,
                        *(["--runs", "1"] if command == "measure" else []), out=out)
         check(res, what=f"{command} --out {out}")
         assert res.rc == 2, res.brief()
@@ -1685,7 +1687,7 @@ def test_measure_never_overwrites_an_input(env: Env) -> None:
     with env.case() as case:
         (case / "in").mkdir()
         (case / "in" / "a.png").write_bytes(env.base.astronaut)
-        res = env.call(case, "measure", "--archive", env.base.stage, "in/a.png", "--out", "in", "--runs", "1", out="in")
+        res = env.call(case, "measure", env.base.stage, "in/a.png", "--out", "in", "--runs", "1", out="in")
         check(res, what="measure --out the input folder")
         assert (case / "in" / "a.png").read_bytes() == env.base.astronaut, "measure overwrote its input in/a.png"
 
@@ -1701,6 +1703,6 @@ def test_golden_entry_naming_a_folder_or_another_file(env: Env, field_: str, tar
     with env.case() as case:
         (case / "a.tar.gz").write_bytes(env.base.targz([("manifest.json", dumps_like_write_manifest(doc))]
                                                        + env.base.members[1:]))
-        res = env.call(case, "verify", "--archive", "a.tar.gz")
+        res = env.call(case, "verify", "a.tar.gz")
         check(res, what=f"golden[0].{field_} = {target!r}")
         assert res.rc == 1, res.brief()

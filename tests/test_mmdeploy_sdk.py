@@ -77,7 +77,7 @@ def _sdk_outputs(python: Path, archive: Path, photos: list[Path], tmp: Path) -> 
 
 def _label_agreement(sdk: dict[str, np.ndarray], archive: Path, photos: list[Path], tmp: Path) -> list[float]:
     """Fraction of pixels where the SDK's label equals ``edgeseg run``'s, per photo."""
-    run = edgeseg_cli("run", "--archive", archive, *photos, "--out", tmp / "run")
+    run = edgeseg_cli("run", archive, *photos, "--out", tmp / "run")
     assert run.returncode == 0, run.stderr
     agreement = []
     for photo in photos:

@@ -93,7 +93,7 @@ def test_build_from_config_and_checkpoint_for_intel_agrees_with_pytorch(bisenet,
     assert manifest["provenance"]["exporter"] == "torchscript"
     _, resize, normalize, *_ = pipeline["pipeline"]["tasks"][0]["transforms"]
     assert resize["size"] == [512, 256] and normalize["mean"] == list(spec.input.mean) and normalize["to_rgb"] is True
-    run = edgeseg_cli("run", "--archive", archive, *photos.values(), "--out", tmp_path / "run")
+    run = edgeseg_cli("run", archive, *photos.values(), "--out", tmp_path / "run")
     assert run.returncode == 0, run.stderr
     for name, photo in photos.items():
         ours = np.asarray(Image.open(tmp_path / "run" / f"{name}.png"))

@@ -41,7 +41,7 @@ def test_gate_figures_are_real_and_verify_passes(
     got = _labels(result.archive, images)
     agree = sum(int((a == b).sum()) for a, b in zip(got, ref, strict=True)) / sum(a.size for a in ref)
     assert agree == pytest.approx(acc["pixel_agreement"], abs=1e-6) and agree >= 0.98
-    proc = edgeseg_cli("verify", "--archive", result.archive)
+    proc = edgeseg_cli("verify", result.archive)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -161,7 +161,7 @@ def test_cli_build_int8_with_calibration_folder(tmp_path: Path) -> None:
         q = a.manifest["quantization"]
     assert q["calibration"]["count"] == 24 and q["accuracy"]["passed"] is True
     assert json.loads(json.dumps(q))["accuracy"]["budget"] == {"max_miou_drop": None, "min_pixel_agreement": 0.98}
-    info = edgeseg_cli("info", "--archive", archive).stdout
+    info = edgeseg_cli("info", archive).stdout
     assert "calibration 24 images" in info and f"pixel agreement {q['accuracy']['pixel_agreement']:.2%}" in info
 
 

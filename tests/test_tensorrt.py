@@ -153,16 +153,16 @@ def test_without_tensorrt_verify_and_run_say_so(jetson: dict[str, edgeseg.BuildR
     if HAS_TRT:
         pytest.skip("TensorRT is installed here")
     archive = jetson["fp16"].archive
-    info = edgeseg_cli("info", "--archive", archive)
+    info = edgeseg_cli("info", archive)
     assert info.returncode == 0
     for line in ("engine      built on the device by TensorRT on first install", "engine key  TensorRT version + GPU compute "
                  "capability + precision + shapes + ONNX sha256", "untested    the engine build and runner never ran"):
         assert line in info.stdout
-    verify = edgeseg_cli("verify", "--archive", archive)
+    verify = edgeseg_cli("verify", archive)
     assert verify.returncode == 2  # could not run (the backend is missing), not a failed check
     assert verify.stderr.startswith("edgeseg: error: TensorRT is not installed here (No module named 'tensorrt')")
     assert verify.stderr.count("\n") == 1 and verify.stdout == ""
-    run = edgeseg_cli("run", "--archive", archive, photos["astronaut"], "--out", tmp_path)
+    run = edgeseg_cli("run", archive, photos["astronaut"], "--out", tmp_path)
     assert run.returncode == 2 and "TensorRT is not installed here" in run.stderr and not any(tmp_path.iterdir())
 
 
@@ -176,14 +176,14 @@ def test_fallback_is_explicit_and_said(jetson: dict[str, edgeseg.BuildResult], a
     assert fb == {"name": "onnxruntime", "net": "end2end.onnx", "weights": "", "options": {"providers": ["CPUExecutionProvider"]},
                   "requirement": "onnxruntime>=1.17"}
     assert "onnxruntime>=1.17" in r.manifest["runtime"]["requirements"]
-    assert "fallback    onnxruntime on end2end.onnx when tensorrt is missing" in edgeseg_cli("info", "-a", r.archive).stdout
-    verify = edgeseg_cli("verify", "--archive", r.archive)
+    assert "fallback    onnxruntime on end2end.onnx when tensorrt is missing" in edgeseg_cli("info", r.archive).stdout
+    verify = edgeseg_cli("verify", r.archive)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith("PASS") and "(onnxruntime, fallback for tensorrt fp16)" in verify.stdout
     assert "TensorRT is not installed here" in verify.stderr and "running the profile's fallback_backend onnxruntime" in verify.stderr
     # the fallback's label maps are the cpu archive's
     for name, archive in (("fb", r.archive), ("cpu", archives["cpu"])):
-        assert edgeseg_cli("run", "-a", archive, photos["astronaut"], photos["rocket"], "--out", tmp_path / name).returncode == 0
+        assert edgeseg_cli("run", archive, photos["astronaut"], photos["rocket"], "--out", tmp_path / name).returncode == 0
     for stem in ("astronaut", "rocket"):
         a, b = (np.asarray(Image.open(tmp_path / d / f"{stem}.png")) for d in ("fb", "cpu"))
         assert np.array_equal(a, b)
@@ -197,6 +197,7 @@ def test_attach_engine_relists_and_resigns(jetson: dict[str, edgeseg.BuildResult
 
     The bytes stand for a device's plan only as an opaque payload: this checks the archive, not TensorRT.
     """
+    pytest.importorskip("cryptography", reason="cryptography is not installed (extra 'deploy'): no signed archives")
     keys = new_keypair(tmp_path)
     payload = tmp_path / "k.engine"
     payload.write_bytes(os.urandom(2048))
@@ -213,7 +214,7 @@ def test_attach_engine_relists_and_resigns(jetson: dict[str, edgeseg.BuildResult
         key_id, pub = load_public_key(keys.public)
         assert verify_manifest(archive.path("manifest.json").read_bytes(), archive.path("manifest.sig").read_bytes(),
                                {key_id: pub}) == key_id
-    info = edgeseg_cli("info", "-a", out).stdout
+    info = edgeseg_cli("info", out).stdout
     assert "prebuilt    engines/abababab" in info and "Orin sm 8.7, TensorRT 10.3.0" in info
 
 

@@ -68,6 +68,7 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> st
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("cryptography", reason="cryptography is not installed (extra 'deploy'): no signed archives")
     d = tmp_path_factory.mktemp("signed")
     kp = new_keypair(d / "keys")
     archive = edgeseg.build(target="cpu", out_dir=d, sign_key=kp.private, report=lambda _l: None).archive
@@ -105,42 +106,42 @@ def test_unlisted_member_in_signed_targz_is_refused_at_its_header(signed: dict[s
             payload = b"import os; os.system('touch /tmp/pwned')"
             extra.size = len(payload)
             dst.addfile(extra, io.BytesIO(payload))
-        proc = edgeseg_cli("verify", "--archive", bad, env=_env(private_tmp))
+        proc = edgeseg_cli("verify", bad, env=_env(private_tmp))
         assert proc.returncode == 1 and "is not listed in the manifest" in proc.stdout and planted in proc.stdout
-        proc = edgeseg_cli("info", "--archive", bad, env=_env(private_tmp))
+        proc = edgeseg_cli("info", bad, env=_env(private_tmp))
         assert "is not listed in the manifest" in _one_line_error(proc)
     assert not list(private_tmp.glob("edgeseg-*")), "the temporary extraction folder is removed"
 
 
 def test_unlisted_files_in_folder_are_refused_whatever_their_name(signed: dict[str, Path], tmp_path: Path) -> None:
     folder = _unpack(signed["archive"], tmp_path / "x")
-    assert edgeseg_cli("verify", "--archive", folder).returncode == 0
+    assert edgeseg_cli("verify", folder).returncode == 0
     for planted in ("runtime/edgeseg_runtime/__pycache__/archive.cpython-311.pyc", "runtime/build/lib/x.py",
                     "runtime/edgeseg_runtime.egg-info/PKG-INFO", "golden/__pycache__/x.pyc", ".hidden"):
         path = folder / planted
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"planted")
-        proc = edgeseg_cli("verify", "--archive", folder)
+        proc = edgeseg_cli("verify", folder)
         assert proc.returncode == 1 and f"file {planted!r} is not listed in the manifest" in proc.stdout, proc.stdout
         if "__pycache__" in planted:
             assert "python -B" in proc.stdout  # says how such a file gets there legitimately
         path.unlink()
     # a link is refused too, even one pointing at a listed file with the same bytes
     (folder / "extra.onnx").symlink_to(folder / "end2end.onnx")
-    proc = edgeseg_cli("verify", "--archive", folder)
+    proc = edgeseg_cli("verify", folder)
     assert proc.returncode == 1 and "is a link" in proc.stdout
 
 
 # ---------------------------------------------------------------- case 3
 def test_info_and_verify_say_signature_invalid(signed: dict[str, Path], tmp_path: Path) -> None:
-    proc = edgeseg_cli("info", "--archive", signed["archive"])
+    proc = edgeseg_cli("info", signed["archive"])
     assert proc.returncode == 0 and "(signature valid;" in proc.stdout
     # a 3-byte signature
     folder = _unpack(signed["archive"], tmp_path / "three")
     (folder / "manifest.sig").write_bytes(b"abc")
-    proc = edgeseg_cli("info", "--archive", folder)
+    proc = edgeseg_cli("info", folder)
     assert proc.returncode == 1 and "signature INVALID" in proc.stdout and "signed by key" not in proc.stdout
-    proc = edgeseg_cli("verify", "--archive", folder)
+    proc = edgeseg_cli("verify", folder)
     assert proc.returncode == 1 and proc.stdout.startswith("FAIL") and "signature INVALID" in proc.stdout
     # a well-formed signature over another manifest: the archive was altered after signing
     folder = _unpack(signed["archive"], tmp_path / "altered")
@@ -149,9 +150,9 @@ def test_info_and_verify_say_signature_invalid(signed: dict[str, Path], tmp_path
     folder2 = _unpack(bad, tmp_path / "altered2")
     (folder2 / "manifest.sig").write_bytes(sig)
     for target in (folder2, pack(folder2, tmp_path / "altered2.tar.gz")):
-        proc = edgeseg_cli("info", "--archive", target)
+        proc = edgeseg_cli("info", target)
         assert proc.returncode == 1 and "signature INVALID" in proc.stdout and "altered after signing" in proc.stdout
-        proc = edgeseg_cli("verify", "--archive", target, "--json")
+        proc = edgeseg_cli("verify", target, "--json")
         assert proc.returncode == 1 and json.loads(proc.stdout)["passed"] is False
 
 
@@ -170,7 +171,7 @@ def test_manifest_with_a_bad_version_is_refused(signed: dict[str, Path], tmp_pat
     assert parse_version("1.10.0") > parse_version("1.9.3") and parse_version("2.0") == parse_version("2")
     folder = _unpack(signed["archive"], tmp_path / "x")
     bad = _rebuild(folder, tmp_path / "v.tar.gz", lambda m: m["release"].update(version="2.0.0\n"))
-    assert "release.version" in _one_line_error(edgeseg_cli("info", "--archive", bad))
+    assert "release.version" in _one_line_error(edgeseg_cli("info", bad))
 
 
 # ---------------------------------------------------------------- case 5
@@ -181,7 +182,7 @@ def test_only_supported_formats_are_decoded(archives: dict[str, Path], photos: d
     inputs.mkdir()
     rgb.save(inputs / "eps.png", format="EPS")
     (inputs / "ok.png").write_bytes(photos["rocket"].read_bytes())
-    proc = edgeseg_cli("run", "--archive", archives["cpu"], inputs, "--out", tmp_path / "out")
+    proc = edgeseg_cli("run", archives["cpu"], inputs, "--out", tmp_path / "out")
     assert proc.returncode == 1, proc.stderr
     assert "eps.png: not an image file in a format the runtime reads" in proc.stderr
     assert "ghostscript" not in proc.stderr.lower()
@@ -235,7 +236,7 @@ def test_hostile_tar_headers_are_refused_quickly(kind: str, archives: dict[str, 
         with Archive.open(bad):
             pass
     assert time.monotonic() - t0 < 2.0
-    proc = edgeseg_cli("verify", "--archive", bad, env=_env(private_tmp))
+    proc = edgeseg_cli("verify", bad, env=_env(private_tmp))
     assert proc.returncode == 1 and proc.stdout.startswith("FAIL") and proc.stdout.count("\n") == 1, proc.stdout
     assert not list(private_tmp.glob("edgeseg-*"))
 
@@ -251,12 +252,12 @@ def test_members_are_checked_against_the_manifest_before_extraction(archives: di
     bad = tmp_path / "big.tar.gz"
     bad.write_bytes(gzip.compress(body + three_gb + bytes(512 * 64)))  # the data is never read
     t0 = time.monotonic()
-    proc = edgeseg_cli("verify", "--archive", bad, env=_env(private_tmp))
+    proc = edgeseg_cli("verify", bad, env=_env(private_tmp))
     assert proc.returncode == 1 and "'big.bin' is not listed in the manifest" in proc.stdout
     assert "nothing of it was unpacked" in proc.stdout
     many = b"".join(_tar_header(f"e{i}", b"00000000000\x00") for i in range(100_000))
     bad.write_bytes(gzip.compress(body + many + bytes(1024)))
-    proc = edgeseg_cli("verify", "--archive", bad, env=_env(private_tmp))
+    proc = edgeseg_cli("verify", bad, env=_env(private_tmp))
     assert proc.returncode == 1 and "'e0' is not listed in the manifest" in proc.stdout
     assert time.monotonic() - t0 < 30 and not list(private_tmp.glob("edgeseg-*"))
 
@@ -270,7 +271,7 @@ def test_huge_listed_member_is_refused_before_hashing(archives: dict[str, Path],
     manifest["files"]["big.bin"] = {"sha256": "0" * 64, "size": 200 << 30}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     t0 = time.monotonic()
-    proc = edgeseg_cli("verify", "--archive", folder)
+    proc = edgeseg_cli("verify", folder)
     assert proc.returncode == 1 and "over the limit" in proc.stdout and "EDGESEG_MAX_ARCHIVE_BYTES" in proc.stdout
     assert time.monotonic() - t0 < 10
     with pytest.raises(ArchiveError, match="over the limit"):
@@ -289,7 +290,7 @@ def test_pipeline_resize_is_checked_against_the_model_at_open(size: list[Any], a
     (folder / "pipeline.json").write_text(json.dumps(pipeline))
     bad = _rebuild(folder, tmp_path / "r.tar.gz")
     t0 = time.monotonic()
-    proc = edgeseg_cli("run", "--archive", bad, photos["rocket"], "--out", tmp_path / "out")
+    proc = edgeseg_cli("run", bad, photos["rocket"], "--out", tmp_path / "out")
     err = _one_line_error(proc)
     assert "pipeline.json" in err and time.monotonic() - t0 < 20
     assert not (tmp_path / "out").exists()
@@ -305,7 +306,7 @@ def test_peak_memory_per_image_is_bounded(archives: dict[str, Path], tmp_path: P
     # VmHWM of the process's own memory map: getrusage/wait4's ru_maxrss also counts the parent's pages at fork
     code = ("import sys\nfrom edgeseg_runtime.cli import main\nrc = main(sys.argv[1:])\n"
             "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)\nsys.exit(rc)\n")
-    argv = [sys.executable, "-c", code, "run", "--archive", str(archives["cpu"]), str(big), "--out",
+    argv = [sys.executable, "-c", code, "run", str(archives["cpu"]), str(big), "--out",
             str(tmp_path / "out"), "--overlay", "--probs"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     out, err = proc.stdout, proc.stderr
@@ -329,7 +330,7 @@ def test_targz_opens_without_python_tarfile(archives: dict[str, Path], tmp_path:
     code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'tarfile': raise ImportError('tarfile blocked by test')\n"
             "sys.meta_path.insert(0, Block())\nfrom edgeseg_runtime.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, "verify", "--archive", str(archives["cpu"])],
+    proc = subprocess.run([sys.executable, "-c", code, "verify", str(archives["cpu"])],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
 
@@ -372,11 +373,11 @@ def test_malformed_manifest_is_one_line(edit: str, archives: dict[str, Path], ph
     else:
         bad = _rebuild(folder, tmp_path / "bad.tar.gz", MANIFEST_EDITS[edit], refresh_files=edit not in (
             "files-list", "size-string", "size-negative"))
-    for argv in (["info", "--archive", bad], ["run", "--archive", bad, photos["rocket"], "--out", tmp_path / "o"],
-                 ["bench", "--archive", bad, "--runs", "1"]):
+    for argv in (["info", bad], ["run", bad, photos["rocket"], "--out", tmp_path / "o"],
+                 ["bench", bad, "--runs", "1"]):
         err = _one_line_error(edgeseg_cli(*argv))
         assert "manifest.json" in err, err
-    proc = edgeseg_cli("verify", "--archive", bad)
+    proc = edgeseg_cli("verify", bad)
     assert proc.returncode == 1 and proc.stdout.startswith("FAIL") and proc.stdout.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
@@ -399,24 +400,24 @@ def test_malformed_pipeline_is_one_line(edit: str, archives: dict[str, Path], ph
     out = PIPELINE_EDITS[edit](pipeline)
     (folder / "pipeline.json").write_bytes(out if isinstance(out, bytes) else json.dumps(pipeline).encode())
     bad = _rebuild(folder, tmp_path / "bad.tar.gz")
-    for argv in (["info", "--archive", bad], ["run", "--archive", bad, photos["rocket"], "--out", tmp_path / "o"]):
+    for argv in (["info", bad], ["run", bad, photos["rocket"], "--out", tmp_path / "o"]):
         assert "pipeline.json" in _one_line_error(edgeseg_cli(*argv))
 
 
 def test_cli_usage_errors_are_one_line(archives: dict[str, Path], photos: dict[str, Path], tmp_path: Path) -> None:
-    for argv in (["bench", "--archive", archives["cpu"], "--runs", "-3"], ["bench", "--archive", archives["cpu"],
-                 "--warmup", "x"], ["run", "--archive", archives["cpu"]], ["nosuchcommand"],
-                 ["run", "--archive", archives["cpu"], photos["rocket"], "--out", photos["astronaut"]]):
+    for argv in (["bench", archives["cpu"], "--runs", "-3"], ["bench", archives["cpu"],
+                 "--warmup", "x"], ["run", archives["cpu"]], ["nosuchcommand"],
+                 ["run", archives["cpu"], photos["rocket"], "--out", photos["astronaut"]]):
         assert "error:" in _one_line_error(edgeseg_cli(*argv))
     # a missing archive cannot be verified: 2 (could not run), not 1 (FAIL)
-    assert "no such archive" in _one_line_error(edgeseg_cli("verify", "--archive", tmp_path / "missing.tar.gz"))
+    assert "no such archive" in _one_line_error(edgeseg_cli("verify", tmp_path / "missing.tar.gz"))
 
 
 def test_backend_not_installed_is_could_not_run(archives: dict[str, Path]) -> None:
     code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
             "        if name.split('.')[0] == 'onnxruntime': raise ImportError('blocked by test')\n"
             "sys.meta_path.insert(0, Block())\nfrom edgeseg_runtime.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, "verify", "--archive", str(archives["cpu"])],
+    proc = subprocess.run([sys.executable, "-c", code, "verify", str(archives["cpu"])],
                           capture_output=True, text=True, timeout=120)
     assert "onnxruntime is not installed" in _one_line_error(proc)
 
@@ -425,13 +426,13 @@ def test_backend_not_installed_is_could_not_run(archives: dict[str, Path]) -> No
 def test_output_into_a_closed_pipe_is_quiet(command: str, archives: dict[str, Path], photos: dict[str, Path],
                                             tmp_path: Path) -> None:
     extra = [str(p) for p in photos.values()] + ["--out", str(tmp_path / "o")] if command == "run" else []
-    cmd = [sys.executable, "-m", "edgeseg", command, "--archive", str(archives["cpu"]), *extra]
+    cmd = [sys.executable, "-m", "edgeseg", command, str(archives["cpu"]), *extra]
     proc = subprocess.run(f"{' '.join(cmd)} | head -c 1", shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and proc.stderr == ""
 
 
 def test_sigterm_removes_the_temporary_extraction(archives: dict[str, Path], tmp_path: Path, private_tmp: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "bench", "--archive", str(archives["cpu"]), "--runs",
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "bench", str(archives["cpu"]), "--runs",
                              "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(private_tmp))
     deadline = time.monotonic() + 60
     while not list(private_tmp.glob("edgeseg-*")) and time.monotonic() < deadline:
@@ -452,10 +453,10 @@ def test_run_never_overwrites_an_input(archives: dict[str, Path], photos: dict[s
     shutil.copyfile(photos["astronaut"], inputs / "rocket_overlay.png")
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
     # --out = the input folder: rocket.png would be overwritten by its own label map
-    err = _one_line_error(edgeseg_cli("run", "--archive", archives["cpu"], inputs, "--out", inputs))
+    err = _one_line_error(edgeseg_cli("run", archives["cpu"], inputs, "--out", inputs))
     assert "never overwriting an input" in err
     # a.png + a_overlay.png with --overlay into another folder: two outputs share a name
-    err = _one_line_error(edgeseg_cli("run", "--archive", archives["cpu"], inputs, "--out", inputs / "o2", "--overlay"))
+    err = _one_line_error(edgeseg_cli("run", archives["cpu"], inputs, "--out", inputs / "o2", "--overlay"))
     assert "would both write rocket_overlay.png" in err
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before  # nothing written, nothing lost
 
@@ -491,9 +492,9 @@ def test_signature_without_its_public_key_is_invalid(signed: dict[str, Path], tm
     (folder / "manifest.json").write_text(json.dumps(manifest))
     for variant in ({k: v for k, v in sig.items() if k != "public_key"}, {**sig, "public_key": None}):
         (folder / "manifest.sig").write_text(json.dumps(variant))
-        proc = edgeseg_cli("info", "--archive", folder)
+        proc = edgeseg_cli("info", folder)
         assert proc.returncode == 1 and "signature INVALID" in proc.stdout, proc.stdout
-        proc = edgeseg_cli("verify", "--archive", folder)
+        proc = edgeseg_cli("verify", folder)
         assert proc.returncode == 1 and "signature INVALID" in proc.stdout
 
 
@@ -514,13 +515,13 @@ def test_header_floods_are_refused_at_once(signed: dict[str, Path], tmp_path: Pa
         bad = tmp_path / f"{name}.tar.gz"
         bad.write_bytes(gzip.compress(head + flood + rest))
         t0 = time.monotonic()
-        proc = edgeseg_cli("info", "--archive", bad)
+        proc = edgeseg_cli("info", bad)
         assert proc.returncode == 2 and ("two pax headers in a row" in proc.stderr or "appears twice" in proc.stderr)
         assert time.monotonic() - t0 < 20, name
 
 
 def test_folder_behind_a_switched_link_is_read_from_one_release(archives: dict[str, Path], tmp_path: Path) -> None:
-    """--archive R/current is resolved once: switching the link mid-run cannot pair one release's model with
+    """An archive given as R/current is resolved once: switching the link mid-run cannot pair one release's model with
     another's manifest."""
     a = _unpack(archives["cpu"], tmp_path / "releases" / "1")
     link = tmp_path / "current"

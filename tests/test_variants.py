@@ -163,7 +163,7 @@ def test_verify_passes_on_the_variant_archive(psp_archives) -> None:  # noqa: AN
     from conftest import edgeseg_cli
 
     for result in psp_archives.values():
-        proc = edgeseg_cli("verify", "--archive", result.archive)
+        proc = edgeseg_cli("verify", result.archive)
         assert proc.returncode == 0 and proc.stdout.startswith("PASS"), proc.stdout + proc.stderr
         manifest = json.loads(tarfile.open(result.archive).extractfile("manifest.json").read())
         assert manifest["build_check"]["passed"] is True

@@ -63,7 +63,27 @@ def _quiet() -> Any:
         yield sink
 
 
+#: (coremltools release prefix, first numpy it crashes with): measured, coremltools 9.0 with numpy 2.4.x
+_NUMPY_CEILINGS = (("9.0", (2, 4)),)
+
+
+def _check_numpy_pair() -> None:
+    """Refuse, in one line, a coremltools/numpy pair known to crash (checked before importing coremltools)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ct_version, np_version = version("coremltools"), version("numpy")
+    except PackageNotFoundError:
+        return
+    np_release = tuple(int(p) for p in np_version.split(".")[:2] if p.isdigit())
+    for prefix, ceiling in _NUMPY_CEILINGS:
+        if (ct_version == prefix or ct_version.startswith(prefix + ".")) and np_release >= ceiling:
+            raise ToolchainError(f"coremltools {ct_version} crashes with numpy {np_version} (measured); "
+                                 f"pip install 'numpy<{ceiling[0]}.{ceiling[1]}' in this environment")
+
+
 def _ct() -> Any:
+    _check_numpy_pair()
     try:
         with _quiet():
             import coremltools as ct

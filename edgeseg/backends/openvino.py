@@ -34,6 +34,7 @@ import numpy as np
 from edgeseg_runtime.pipeline import output_labels
 from edgeseg_runtime.runners import Option, import_backend
 
+from .._capture import stdout_to_stderr
 from ..errors import ConfigError
 from ..metrics import confusion_matrix, scores_from_confusion
 from ..targets import Target
@@ -116,7 +117,7 @@ class OpenVINOBackend(BaseBackend):
             "ignored_scope": ignored,
         }
         controlled = q.max_miou_drop is not None and bool(calibration.validation)
-        with translate_errors("NNCF int8 quantization failed"):
+        with translate_errors("NNCF int8 quantization failed"), stdout_to_stderr():  # NNCF's progress bars
             if controlled:
                 quantized = nncf.quantize_with_accuracy_control(
                     model,

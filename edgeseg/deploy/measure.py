@@ -79,6 +79,7 @@ def measure_on_device(
                 link.upload(image, f"{scratch}/images/{image.name}", 0)
             say(f"{device.name}: {len(images)} images uploaded, measuring release {current.version}")
             argv = link.agent_argv(
+                # the device's installed runtime may predate the positional ARCHIVE: the alias works in both
                 "exec", "--", "measure", "--archive", current.slot, f"{scratch}/images", "--out", f"{scratch}/out",
                 "--runs", str(runs), "--warmup", str(warmup), *([] if scores else ["--no-scores"]),
             )

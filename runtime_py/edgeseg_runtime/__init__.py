@@ -7,7 +7,7 @@ Public surface::
 
     from edgeseg_runtime import Archive, Segmentor, load_image, verify_archive
 
-    with Archive.open("dist/selfie_segmentation-cpu.tar.gz") as archive, Segmentor(archive) as seg:
+    with Archive.open("dist/selfie_segmentation-cpu-fp32.tar.gz") as archive, Segmentor(archive) as seg:
         result = seg.segment(load_image("photo.jpg"))
         result.labels        # (H, W) uint8 class ids at the photo's size
 """

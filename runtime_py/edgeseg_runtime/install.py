@@ -23,7 +23,7 @@ the install root ``R``::
     version_floor              the highest release version ever installed here (anti-rollback)
     journal.json               the install in progress and its phase
     lock                       flock(2)ed by the command that changes the root (see below)
-    bin/edgeseg                runs the runtime of ``current`` (``R/bin/edgeseg verify --archive R/current``)
+    bin/edgeseg                runs the runtime of ``current`` (``R/bin/edgeseg verify R/current``)
 
 **One at a time.** Every command that changes the root (``install``,
 ``rollback``, ``recover``, ``prune``, ``engine``) holds an exclusive
@@ -760,14 +760,14 @@ class InstallRoot:
         env = self._runtime_env(slot, site)
         t0 = time.perf_counter()
         self.report("health check: verify on the golden set")
-        verify, why = self._runtime_answer(VerifyOutcome, ["verify", "--archive", str(slot), "--json"], env, timeout)
+        verify, why = self._runtime_answer(VerifyOutcome, ["verify", str(slot), "--json"], env, timeout)
         passed, verdict = (verify.passed, verify.verdict) if verify is not None else (False, f"FAIL: {why}")
         latency: float | None = None
         budget = manifest.target.deploy.latency_budget_ms
         if passed and budget:
             self.report(f"health check: latency against the budget of {budget} ms")
             bench, why = self._runtime_answer(
-                BenchOutcome, ["bench", "--archive", str(slot), "--json", "--runs", "20", "--warmup", "3"], env, timeout)
+                BenchOutcome, ["bench", str(slot), "--json", "--runs", "20", "--warmup", "3"], env, timeout)
             latency = bench.end_to_end_ms if bench is not None else None
             if latency is None:
                 passed = False
@@ -782,10 +782,18 @@ class InstallRoot:
         return health
 
     def _runtime_answer(self, record: type[A], args: list[str], env: dict[str, str], timeout: float) -> tuple[A | None, str]:
-        """Run ``edgeseg ARGS --json`` with the slot's runtime; its answer as ``record``, or ``(None, why not)``."""
+        """Run ``edgeseg CMD ARCHIVE ... --json`` with the slot's runtime; its answer as ``record``, or ``(None, why not)``.
+
+        A slot whose runtime predates the positional archive (``CMD --archive
+        ARCHIVE``, an archive built by an older edgeseg) refuses the call as a
+        usage error naming ``--archive``: it is asked again in its own grammar.
+        """
         argv = [sys.executable, "-m", "edgeseg_runtime", *args]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+            if proc.returncode == 2 and not proc.stdout.strip() and "required: --archive" in proc.stderr:
+                argv = [sys.executable, "-m", "edgeseg_runtime", args[0], "--archive", *args[1:]]
+                proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return None, f"'{args[0]}' took longer than {timeout:.0f} s"
         try:

@@ -239,7 +239,7 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, labe
     tol = {"atol": t.atol, "rtol": t.rtol, "min_label_agreement": t.min_label_agreement}
     ran, planned = segmentor.runner.backend, m.backend.name
     report = VerifyReport(
-        archive=label or archive.source.name, backend=ran if ran == planned else f"{ran}, fallback for {planned}",
+        archive=label or archive.source.resolve().name, backend=ran if ran == planned else f"{ran}, fallback for {planned}",
         precision=m.target.precision, tolerance=tol,
     )
     if not m.golden:

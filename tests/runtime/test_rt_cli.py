@@ -28,7 +28,7 @@ def test_runtime_comes_from_the_archive(shipped) -> None:
 
 
 def test_verify_passes_on_the_tar_gz(shipped, manifest) -> None:
-    proc = shipped.cli("verify", "--archive", shipped.archive)
+    proc = shipped.cli("verify", shipped.archive)
     n = len(manifest.golden)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"PASS: {shipped.archive.name} ({manifest.backend.name} {manifest.target.precision})")
@@ -36,7 +36,7 @@ def test_verify_passes_on_the_tar_gz(shipped, manifest) -> None:
 
 
 def test_info_names_the_model(shipped, manifest) -> None:
-    proc = shipped.cli("info", "--archive", shipped.archive)
+    proc = shipped.cli("info", shipped.archive)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     model = manifest.model
@@ -62,7 +62,7 @@ def test_run_one_photo_and_a_golden_image(shipped, manifest, shown_size, tmp_pat
     golden_image.parent.mkdir()
     shutil.copyfile(shipped.unpacked / golden.image, golden_image)
     out = tmp_path / "out"
-    proc = shipped.cli("run", "--archive", shipped.archive, photo, golden_image, "--out", out)
+    proc = shipped.cli("run", shipped.archive, photo, golden_image, "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted({f"{photo.stem}.png", f"{golden_image.stem}.png"})
     assert proc.stdout.splitlines()[-1].startswith("2/2 images segmented in ")
@@ -82,7 +82,7 @@ def test_run_one_photo_and_a_golden_image(shipped, manifest, shown_size, tmp_pat
 def test_run_every_photo(shipped, manifest, shown_size, tmp_path: Path) -> None:
     photos = shipped.photos()
     out = tmp_path / "out"
-    proc = shipped.cli("run", "--archive", shipped.archive, shipped.images, "--out", out, "--overlay")
+    proc = shipped.cli("run", shipped.archive, shipped.images, "--out", out, "--overlay")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1].startswith(f"{len(photos)}/{len(photos)} images segmented in ")
     expected = {f"{p.stem}.png" for p in photos} | {f"{p.stem}_overlay.png" for p in photos}
@@ -100,7 +100,7 @@ def test_run_every_photo(shipped, manifest, shown_size, tmp_path: Path) -> None:
 def test_verify_on_the_unpacked_folder_twice(shipped, manifest) -> None:
     """A folder verifies, and again: the first run left no ``__pycache__`` (or anything else) in it."""
     for _ in range(2):
-        proc = shipped.cli("verify", "--archive", shipped.unpacked)
+        proc = shipped.cli("verify", shipped.unpacked)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert proc.stdout.startswith(f"PASS: {shipped.unpacked.name} ({manifest.backend.name} ")
     assert not list(shipped.unpacked.rglob("__pycache__"))
@@ -108,7 +108,7 @@ def test_verify_on_the_unpacked_folder_twice(shipped, manifest) -> None:
 
 @pytest.mark.extended
 def test_bench_json(shipped, manifest) -> None:
-    proc = shipped.cli("bench", "--archive", shipped.archive, "--runs", "3", "--warmup", "1", "--json")
+    proc = shipped.cli("bench", shipped.archive, "--runs", "3", "--warmup", "1", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["archive"] == manifest.name and doc["runs"] == 3
@@ -127,7 +127,7 @@ def test_tampered_folder_is_refused(shipped, manifest, tmp_path: Path) -> None:
     shutil.copytree(shipped.unpacked, copy)
     victim = copy / manifest.golden[0].image
     victim.write_bytes(_tamper(victim.read_bytes()))
-    proc = shipped.cli("verify", "--archive", copy)
+    proc = shipped.cli("verify", copy)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout.startswith("FAIL: ")
     assert f"{manifest.golden[0].image} does not match its sha256" in proc.stdout
@@ -144,7 +144,7 @@ def test_tampered_tar_gz_is_refused(shipped, manifest, tmp_path: Path) -> None:
             if member.name == victim:
                 data = _tamper(data)  # type: ignore[arg-type]
             dst.addfile(member, BytesIO(data) if data is not None else None)
-    proc = shipped.cli("verify", "--archive", bad)
+    proc = shipped.cli("verify", bad)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout.startswith("FAIL: ") and f"{victim} does not match its sha256" in proc.stdout
     with pytest.raises(ArchiveError, match="does not match its sha256"), Archive.open(bad):
