@@ -60,6 +60,7 @@ def _cli(*args: object, **options: object) -> None:
 
 
 @task(
+    auto_shortflags=False,  # long flags only: short ones would contradict the CLI's (-i, -a)
     help={
         "target": "target profile name (see 'edgeseg targets') or .toml path (required)",
         "model": "ONNX or TorchScript file (default: the embedded default model)",
@@ -92,6 +93,7 @@ def build(  # noqa: ANN201
 
 
 @task(
+    auto_shortflags=False,  # long flags only: short ones would contradict the CLI's (-i, -a)
     help={
         "target": "build the default model for this target first (with --archive: not needed)",
         "archive": "deploy this archive instead of building one",
@@ -119,6 +121,7 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
 
 
 @task(
+    auto_shortflags=False,  # long flags only: short ones would contradict the CLI's (-i, -a)
     help={
         "images": "image folder or dataset root (images/+masks/, Cityscapes, ADE20K, VOC) (required)",
         "archives": "comma-separated archives (default: build the default model for --targets)",
@@ -153,7 +156,7 @@ def compare(c, images=None, archives=None, targets="cpu,intel", masks=None, labe
          limit=limit, device=device, max_drop=max_drop, max_gain=max_gain)
 
 
-@task(help={"fast": "skip tests marked slow", "k": "pytest -k expression"})
+@task(auto_shortflags=False, help={"fast": "skip tests marked slow", "k": "pytest -k expression"})
 def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
     """Run the test suite."""
     args = [sys.executable, "-m", "pytest"]
@@ -164,7 +167,7 @@ def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
     c.run(" ".join(f"'{a}'" for a in args), pty=False)
 
 
-@task(help={"runs": "timed iterations per case", "targets": "comma-separated targets"})
+@task(auto_shortflags=False, help={"runs": "timed iterations per case", "targets": "comma-separated targets"})
 def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
     """Runtime overhead vs bare inference, fp16/int8 vs fp32, then ncnn/LiteRT vs ONNX Runtime (benchmarks/)."""
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
@@ -172,7 +175,7 @@ def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
     c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
 
 
-@task(help={"full": "every seed architecture x every backend x fp32,fp16 (else 5 small models, ONNX Runtime fp32)",
+@task(auto_shortflags=False, help={"full": "every seed architecture x every backend x fp32,fp16 (else 5 small models, ONNX Runtime fp32)",
             "models": "comma-separated architectures", "backends": "comma-separated backends",
             "precisions": "comma-separated precisions (fp32,fp16)", "out": "output folder",
             "jobs": "models measured at once (worker processes)", "resume": "keep the models already measured in <out>"})
@@ -182,14 +185,14 @@ def matrix(c, full=False, models=None, backends=None, precisions=None, out="docs
          resume=resume)
 
 
-@task(name="convert-default-model", help={"work": "working folder to keep (default: temporary)"})
+@task(name="convert-default-model", auto_shortflags=False, help={"work": "working folder to keep (default: temporary)"})
 def convert_default_model(c, work=None):  # noqa: ANN001, ANN201
     """Re-create the embedded default model and the LiteRT reference masks (needs PyPI)."""
     extra = f" --work '{work}'" if work else ""
     c.run(f"'{sys.executable}' scripts/convert_default_model.py{extra}", pty=False)
 
 
-@task(help={"build": "write the site into build/site (mkdocs build --strict) instead of serving it",
+@task(auto_shortflags=False, help={"build": "write the site into build/site (mkdocs build --strict) instead of serving it",
             "addr": "address to serve on (default: 127.0.0.1:8000)"})
 def docs(c, build=False, addr="127.0.0.1:8000"):  # noqa: ANN001, ANN201
     """The documentation site (needs edgeseg[docs]): serve docs/ with live reload, or --build it (warnings fail)."""

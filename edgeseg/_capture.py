@@ -45,7 +45,7 @@ def stdout_to_stderr() -> Iterator[None]:
     stdout carries results only (``out=$(edgeseg build ...)`` captures the
     archive path); third-party progress displays (NNCF's rich progress bars,
     which write to ``sys.stdout``) and native logs on fd 1 go to stderr, where
-    the user still sees them.
+    the user still sees them; with ``-q`` (the ``edgeseg`` logger at ERROR) they are dropped.
     """
     import sys
 
@@ -54,10 +54,14 @@ def stdout_to_stderr() -> Iterator[None]:
             stream.flush()
         except (OSError, ValueError):
             pass
+    import logging
+
+    quiet = logging.getLogger("edgeseg").getEffectiveLevel() >= logging.ERROR  # -q: errors only, no progress bars
     saved = os.dup(1)
+    sink = open(os.devnull, "w") if quiet else None  # noqa: SIM115  closed below
     try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        os.dup2(sink.fileno() if sink else 2, 1)
+        with contextlib.redirect_stdout(sink or sys.stderr):
             yield
     finally:
         try:
@@ -66,3 +70,5 @@ def stdout_to_stderr() -> Iterator[None]:
             pass
         os.dup2(saved, 1)
         os.close(saved)
+        if sink is not None:
+            sink.close()

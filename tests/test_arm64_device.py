@@ -22,7 +22,7 @@ from edgeseg.signing import new_keypair
 from sshd import ssh_keygen
 
 pytestmark = [pytest.mark.device, pytest.mark.slow]
-pytest.importorskip("pnnx")
+pytest.importorskip("pnnx", reason="pnnx is not installed (extra 'ncnn')")
 WHY = can_emulate()
 
 

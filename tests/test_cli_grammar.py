@@ -244,7 +244,7 @@ def test_quiet_run(archives: dict[str, Path], photos: dict[str, Path], tmp_path:
 
 # ------------------------------------------------------------------------------------------ completion
 def test_completion_scripts() -> None:
-    pytest.importorskip("shtab")
+    pytest.importorskip("shtab", reason="shtab is not installed (a core dependency: pip install 'shtab>=1.13')")
     proc = edgeseg_cli("completion", "bash")
     assert proc.returncode == 0 and len(proc.stdout) > 1000, proc.stderr
     for word in ("verify", "compare", "--json", "--max-drop", "provision"):
@@ -321,7 +321,7 @@ def test_health_check_asks_an_older_runtime_in_its_own_grammar(tmp_path: Path) -
 
 
 def test_invoke_help_shows_help_and_builds_nothing(tmp_path: Path) -> None:
-    pytest.importorskip("invoke")
+    pytest.importorskip("invoke", reason="invoke is not installed (extra 'dev')")
     for task in ("build", "compare", "deploy", "matrix"):
         proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), task, "--help"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120, check=False)
@@ -331,3 +331,46 @@ def test_invoke_help_shows_help_and_builds_nothing(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "build"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "invoke build: error: give --target NAME (see invoke build --help)"
+
+
+# ----------------------------------------------------------------- found by the new-user review of issue 22
+def test_matrix_without_its_extra_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch/mmseg the matrix stops before writing: a measured support-matrix.* is never replaced."""
+    import importlib.util
+
+    from edgeseg.errors import ToolchainError
+    from edgeseg.matrix import run_matrix
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mmseg" else real(name, *a))
+    (tmp_path / "support-matrix.md").write_text("measured\n")
+    with pytest.raises(ToolchainError, match=r"needs mmseg: pip install 'edgeseg\[mmseg\]'"):
+        run_matrix(out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["support-matrix.md"]
+    assert (tmp_path / "support-matrix.md").read_text() == "measured\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify", ""], "ARCHIVE is empty"),
+    (["run", "", "x.png", "-o", "out"], "ARCHIVE is empty"),
+    (["compare", "a.tar.gz", "--images", ".", "--limit", "0"], "must be >= 1"),
+    (["compare", "a.tar.gz", "--images", ".", "--limit", "-1"], "must be >= 1"),
+])
+def test_usage_errors_found_by_review(argv: list[str], message: str, tmp_path: Path) -> None:
+    proc = edgeseg_cli(*argv, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_dangling_archive_link_could_not_run(tmp_path: Path) -> None:
+    (tmp_path / "a.tar.gz").symlink_to(tmp_path / "gone.tar.gz")
+    for cmd in ("verify", "info"):
+        proc = edgeseg_cli(cmd, tmp_path / "a.tar.gz")
+        assert proc.returncode == 2 and "no such archive file or folder" in proc.stderr, (cmd, proc.stderr)
+
+
+def test_the_runtime_alone_names_where_host_commands_come_from(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "edgeseg_runtime", "build", "--target", "cpu"], capture_output=True,
+                          text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "'build' comes with the host package (pip install edgeseg)" in proc.stderr

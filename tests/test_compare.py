@@ -247,7 +247,7 @@ def _screenshot(page: Path, shot: Path, width: int) -> np.ndarray:
 
 
 def _pyplot():  # noqa: ANN202
-    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is not installed (extra 'report')")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

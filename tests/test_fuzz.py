@@ -1237,7 +1237,7 @@ def _save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
 
 def make_images() -> list[tuple[str, bytes, str]]:
     """Real photos (scikit-image) in every format and pixel mode the runtime meets: (label, bytes, suffix)."""
-    skdata = pytest.importorskip("skimage.data")
+    skdata = pytest.importorskip("skimage.data", reason="skimage.data is not installed (extra 'dev')")
     photo = {n: Image.fromarray(getattr(skdata, n)()) for n in ("astronaut", "camera", "coffee", "chelsea", "rocket")}
     small = {n: im.resize((48, 36) if im.width >= im.height else (36, 48)) for n, im in photo.items()}
     rgb, grey, coffee, cat, rocket = (small[n] for n in ("astronaut", "camera", "coffee", "chelsea", "rocket"))

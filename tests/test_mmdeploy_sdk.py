@@ -98,7 +98,7 @@ def test_sdk_runs_the_default_model_archive(sdk_python: Path, archives: dict[str
 
 
 def test_sdk_runs_an_mmseg_model_archive(sdk_python: Path, photos: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("mmseg")
+    pytest.importorskip("mmseg", reason="mmseg is not installed (extra 'mmseg')")
     from edgeseg.mmseg import load_mmseg
 
     module, spec = load_mmseg("bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024", input_size=(256, 512))

@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import edgeseg_cli
 
-pytest.importorskip("mmseg")
-torch = pytest.importorskip("torch")
+pytest.importorskip("mmseg", reason="mmseg is not installed (extra 'mmseg')")
+torch = pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
 
 import edgeseg  # noqa: E402
 from edgeseg.errors import ConfigError, ConversionError  # noqa: E402
@@ -79,7 +79,7 @@ def _pytorch_labels(module, spec, photo: Path) -> np.ndarray:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_build_from_config_and_checkpoint_for_intel_agrees_with_pytorch(bisenet, photos: dict[str, Path], tmp_path: Path) -> None:  # noqa: ANN001
-    pytest.importorskip("openvino")
+    pytest.importorskip("openvino", reason="openvino is not installed (extra 'openvino')")
     module, spec = bisenet
     ckpt = tmp_path / "bisenetv2.pth"
     torch.save({"state_dict": module.model.state_dict(), "meta": {}}, ckpt)

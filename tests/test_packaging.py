@@ -230,6 +230,9 @@ def test_stdout_carries_only_the_archive_path_of_an_int8_build(target: str, tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [str(tmp_path / f"selfie_segmentation-{target}-int8.tar.gz")], proc.stdout
     assert "accuracy gate" in proc.stderr  # progress is still shown, on stderr
+    if target == "intel":  # -q: errors only, NNCF's progress bars included
+        quiet = edgeseg_cli("-q", "build", "--target", target, "--precision", "int8", "--recalibrate", "-o", tmp_path)
+        assert quiet.returncode == 0 and quiet.stdout == proc.stdout and quiet.stderr == "", quiet.stderr[-2000:]
 
 
 @pytest.mark.slow

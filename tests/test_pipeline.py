@@ -42,7 +42,7 @@ def test_resize_rules(size, keep, image, expected) -> None:  # noqa: ANN001
 
 def _torch_bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
     """mmseg's resize: ``F.interpolate(mode="bilinear", align_corners=False)`` of ``(N, C, h0, w0)`` float."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
     t = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x, np.float32)), size=(h, w),
                                         mode="bilinear", align_corners=False)
     return t.numpy()
@@ -60,7 +60,7 @@ def test_resize_is_opencv_and_torch_bilinear_without_antialiasing(src, dst) -> N
     ours = pre.resize(rgb).astype(np.int16)
     exact = _torch_bilinear(rgb.transpose(2, 0, 1)[None].astype(np.float32), *dst)[0].transpose(1, 2, 0)
     assert np.abs(ours - exact).max() < 1.01  # one grey level: Pillow makes uint8 by truncating
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="cv2 is not installed (extra 'mmseg')")
     assert np.abs(ours - cv2.resize(rgb, dst[::-1], interpolation=cv2.INTER_LINEAR)).max() <= 1
     if dst[0] < src[0]:  # an anti-aliased shrink (Pillow's Image.resize) is far from it
         aa = np.asarray(Image.fromarray(rgb).resize(dst[::-1], Image.Resampling.BILINEAR)).astype(np.int16)

@@ -62,7 +62,8 @@ def test_written_arm_profiles_load_and_builds_refuse_what_they_cannot(
     tmp_path: Path, name, backend, precision, os, arch, extra, tail, error, match,  # noqa: ANN001
 ) -> None:
     """Profiles written by hand load; the static default model at other sizes, or a too-strict int8 gate, write nothing."""
-    pytest.importorskip("pnnx" if backend == "ncnn" else "litert_torch")
+    mod, needs = ("pnnx", "ncnn") if backend == "ncnn" else ("litert_torch", "tflite")
+    pytest.importorskip(mod, reason=f"{mod} is not installed (extra '{needs}')")
     t = load_target(_write(tmp_path, name, backend, precision, os, arch, extra, tail))
     assert (t.backend, t.precision, t.platform.arch) == (backend, precision, arch)
     with pytest.raises(error, match=match):

@@ -71,7 +71,7 @@ def _target(name: str, **update: object):  # noqa: ANN202
 
 @pytest.fixture(scope="module")
 def psp_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, edgeseg.BuildResult]:
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
     out = tmp_path_factory.mktemp("psp")
     targets = ["cpu"] + (["arm"] if _has("pnnx") else [])
     return {t: edgeseg.build(_psp_module(), spec=_spec(), target=_target(t, shapes=SHAPES), out_dir=out, **QUIET) for t in targets}

@@ -125,7 +125,7 @@ def load_inventory(path: str | Path = DEFAULT_INVENTORY) -> Inventory:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"device inventory {path} does not exist; write one (see edgeseg/deploy/inventory.py) or pass --inventory")
+        raise ConfigError(f"device inventory {path} does not exist; write one (format: the documentation's 'Deploy' page, or 'edgeseg devices --help') or pass --inventory")
     data = load_toml(path, "device inventory")
     base = path.parent.resolve()
     defaults = data.pop("defaults", {})

@@ -54,6 +54,9 @@ LOGGER_NAME = "edgeseg"
 #: ``images.DEFAULT_MAX_PIXELS``, repeated here so that building the parser does not import numpy/Pillow
 #: (tests/test_cli_grammar.py checks that the two agree)
 _DEFAULT_MAX_PIXELS = 64_000_000
+#: the host package's commands (``edgeseg.cli``), named when the runtime alone is asked for one
+HOST_COMMANDS = ("build", "compare", "deploy", "status", "rollback", "recover", "devices", "keys", "targets", "matrix",
+                 "completion")
 #: the commands that took ``--archive/-a A`` before the archive became their first argument
 LEGACY_ARCHIVE_COMMANDS = ("run", "verify", "info", "bench", "measure")
 
@@ -74,11 +77,18 @@ def _count(low: int, high: int = 1_000_000) -> Callable[[str], int]:
     return parse
 
 
+def _archive_path(text: str) -> Path:
+    """argparse type of ARCHIVE: a path, never empty (``""`` would mean the current folder: ``verify "$UNSET"``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("ARCHIVE is empty; give the archive's path")
+    return Path(text)
+
+
 def _archive_arg(p: argparse.ArgumentParser) -> None:
     """``ARCHIVE`` (first positional), and the hidden, deprecated ``--archive/-a`` (see :func:`move_legacy_archive`)."""
-    p.add_argument("archive", type=Path, metavar="ARCHIVE",
+    p.add_argument("archive", type=_archive_path, metavar="ARCHIVE",
                    help="archive written by 'edgeseg build' (.tar.gz) or its unpacked folder")
-    p.add_argument("--archive", "-a", dest="legacy_archive", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--archive", "-a", dest="legacy_archive", type=_archive_path, help=argparse.SUPPRESS)
 
 
 def json_option(p: argparse.ArgumentParser, what: str) -> None:
@@ -90,6 +100,10 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``PROG: error: MESSAGE (see PROG --help)``, exit 2."""
 
     def error(self, message: str) -> Any:  # noqa: D102 (argparse API)
+        for name in HOST_COMMANDS:  # the runtime alone: say where the host's commands come from
+            if f"invalid choice: '{name}'" in message:
+                message += f"; '{name}' comes with the host package (pip install edgeseg), not the device runtime"
+                break
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -294,7 +308,7 @@ def move_legacy_archive(argv: Sequence[str]) -> tuple[list[str], str | None]:
 def need_archive(path: Path | str) -> Path:
     """``path`` when it exists; else the one-line error of every archive command (exit 2)."""
     path = Path(path)
-    if not os.path.lexists(path):
+    if not path.exists():  # a dangling link too: nothing to check, so "could not run" (2), not FAIL
         raise EdgesegError(f"{path}: no such archive file or folder")
     return path
 
@@ -603,7 +617,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise EdgesegError(f"{archive.source} lists no golden image; name an IMAGE to time")
         image = args.image or archive.path(archive.manifest.golden[0].image)
         result = bench(seg, image, runs=args.runs, warmup=args.warmup)
-        name = archive.name
+        name = archive.source.resolve().name  # the file's name: <model>-<target>-<precision>.tar.gz
     if args.json:
         print_json({"archive": name, **result.to_dict()}, indent=None)
     else:
