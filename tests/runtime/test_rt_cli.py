@@ -111,7 +111,7 @@ def test_bench_json(shipped, manifest) -> None:
     proc = shipped.cli("bench", shipped.archive, "--runs", "3", "--warmup", "1", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["archive"] == manifest.name and doc["runs"] == 3
+    assert doc["archive"] == shipped.archive.name and doc["runs"] == 3
     for key in ("bare_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "end_to_end_ms", "decode_ms", "encode_ms"):
         assert doc[key] > 0, key
     assert doc["end_to_end_ms"] >= doc["infer_ms"]
