@@ -6,6 +6,7 @@
     invoke test [--fast]                   # the test suite (CI runs it without --fast)
     invoke deploy --target cpu --device cam-01   # build (signed with $EDGESEG_SIGNING_KEY) and deploy over SSH
     invoke deploy --archive A.tar.gz --group lab
+    invoke export --archive A.tar.gz --device-type raspberrypi4 [--sign-key mender.key]   # a Mender artifact
     invoke compare --images DIR [--masks DIR] [--max-drop 1 --max-gain 0.5]   # cpu vs intel report
     invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
     invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
@@ -118,6 +119,28 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
             raise _fail(exc) from None
     _cli("deploy", archive, inventory=inventory, device=device, group=group, waves=waves,
          max_failure_rate=max_failure_rate)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "archive": "signed archive to wrap (required)",
+        "device-type": "Mender device type(s) it installs on, comma-separated (required)",
+        "sign-key": "RSA or ECDSA P-256 private key (PEM) for Mender's signature",
+        "out": "artifact to write (default: next to the archive, <name>.mender)",
+    },
+)
+def export(c, archive=None, device_type=None, sign_key=None, out=None):  # noqa: ANN001, ANN201
+    """A Mender artifact of a signed archive (payload type edgeseg): 'edgeseg export mender'."""
+    if archive is None:
+        raise _missing("export", "--archive FILE")
+    if device_type is None:
+        raise _missing("export", "--device-type T")
+    types = [t for t in str(device_type).split(",") if t]
+    args: list[object] = ["export", "mender", archive]
+    for t in types:
+        args += ["--device-type", t]
+    _cli(*args, sign_key=sign_key, out=out)
 
 
 @task(

@@ -429,7 +429,34 @@ def _add_deploy(sub: Any) -> None:
                       description="Create the install root, push the installer, and the inventory's trusted_keys. "
                       "Exit 1 when a device failed.")
     _select_args(q, "one result per device")
+    q.add_argument("--mender", action="store_true",
+                   help="also write the Mender update module 'edgeseg' (into the device's mender_modules folder, "
+                   "default /usr/share/mender/modules/v3), so 'mender install' of an artifact from "
+                   "'edgeseg export mender' installs with edgeseg's installer")
     q.set_defaults(func=f"{_DEPLOY}:cmd_provision")
+
+    p = sub.add_parser("export", help="hand an archive to another delivery system (Mender)",
+                       description="Wrap a signed archive for an over-the-air system fleets already run.")
+    es = p.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    q = es.add_parser(
+        "mender", help="a Mender artifact (payload type edgeseg) holding the signed archive",
+        description="Write a Mender artifact (format v3, with Debian's mender-artifact) whose payload is the signed "
+        "archive, unchanged: artifact name <model>-<version>, provides edgeseg.<model>.version/target/precision, "
+        "depends on the device types given, and Mender's own signature with --sign-key. Devices install it with "
+        "the 'edgeseg' update module ('edgeseg devices provision --mender'): checked and health-checked on "
+        "ArtifactInstall, switched on ArtifactCommit. Exit 2 when the archive is missing, unsigned or altered, or "
+        "mender-artifact is not installed (the artifact is then not written).")
+    q.add_argument("archive", type=Path, metavar="ARCHIVE", help="signed archive from 'edgeseg build --sign-key' "
+                   "(.tar.gz, or its unpacked folder: packed first)")
+    q.add_argument("--device-type", "-t", action="append", metavar="T", dest="device_types",
+                   help="Mender device type the artifact installs on (repeatable; required)")
+    q.add_argument("--sign-key", "-k", type=Path, metavar="KEY",
+                   help="RSA or ECDSA P-256 private key (PEM) for Mender's signature (clients with ArtifactVerifyKey "
+                   "refuse unsigned artifacts)")
+    q.add_argument("--out", "-o", type=Path, metavar="X.mender",
+                   help="artifact to write (default: next to the archive, <name>.mender)")
+    json_option(q, "what was written: path, sizes, artifact name, provides")
+    q.set_defaults(func=f"{_DEPLOY}:cmd_export_mender")
 
     p = sub.add_parser(
         "deploy", help="install a signed archive on devices over SSH (waves, health check, atomic switch)",

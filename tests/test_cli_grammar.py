@@ -17,10 +17,10 @@ ROOT = Path(__file__).parents[1]
 
 #: every sub-command that reports something, and so takes --json
 REPORTING = {"run", "verify", "info", "bench", "measure", "build", "compare", "targets", "matrix", "deploy", "status",
-             "rollback", "recover", "devices list", "devices provision", "keys new"}
+             "rollback", "recover", "devices list", "devices provision", "keys new", "export mender"}
 #: the others: groups of sub-commands, an interactive one, the completion script
-NOT_REPORTING = {"keys", "devices", "devices trust", "completion"}
-ARCHIVE_COMMANDS = ("run", "verify", "info", "bench", "measure", "deploy", "compare")
+NOT_REPORTING = {"keys", "devices", "devices trust", "completion", "export"}
+ARCHIVE_COMMANDS = ("run", "verify", "info", "bench", "measure", "deploy", "compare", "export mender")
 SOURCE_PATH = re.compile(r"[\w/.-]+\.py\b")
 
 
@@ -175,6 +175,7 @@ def test_missing_archive_is_exit_2_in_every_command(tmp_path: Path) -> None:
         "measure": ["measure", missing, image, "-o", tmp_path / "m"],
         "deploy": ["deploy", missing, "--device", "d1"],
         "compare": ["compare", missing, "--images", image.parent],
+        "export mender": ["export", "mender", missing, "--device-type", "board", "-o", tmp_path / "x.mender"],
     }
     assert set(argvs) == set(ARCHIVE_COMMANDS)
     for name, argv in argvs.items():

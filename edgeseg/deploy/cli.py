@@ -20,7 +20,8 @@ from typing import Any
 
 from edgeseg_runtime.cli import need_archive, print_json, say
 
-__all__ = ["cmd_deploy", "cmd_devices_list", "cmd_devices_trust", "cmd_keys_new", "cmd_provision", "cmd_recover",
+__all__ = ["cmd_deploy", "cmd_devices_list", "cmd_devices_trust", "cmd_export_mender", "cmd_keys_new", "cmd_provision",
+           "cmd_recover",
            "cmd_rollback", "cmd_status"]
 
 
@@ -101,9 +102,26 @@ def _for_devices(action: Callable[..., Any], args: argparse.Namespace, title: st
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from .device import provision_device
 
-    return _for_devices(provision_device, args, "provision")
+    return _for_devices(partial(provision_device, mender=args.mender), args, "provision")
+
+
+def cmd_export_mender(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .mender import describe, export_mender
+
+    need_archive(args.archive)
+    if not args.device_types:
+        raise ConfigError("give --device-type T (the device_type your Mender clients report; repeatable)")
+    artifact = export_mender(args.archive, args.device_types, args.out, sign_key=args.sign_key, report=say)
+    if args.json:
+        print_json(artifact.to_dict())
+    else:
+        print(describe(artifact))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -186,11 +186,13 @@ def push_agent(link: DeviceLink, report: Report) -> bool:
 
 
 def provision_device(device: Device, inventory: Inventory, report: Report | None = None, *,
-                     cancel: Cancel | None = None) -> DeviceResult:
+                     cancel: Cancel | None = None, mender: bool = False) -> DeviceResult:
     """Prepare a device: install root, installer, the inventory's ``trusted_keys``, and ``R/bin/edgeseg``.
 
-    ``cancel`` closes the link when fired (Ctrl-C). Raises nothing: failures
-    are in the result (``status = failed``).
+    With ``mender``, also the Mender update module ``edgeseg`` in the device's
+    ``mender_modules`` folder (:mod:`edgeseg_runtime.mender`), which runs this
+    installer. ``cancel`` closes the link when fired (Ctrl-C). Raises nothing:
+    failures are in the result (``status = failed``).
     """
     report = report or (lambda _line: None)
     t0 = time.perf_counter()
@@ -210,6 +212,9 @@ def provision_device(device: Device, inventory: Inventory, report: Report | None
             except AgentError as exc:
                 if exc.kind != "DeviceBusy":  # an install is running: it writes the launcher itself
                     raise
+            if mender:
+                done = link.agent("mender-module", "--dir", device.mender_modules)
+                report(f"{device.name}: Mender update module {done.get('path')} (runs {done.get('python')})")
             state = read_state(link)
     except (EdgesegError, OSError) as exc:
         return DeviceResult(device.name, "failed", seconds=time.perf_counter() - t0, error=str(exc))

@@ -12,6 +12,7 @@ Example::
     python = "python3"                 # the device's Python (needs numpy, Pillow, cryptography)
     timeout = 15.0                     # seconds without an answer before a link counts as dead (at most 3600)
     trusted_keys = ["keys/edgeseg-signing.pem"]   # signing keys the device accepts (provision)
+    mender_modules = "/usr/share/mender/modules/v3"  # where 'provision --mender' writes the update module
 
     [[device]]
     name = "cam-01"
@@ -38,7 +39,8 @@ __all__ = ["Device", "Inventory", "load_inventory", "DEFAULT_INVENTORY"]
 DEFAULT_INVENTORY = Path("devices.toml")
 #: longest ``timeout`` / ``connect_timeout`` (seconds): TCP_USER_TIMEOUT and the SSH timers take bounded values
 MAX_TIMEOUT = 3600.0
-_DEVICE_KEYS = ("user", "port", "key", "root", "python", "timeout", "connect_timeout", "trusted_keys", "target", "groups")
+_DEVICE_KEYS = ("user", "port", "key", "root", "python", "timeout", "connect_timeout", "trusted_keys", "target", "groups",
+                "mender_modules")
 
 
 class Device(Strict):
@@ -57,6 +59,8 @@ class Device(Strict):
                            description="seconds without an answer before the link counts as dead")
     connect_timeout: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     trusted_keys: list[str] = Field(default_factory=list, description="PEM public keys the device accepts")
+    mender_modules: str = Field(default="/usr/share/mender/modules/v3", pattern=r"^/",
+                                description="the device's Mender update-module folder (provision --mender)")
 
     @property
     def address(self) -> str:

@@ -13,7 +13,8 @@ Commands: ``state``, ``install --manifest SHA256 [--allow-downgrade]
 or discards a half-done install), ``prune --keep N``, and ``exec -- ARGS``
 (the ``edgeseg`` runtime command of the current release; what ``R/bin/edgeseg`` calls),
 ``engine --archive A --out DIR`` (build this device's TensorRT engine for an
-uploaded archive and verify it: ``edgeseg build --device``).
+uploaded archive and verify it: ``edgeseg build --device``),
+``mender-module [--dir D]`` (write the Mender update module for this root: :mod:`edgeseg_runtime.mender`).
 Every command but ``state`` and ``exec`` holds ``R/lock`` while it runs (see
 :mod:`edgeseg_runtime.install`). ``--plain`` prints for people instead
 (``R/bin/edgeseg recover``): progress lines, a one-line result, errors as
@@ -122,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("engine", help="build this device's TensorRT engine for an archive, verify it (JSON)")
     p.add_argument("--archive", required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("mender-module", help="write the Mender update module that installs into this root")
+    p.add_argument("--dir", default=None, metavar="D", help="modules folder (default: /usr/share/mender/modules/v3)")
     p = sub.add_parser("exec", help="run the current release's edgeseg runtime command")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -156,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = device.rollback()
         elif args.command == "recover":
             result = device.recover()
+        elif args.command == "mender-module":
+            from .mender import MODULES_DIR, write_module
+
+            path = write_module(args.root, args.dir or MODULES_DIR)
+            out.say(f"wrote the Mender update module {path}")
+            out.result(args.command, {"path": str(path), "python": sys.executable})
+            return 0
         elif args.command == "prune":
             if args.keep < 1:
                 raise EdgesegError("--keep must be at least 1")

@@ -905,9 +905,10 @@ def _three(step: _Doc, key: str, lo: float, hi: float) -> tuple[float, float, fl
 # Annotations use typing's Optional/Tuple/Dict on purpose: Record.from_dict resolves them with
 # typing.get_type_hints at run time, which on Python 3.9 cannot evaluate "X | None".
 
-InstallStatus = Literal["installed", "unchanged"]
+InstallStatus = Literal["installed", "unchanged", "staged"]
 RecoverStatus = Literal["clean", "finished", "discarded", "repaired"]
-JournalPhase = Literal["assemble", "dependencies", "health", "switch", "prune"]
+#: ``staged``: a health-checked slot waits for its commit (the Mender update module: ArtifactInstall, then ArtifactCommit)
+JournalPhase = Literal["assemble", "dependencies", "health", "staged", "switch", "prune"]
 JOURNAL_PHASES = get_args(JournalPhase)
 
 R = TypeVar("R", bound="Record")
@@ -1119,7 +1120,10 @@ class Health(Record):
 
 @dataclass(frozen=True)
 class InstallResult(Record):
-    """``agent install``: ``installed`` (switched) or ``unchanged`` (that manifest was already current)."""
+    """``agent install``: ``installed`` (switched) or ``unchanged`` (that manifest was already current).
+
+    ``staged``: health-checked and waiting for its commit (:meth:`edgeseg_runtime.install.InstallRoot.stage_archive`).
+    """
 
     status: InstallStatus
     version: str

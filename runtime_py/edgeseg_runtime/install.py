@@ -25,7 +25,7 @@ the install root ``R``::
     lock                       flock(2)ed by the command that changes the root (see below)
     bin/edgeseg                runs the runtime of ``current`` (``R/bin/edgeseg verify R/current``)
 
-**One at a time.** Every command that changes the root (``install``,
+**One at a time.** Every command that changes the root (``install``, ``commit``,
 ``rollback``, ``recover``, ``prune``, ``engine``) holds an exclusive
 ``flock(LOCK_EX | LOCK_NB)`` on ``R/lock`` from start to end; a second one
 fails at once with ``another install is running on R since T (pid N,
@@ -64,6 +64,16 @@ renamed, POSIX ``rename(2)`` being atomic):
    release, raise ``version_floor``, then point ``current`` at the slot by
    renaming a new symbolic link over the old one;
 6. prune slots beyond the profile's ``keep_releases`` and unreferenced store files.
+
+**Two front doors.** The host's ``edgeseg deploy`` runs steps 1-6 in one
+``install``. Mender's update module (:mod:`edgeseg_runtime.mender`) splits
+them: :meth:`InstallRoot.stage_archive` (``ArtifactInstall``) checks the
+archive file's signature, contract and version before unpacking it, then runs
+steps 1-4 and leaves the slot in ``releases/.staging-<v>`` with the journal in
+phase ``staged``; :meth:`InstallRoot.commit_staged` (``ArtifactCommit``) runs
+steps 5-6; :meth:`InstallRoot.discard_staged` (``ArtifactRollback``) deletes
+the slot. While a slot is staged, ``install`` is refused; ``recover``
+discards it.
 
 Power may fail at any point: ``current`` always names a complete, checked
 slot, because nothing but step 5's rename changes it. :meth:`InstallRoot.recover`
@@ -231,6 +241,15 @@ def _holder(data: bytes) -> LockHolder | None:
         return LockHolder.from_dict(json.loads(data.decode("utf-8")))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+
+
+class _Staged:
+    """A health-checked slot in ``releases/.staging-<v>``, not yet current."""
+
+    def __init__(self, manifest: Manifest, manifest_sha: str, key_id: str, staging: Path, old: str | None,
+                 health: Health | None) -> None:
+        self.manifest, self.manifest_sha, self.key_id = manifest, manifest_sha, key_id
+        self.staging, self.old, self.health = staging, old, health
 
 
 class DeviceBusy(InstallError):
@@ -480,6 +499,9 @@ class InstallRoot:
             problems.append(f"{self.root} is read-only (its file system is mounted read-only)")
         if journal_error is not None:
             problems.append(f"journal.json is unreadable ({journal_error}); 'edgeseg recover' discards the half-done install")
+        elif journal is not None and journal.phase == "staged" and holder is None:
+            problems.append(f"version {journal.version} is staged by a Mender deployment, waiting for 'mender commit' "
+                            "or 'mender rollback' on the device ('edgeseg recover' discards it)")
         elif journal is not None and holder is None:
             problems.append(f"an install of {journal.version or 'a release'} stopped in phase {journal.phase}; "
                             "'edgeseg recover' finishes or discards it")
@@ -629,50 +651,236 @@ class InstallRoot:
             SignatureError: unsigned, untrusted or altered manifest.
             InstallError: bad manifest or paths, downgrade, missing or corrupt
                 files, disk full, read-only root, failed dependencies or health
-                check. ``current`` is unchanged in every case.
+                check, a Mender deployment staged and not yet committed.
+                ``current`` is unchanged in every case.
         """
         if not isinstance(manifest_sha, str) or not _SHA256.fullmatch(manifest_sha):
             raise InstallError("--manifest must be the sha256 of manifest.json (64 lower-case hex digits)")
         with self.lock("install"):
+            self._refuse_if_staged()
+            self._recover()
+            staged = self._stage(manifest_sha, allow_downgrade, health_timeout)
+            if isinstance(staged, InstallResult):
+                return staged
+            return self._commit(staged)
+
+    def _refuse_if_staged(self) -> None:
+        journal, _ = self._read_journal()
+        if journal is not None and journal.phase == "staged":
+            raise InstallError(
+                f"version {journal.version} is staged by a Mender deployment and waits for its commit; finish it "
+                "('mender commit' or 'mender rollback'), or discard it with 'edgeseg recover' on the device")
+
+    def _stage(self, manifest_sha: str, allow_downgrade: bool, health_timeout: float) -> InstallResult | _Staged:
+        """Steps 1-4 (check, assemble, dependencies, health) under the caller's lock; ``current`` untouched.
+
+        Returns:
+            The slot waiting in ``releases/.staging-<v>``, or an ``unchanged``
+            result when that manifest is already current.
+        """
+        try:
+            self.ingest({manifest_sha: None})
+        except OSError as exc:
+            raise self._write_error(exc, self.root / "store") from None
+        manifest, key_id = self._check_manifest(manifest_sha)
+        version = manifest.release_version
+        current = self._release("current")
+        self._check_version(version, manifest_sha, current, allow_downgrade)
+        self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest.files)} files")
+        if current and not current.broken and current.manifest_sha256 == manifest_sha:
+            self.report(f"version {version} is already current")
+            return InstallResult(status="unchanged", version=version, previous=current.version, key_id=key_id)
+        old = current.version if current and not current.broken else None
+        staging = self.root / "releases" / f".staging-{version}"
+        try:
+            self.ingest({entry.sha256: entry.size for entry in manifest.files.values()})
+            self._journal(Journal(phase="assemble", version=version, manifest=manifest_sha))
+            self._assemble(manifest, manifest_sha, staging)
+            self._journal(Journal(phase="dependencies", version=version, manifest=manifest_sha))
+            site = self._dependencies(manifest, staging)
+            self._journal(Journal(phase="health", version=version, manifest=manifest_sha))
+        except OSError as exc:
+            self._discard(staging)
+            raise self._write_error(exc, staging) from None
+        except EdgesegError:
+            self._discard(staging)
+            raise
+        health = self._health(staging, site, manifest, health_timeout)
+        if not health.passed:
+            self._discard(staging)
+            raise InstallError(f"health check failed, kept version {old or 'none'}: {health.verdict}")
+        return _Staged(manifest, manifest_sha, key_id, staging, old, health)
+
+    def _commit(self, staged: _Staged) -> InstallResult:
+        """Step 5-6 under the caller's lock: switch ``current`` to the staged slot, then prune."""
+        version = staged.manifest.release_version
+        try:
+            self._journal(Journal(phase="switch", version=version, manifest=staged.manifest_sha, old=staged.old))
+            self._switch(version, staged.staging, staged.old)
+            self._finish(staged.manifest)
+        except OSError as exc:  # the journal says what recover must finish or discard
+            raise self._write_error(exc, self.root) from None
+        return InstallResult(status="installed", version=version, previous=staged.old, key_id=staged.key_id,
+                             health=staged.health)
+
+    # ------------------------------------------------------- staged installs (Mender)
+    def stage_archive(self, archive: str | Path, *, allow_downgrade: bool = False,
+                      health_timeout: float = 600.0) -> InstallResult:
+        """Install an archive file up to a health-checked slot, without switching ``current`` (holds ``R/lock``).
+
+        What the Mender update module's ``ArtifactInstall`` does
+        (:mod:`edgeseg_runtime.mender`). The archive's signature, contract and
+        version are checked from its first two members before a byte of it is
+        unpacked; then it is unpacked by :func:`edgeseg_runtime.tarball.extract`
+        (unlisted members refused) into uploads under ``incoming/``, and steps
+        1-4 of :meth:`install` run on them. The slot waits in
+        ``releases/.staging-<v>`` with ``journal.json`` in phase ``staged``
+        until :meth:`commit_staged` or :meth:`discard_staged`.
+
+        Returns:
+            ``staged`` (with the health check), or ``unchanged`` when that
+            manifest is already current (nothing is staged then).
+
+        Raises:
+            DeviceBusy, SignatureError, InstallError: as :meth:`install`; ``current`` is unchanged in every case.
+        """
+        from .tarball import extract, read_head
+
+        path = Path(archive)
+        with self.lock("install"):
+            self._refuse_if_staged()
             self._recover()
             try:
-                self.ingest({manifest_sha: None})
-            except OSError as exc:
-                raise self._write_error(exc, self.root / "store") from None
-            manifest, key_id = self._check_manifest(manifest_sha)
-            version = manifest.release_version
-            current = self._release("current")
-            self._check_version(version, manifest_sha, current, allow_downgrade)
-            self.report(f"checked: signed by key {key_id}, version {version}, {len(manifest.files)} files")
-            if current and not current.broken and current.manifest_sha256 == manifest_sha:
-                self.report(f"version {version} is already current")
-                return InstallResult(status="unchanged", version=version, previous=current.version, key_id=key_id)
-            old = current.version if current and not current.broken else None
+                manifest, mbytes, sig = read_head(path)
+            except ArchiveError as exc:
+                raise InstallError(f"refusing to install: {exc}") from None
+            trusted = self.trusted_keys()
+            if not trusted:
+                raise InstallError("this device trusts no signing key; run 'edgeseg devices provision' with trusted_keys")
+            verify_manifest(mbytes, sig, trusted)
+            msha = hashlib.sha256(mbytes).hexdigest()
+            self._check_version(manifest.release_version, msha, self._release("current"), allow_downgrade)
+            unpack = self.root / f".unpack-{os.getpid()}.tmp"
+            session = f"local{os.getpid()}"
+            _remove(unpack)
+            try:
+                try:
+                    unpack.mkdir()
+                    self.report(f"unpacking {path.name}")
+                    extract(path, unpack)
+                    incoming, store = self.root / "incoming", self.root / "store"
+                    for rel, entry in manifest.files.items():
+                        if not (store / entry.sha256).is_file():  # files an installed release has are not taken twice
+                            os.replace(unpack / rel, incoming / part_name(entry.sha256, entry.size, session))
+                    os.replace(unpack / MANIFEST_NAME, incoming / part_name(msha, len(mbytes), session))
+                    os.replace(unpack / SIGNATURE_NAME, incoming / f"{msha}.sig")
+                except ArchiveError as exc:
+                    raise InstallError(f"refusing to install: {exc}") from None
+                except OSError as exc:
+                    raise self._write_error(exc, unpack) from None
+                finally:
+                    _remove(unpack)
+                staged = self._stage(msha, allow_downgrade, health_timeout)
+            except BaseException:
+                self._forget(msha)  # a refused or failed install leaves nothing of its archive behind
+                raise
+            finally:
+                self._drop_session(session)
+            if isinstance(staged, InstallResult):
+                return staged
+            self._journal(Journal(phase="staged", version=manifest.release_version, manifest=msha, old=staged.old))
+            self.report(f"staged releases/{staged.staging.name}: health check passed; waiting for the commit")
+            return InstallResult(status="staged", version=manifest.release_version, previous=staged.old,
+                                 key_id=staged.key_id, health=staged.health)
+
+    def _drop_session(self, session: str) -> None:
+        """Delete the uploads of one local session (``stage_archive``'s) left in ``incoming/``."""
+        for entry in list(os.scandir(self.root / "incoming")):
+            match = PART_RE.fullmatch(entry.name)
+            if match and match["session"] == session:
+                _remove(Path(entry.path))
+
+    def _forget(self, manifest_sha: str) -> None:
+        """Delete what a refused, failed or discarded install of ``manifest_sha`` left: its signature and store files.
+
+        Only what no installed slot uses (:meth:`gc`); the caller holds the lock.
+        """
+        in_use = False
+        for v in self.releases():
+            try:
+                in_use |= sha256_file(self.root / "releases" / v / MANIFEST_NAME) == manifest_sha
+            except OSError:
+                in_use = True  # unreadable: keep it
+        if not in_use:
+            _remove(self.root / "incoming" / f"{manifest_sha}.sig")
+        self.gc()
+
+    def commit_staged(self) -> InstallResult:
+        """Switch ``current`` to the slot :meth:`stage_archive` left (holds ``R/lock``): Mender's ``ArtifactCommit``.
+
+        A commit cut after its switch (power loss) is finished when called again.
+
+        Raises:
+            DeviceBusy: another command holds the lock.
+            InstallError: nothing is staged (discarded by ``recover``, or never staged).
+        """
+        with self.lock("commit"):
+            journal, error = self._read_journal()
+            if journal is not None and journal.phase in ("switch", "prune"):
+                self._recover()  # finishes a switched install, discards one cut before its switch
+                cur = self._release("current")
+                if cur and not cur.broken and cur.version == journal.version:
+                    return InstallResult(status="installed", version=cur.version, previous=journal.old, key_id="")
+                raise InstallError(f"the commit of {journal.version} was cut before its switch; nothing is staged now")
+            if error is not None or journal is None or journal.phase != "staged" or not journal.version:
+                raise InstallError("nothing is staged to commit (no staged install, or 'recover' discarded it)")
+            version, msha = journal.version, journal.manifest or ""
             staging = self.root / "releases" / f".staging-{version}"
             try:
-                self.ingest({entry.sha256: entry.size for entry in manifest.files.values()})
-                self._journal(Journal(phase="assemble", version=version, manifest=manifest_sha))
-                self._assemble(manifest, manifest_sha, staging)
-                self._journal(Journal(phase="dependencies", version=version, manifest=manifest_sha))
-                site = self._dependencies(manifest, staging)
-                self._journal(Journal(phase="health", version=version, manifest=manifest_sha))
-            except OSError as exc:
+                mbytes = (staging / MANIFEST_NAME).read_bytes()
+                manifest = Manifest.parse(mbytes)
+            except (OSError, ArchiveError):
                 self._discard(staging)
-                raise self._write_error(exc, staging) from None
-            except EdgesegError:
+                raise InstallError(f"the staged slot of {version} is missing or unreadable; discarded it") from None
+            if hashlib.sha256(mbytes).hexdigest() != msha:
                 self._discard(staging)
-                raise
-            health = self._health(staging, site, manifest, health_timeout)
-            if not health.passed:
+                raise InstallError(f"the staged slot of {version} does not hold the staged manifest; discarded it")
+            try:  # checked again: the slot waited on disk between two processes
+                key_id = verify_manifest(mbytes, _read_small(staging / SIGNATURE_NAME), self.trusted_keys())
+            except (OSError, EdgesegError) as exc:
                 self._discard(staging)
-                raise InstallError(f"health check failed, kept version {old or 'none'}: {health.verdict}")
-            try:
-                self._journal(Journal(phase="switch", version=version, manifest=manifest_sha, old=old))
-                self._switch(version, staging, old)
-                self._finish(manifest)
-            except OSError as exc:  # the journal says what recover must finish or discard
-                raise self._write_error(exc, self.root) from None
-            return InstallResult(status="installed", version=version, previous=old, key_id=key_id, health=health)
+                raise InstallError(f"the staged slot of {version} fails its signature check ({exc}); discarded it") from None
+            return self._commit(_Staged(manifest, msha, key_id, staging, journal.old, None))
+
+    def discard_staged(self) -> InstallResult | None:
+        """Undo what :meth:`stage_archive` (or a cut :meth:`commit_staged`) did: Mender's ``ArtifactRollback``.
+
+        A staged slot is deleted; a commit that already switched ``current`` is
+        switched back to the release it replaced. ``current`` ends on the
+        release that was current before the deployment. Holds ``R/lock``.
+
+        Returns:
+            None when there was nothing to undo; else a record of the version current after it.
+        """
+        with self.lock("rollback"):
+            journal, _ = self._read_journal()
+            if journal is None:
+                return None
+            cur = self._release("current")
+            if (journal.phase in ("switch", "prune") and journal.old and cur and cur.version == journal.version
+                    and (self.root / "releases" / journal.old).is_dir()):
+                _symlink_atomic(self.root / "current", f"releases/{journal.old}")
+                self._remove_journal()
+                self.report(f"switched back: current -> releases/{journal.old}")
+                return InstallResult(status="unchanged", version=journal.old, previous=journal.version, key_id="")
+            if journal.version:
+                self._discard(self.root / "releases" / f".staging-{journal.version}")
+                self.report(f"discarded the staged install of {journal.version}")
+            self._recover()
+            if journal.manifest:
+                self._forget(journal.manifest)
+            version = self._current_version()
+            return InstallResult(status="unchanged", version=version or "none", previous=None, key_id="")
 
     def _switch(self, version: str, staging: Path, old: str | None) -> None:
         releases = self.root / "releases"

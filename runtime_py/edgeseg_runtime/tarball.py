@@ -46,7 +46,7 @@ from typing import BinaryIO, Iterator, Optional, Tuple
 from .contract import LIMITS, MANIFEST_NAME, SIGNATURE_NAME, Manifest, check_rel_path
 from .errors import ArchiveError
 
-__all__ = ["extract", "Member"]
+__all__ = ["extract", "read_head", "Member"]
 
 BLOCK = 512
 #: largest pax extended header accepted (edgeseg writes one only for a name over 100 bytes: ~1 KiB at most)
@@ -222,6 +222,59 @@ def _write_member(stream: _Stream, dest: Path, name: str, size: int, sha256: str
                            "rebuild or re-download the archive")
 
 
+def _read_manifest(stream: _Stream, members: Iterator[Member]) -> Tuple[Manifest, bytes]:
+    """The first member, which must be ``manifest.json``, read and validated (nothing written)."""
+    where = stream.where
+    first = next(members, None)
+    if first is None:
+        raise ArchiveError(f"{where}: no {MANIFEST_NAME}; not an edgeseg archive")
+    if first.name != MANIFEST_NAME or first.kind != "file":
+        raise ArchiveError(
+            f"{where}: the first member is {first.name[:80]!r}, not {MANIFEST_NAME}; "
+            "not an edgeseg archive (or repacked by hand: open the unpacked folder instead)"
+        )
+    if first.size > LIMITS.manifest_bytes:
+        raise ArchiveError(f"{where}: {MANIFEST_NAME} is {first.size:,} bytes, over the limit of {LIMITS.manifest_bytes:,}")
+    manifest_bytes = stream.read(first.size)
+    stream.skip_padding(first.size)
+    return Manifest.parse(manifest_bytes, f"{where}: {MANIFEST_NAME}"), manifest_bytes
+
+
+def read_head(path: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
+    """``manifest.json`` and ``manifest.sig`` of an archive, read without writing anything.
+
+    What a device checks (signature, contract, version) before it unpacks a
+    byte: the two members ``edgeseg build`` writes first. The rest of the
+    archive is not read.
+
+    Returns:
+        ``(manifest, manifest bytes, manifest.sig bytes or None)``.
+
+    Raises:
+        ArchiveError: not an edgeseg archive, corrupt headers, an invalid manifest.
+    """
+    where = str(path)
+    raw, fh = _open(path, where)
+    try:
+        stream = _Stream(fh, where)
+        members = _headers(stream)
+        manifest, manifest_bytes = _read_manifest(stream, members)
+        second = next(members, None)
+        sig: bytes | None = None
+        if second is not None and second.name == SIGNATURE_NAME and second.kind == "file":
+            if second.size > LIMITS.document_bytes:
+                raise ArchiveError(f"{where}: an oversized {SIGNATURE_NAME}; corrupt or hostile archive")
+            sig = stream.read(second.size)
+        return manifest, manifest_bytes, sig
+    except OSError as exc:
+        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc.strerror or exc}); rebuild or re-download it") from None
+    except (EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc}); rebuild or re-download it") from None
+    finally:
+        fh.close()
+        raw.close()
+
+
 def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
     """Unpack an edgeseg archive into the empty folder ``dest``, checking it against its manifest as it goes.
 
@@ -243,19 +296,7 @@ def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
     try:
         stream = _Stream(fh, where)
         members = _headers(stream)
-        first = next(members, None)
-        if first is None:
-            raise ArchiveError(f"{where}: no {MANIFEST_NAME}; not an edgeseg archive")
-        if first.name != MANIFEST_NAME or first.kind != "file":
-            raise ArchiveError(
-                f"{where}: the first member is {first.name[:80]!r}, not {MANIFEST_NAME}; "
-                "not an edgeseg archive (or repacked by hand: open the unpacked folder instead)"
-            )
-        if first.size > LIMITS.manifest_bytes:
-            raise ArchiveError(f"{where}: {MANIFEST_NAME} is {first.size:,} bytes, over the limit of {LIMITS.manifest_bytes:,}")
-        manifest_bytes = stream.read(first.size)
-        stream.skip_padding(first.size)
-        manifest = Manifest.parse(manifest_bytes, f"{where}: {MANIFEST_NAME}")
+        manifest, manifest_bytes = _read_manifest(stream, members)
         free = shutil.disk_usage(dest).free
         if manifest.total_bytes + SPACE_MARGIN > free:
             raise ArchiveError(f"{where}: unpacking needs {manifest.total_bytes / 1e6:.1f} MB, {dest.parent} has "
