@@ -291,6 +291,10 @@ def plan_build(
     if calib_count is not None:
         tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
     model_spec = _resolve_spec(model, spec, spec_overrides)
+    own = [k for k in model_spec.quantization.keep_float.get(tgt.backend, []) if k not in tgt.quantization.keep_float]
+    if own and tgt.precision != "fp32":  # the model's own float choices join the profile's (model-independent) ones
+        tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(
+            update={"keep_float": [*tgt.quantization.keep_float, *own]})})
     backend = get_backend(tgt)
     tool_versions = backend.versions()
     reference_version = runner_class("onnxruntime").version()  # the reference needs onnxruntime

@@ -186,13 +186,12 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
 def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
     """The backend's target profile at each wanted precision it has a tolerance for (precision → Target).
 
-    The profile's ``[quantization] keep_float`` names ops of the default
-    model; it is cleared, so every architecture is converted the same way.
+    Profiles are model-independent (a model's own ``keep_float`` is in its
+    spec), so every architecture is converted the same way.
     """
     from .targets import load_target
 
     profile = load_target(backend_columns()[name][0])
-    profile = profile.model_copy(update={"quantization": profile.quantization.model_copy(update={"keep_float": []})})
     out = {}
     for precision in wanted:
         try:

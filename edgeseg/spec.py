@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from edgeseg_runtime.runners import BACKEND_NAMES
 from pydantic import Field, PositiveInt, model_validator
 
 from ._schema import Strict, load_toml, validate
@@ -79,6 +80,17 @@ class OutputSpec(Strict):
         return [list(c) for c in self.palette] if self.palette else voc_palette(len(self.classes))
 
 
+class QuantizationSpec(Strict):
+    """Choices about quantizing *this* model, whatever the target (a target profile stays model-independent)."""
+
+    keep_float: dict[Literal[BACKEND_NAMES], list[str]] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="per backend (onnxruntime, openvino, ...): node names or op types of this model, in that "
+        "backend's terms (ONNX op types for onnxruntime, OpenVINO op types for openvino), kept in float in its "
+        "fp16/int8 builds; added to the target's own [quantization] keep_float (none in the shipped profiles)",
+    )
+
+
 class ModelSpec(Strict):
     """Everything edgeseg needs to know about a model beyond its graph."""
 
@@ -88,6 +100,7 @@ class ModelSpec(Strict):
     license: str = ""
     input: InputSpec = InputSpec()
     output: OutputSpec
+    quantization: QuantizationSpec = QuantizationSpec()
 
 
 def voc_palette(n: int) -> list[list[int]]:

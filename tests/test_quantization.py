@@ -175,3 +175,57 @@ def test_openvino_accuracy_control_meets_the_budget(tmp_path: Path) -> None:
     acc = result.manifest["quantization"]["accuracy"]
     assert result.manifest["backend"]["quantizer"] == "nncf.quantize_with_accuracy_control"
     assert acc["passed"] and acc["miou_drop"] <= 1.0 and acc["budget"]["max_miou_drop"] == 1.0
+
+
+# ------------------------------------------------------------------ profiles are model-independent; old opsets
+def _brightness_net(path: Path, opset: int) -> Path:
+    """A 2-class NCHW net at ``opset`` that no edgeseg file names: class 1 where a 3x3 patch's mean is above 0.5.
+
+    Conv(3->4, 3x3) + Relu + Conv(4->2, 1x1): no ConvTranspose, no Sigmoid (what the default model keeps in float).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = np.full((4, 3, 3, 3), 1 / 27, np.float32)
+    b1 = np.array([0.0, -0.25, -0.5, -0.75], np.float32)
+    w2 = np.zeros((2, 4, 1, 1), np.float32)
+    w2[1, :, 0, 0] = 1.0  # sum of the ramps: increasing in the patch mean
+    b2 = np.array([0.625, 0.0], np.float32)  # class 0's constant logit = the ramps' sum at a mean of 0.5
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["logits"])],
+        "brightness",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 96, 96])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_stock_cpu_profile_quantizes_any_model_and_upgrades_old_opsets(tmp_path: Path) -> None:
+    """The cpu profile names no op of any model (the default model's keep_float is in its spec), and an opset-12
+    model, whose DequantizeLinear has no per-channel axis, is upgraded to 13 before QDQ and the upgrade recorded."""
+    net = _brightness_net(tmp_path / "bright.onnx", 12)
+    spec = tmp_path / "bright.toml"
+    spec.write_text('name = "bright"\n[input]\nsize = [96, 96]\nstd = [255.0, 255.0, 255.0]\n'
+                    '[output]\nkind = "logits"\nclasses = ["dark", "bright"]\n')
+    result = edgeseg.build(net, spec=spec, target="cpu", precision="int8", out_dir=tmp_path / "dist", **QUIET)
+    assert result.manifest["quantization"]["accuracy"]["passed"]
+    backend = result.manifest["backend"]
+    assert backend["opset_upgraded"] == {"from": 12, "to": 13} and backend["kept_float"] == []
+    with Archive.open(result.archive) as a:
+        m8 = onnx.load(str(a.path("end2end.onnx")))
+    assert next(o.version for o in m8.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    deq = [n for n in m8.graph.node if n.op_type == "DequantizeLinear" and any(at.name == "axis" for at in n.attribute)]
+    assert deq  # per-channel weights: what opset 12 could not express
+    # the default model keeps its own float ops through its spec, with the same stock profile
+    default = edgeseg.build(target="cpu", precision="int8", out_dir=tmp_path / "default", **QUIET)
+    from edgeseg.backends.onnxruntime import name_nodes
+
+    src = name_nodes(onnx.load(str(edgeseg.DEFAULT_MODEL)))
+    wanted = [n.name for n in src.graph.node if n.op_type in ("ConvTranspose", "Sigmoid")]
+    assert wanted and default.manifest["backend"]["kept_float"] == wanted
+    assert "opset_upgraded" not in default.manifest["backend"]

@@ -15,7 +15,9 @@ and ``onnxruntime.transformers.float16``.
   can saturate (ORT docs: "reduce_range"); the accuracy gate measures what the
   choice gave, and ``[quantization.options]`` (:attr:`OnnxRuntimeBackend.quant_options`)
   can switch to ``weight_type = "uint8"`` or ``reduce_range = true``. Unnamed nodes get
-  names (``<op>_<index>``) first, so ``keep_float`` can name them.
+  names (``<op>_<index>``) first, so ``keep_float`` can name them. A model
+  below opset 13 is upgraded first (:func:`upgrade_opset`, recorded as
+  ``opset_upgraded``): QDQ's per-channel ``DequantizeLinear`` needs 13.
 """
 
 from __future__ import annotations
@@ -78,6 +80,27 @@ def resolve_keep_float(model: Any, keep: list[str]) -> list[str]:
 
 
 _QUANT_TYPES = ("int8", "uint8")
+#: QDQ with per-channel weights needs DequantizeLinear's ``axis`` attribute, added in opset 13 (ONNX operator docs)
+QDQ_MIN_OPSET = 13
+
+
+def upgrade_opset(model: Any, minimum: int) -> tuple[Any, dict[str, int] | None]:
+    """The model at opset ``minimum`` or above: ``onnx.version_converter`` when it is older.
+
+    Returns:
+        ``(model, {"from": old, "to": minimum})``, or ``(model, None)`` when it was new enough.
+
+    Raises:
+        ConversionError: the converter could not upgrade an op (said with the opsets).
+    """
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= minimum:
+        return model, None
+    with translate_errors(f"upgrading the ONNX opset from {opset} to {minimum} (onnx.version_converter) failed"):
+        upgraded = version_converter.convert_version(model, minimum)
+    return name_nodes(upgraded), {"from": int(opset), "to": minimum}
 
 
 class OnnxRuntimeBackend(BaseBackend):
@@ -145,6 +168,7 @@ class OnnxRuntimeBackend(BaseBackend):
         weight, activation = opts["weight_type"], opts["activation_type"]
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
         model = name_nodes(onnx.load(str(onnx_path)))
+        model, upgraded = upgrade_opset(model, QDQ_MIN_OPSET)
         keep = resolve_keep_float(model, q.keep_float)
         input_name = model.graph.input[0].name
 
@@ -182,4 +206,5 @@ class OnnxRuntimeBackend(BaseBackend):
             "reduce_range": opts["reduce_range"],
             "calibration_method": q.calibration_method,
             "kept_float": keep,
+            **({"opset_upgraded": upgraded} if upgraded else {}),
         }
