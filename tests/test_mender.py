@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -377,3 +378,159 @@ def test_power_loss_mid_install_ends_on_a_working_release(device: MenderDevice, 
         else:  # or simply deploy again through Mender
             _installed(device, artifacts["1.2.0"])
             device.assert_working("1.2.0")
+
+
+# ------------------------------------------------------------------ attack findings: cut commits, signals, two front doors
+def _module(root: Path, state: str, files: Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    """The update module as Mender runs it (its own process), without the client."""
+    runtime = Path(edgeseg.__file__).parents[1] / "runtime_py"
+    env = {**os.environ, "PYTHONPATH": str(runtime), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", "edgeseg_runtime.mender", "--root", str(root), state, str(files)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False, **kw)
+
+
+def _files(tmp: Path, archive: Path) -> Path:
+    """A Mender payload folder holding ``archive`` (what the client stores for a module that does not stream)."""
+    folder = tmp / f"files-{archive.parent.name}"
+    (folder / "files").mkdir(parents=True)
+    (folder / "tmp").mkdir()
+    shutil.copyfile(archive, folder / "files" / archive.name)
+    return folder
+
+
+def _root(tmp: Path, keys: dict[str, Path]) -> Path:
+    from edgeseg_runtime.install import InstallRoot
+    from edgeseg_runtime.signing import load_public_key
+
+    dev = InstallRoot(tmp / "root")
+    shutil.copyfile(keys["pub"], dev.root / "trusted_keys" / f"{load_public_key(keys['pub'])[0]}.pem")
+    return dev.root
+
+
+def _installed_by_module(root: Path, tmp: Path, archive: Path) -> None:
+    files = _files(tmp, archive)
+    for state in ("ArtifactInstall", "ArtifactCommit", "Cleanup"):
+        r = _module(root, state, files)
+        assert r.returncode == 0, (state, r.stderr)
+
+
+def _tree(root: Path) -> dict[str, object]:
+    links = {n: os.readlink(root / n) if (root / n).is_symlink() else None for n in ("current", "previous")}
+    return {**links, "floor": (root / "version_floor").read_text() if (root / "version_floor").exists() else None,
+            "releases": sorted(p.name for p in (root / "releases").iterdir()),
+            "store": sorted(p.name for p in (root / "store").iterdir()),
+            "incoming": sorted(p.name for p in (root / "incoming").iterdir()),
+            "journal": (root / "journal.json").exists(), "tmp": sorted(p.name for p in root.glob(".*.tmp"))}
+
+
+@pytest.mark.parametrize("cut", ["after the switch", "before the switch"])
+def test_a_cut_commit_is_taken_back_whole_by_the_rollback(cut: str, releases: dict[str, Path], keys: dict[str, Path],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ArtifactCommit killed mid-way, then Mender's ArtifactRollback: the device is exactly as before the deployment
+    (current, previous, version_floor, store), so Mender's record (the old artifact) is the truth."""
+    from edgeseg_runtime.install import InstallRoot
+
+    root = _root(tmp_path, keys)
+    _installed_by_module(root, tmp_path, releases["1.0.0"])
+    _installed_by_module(root, tmp_path, releases["1.1.0"])
+    before = _tree(root)
+    files = _files(tmp_path, releases["1.2.0"])
+    assert _module(root, "ArtifactInstall", files).returncode == 0
+    method = "_finish" if cut == "after the switch" else "_raise_floor"
+
+    def power_cut(*_a: object, **_k: object) -> None:
+        raise SystemExit("power cut")  # what a kill leaves: nothing after this point runs
+
+    monkeypatch.setattr(InstallRoot, method, power_cut)
+    manifest = (files / "tmp" / "edgeseg-state").read_text().split()[2]
+    with pytest.raises(SystemExit):
+        InstallRoot(root).commit_staged(manifest)
+    monkeypatch.undo()
+    assert json.loads((root / "journal.json").read_text())["undo"] is True
+    r = _module(root, "ArtifactRollback", files)
+    assert r.returncode == 0 and "took back the commit of 1.2.0" in r.stderr, r.stderr
+    assert _module(root, "ArtifactFailure", files).returncode == 0
+    assert _tree(root) == before
+
+
+def test_tidying_up_after_the_switch_does_not_fail_the_commit(releases: dict[str, Path], keys: dict[str, Path],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeseg_runtime.install import InstallRoot
+
+    root = _root(tmp_path, keys)
+    _installed_by_module(root, tmp_path, releases["1.0.0"])
+    files = _files(tmp_path, releases["1.1.0"])
+    assert _module(root, "ArtifactInstall", files).returncode == 0
+
+    def cannot_prune(*_a: object, **_k: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(InstallRoot, "prune", cannot_prune)
+    lines: list[str] = []
+    result = InstallRoot(root, report=lines.append).commit_staged()
+    assert result.status == "installed" and result.version == "1.1.0"
+    assert os.readlink(root / "current") == "releases/1.1.0" and any("tidying up failed" in l for l in lines)
+    monkeypatch.undo()
+    r = subprocess.run([str(root / "bin" / "edgeseg"), "recover"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "finished the install of 1.1.0" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert not (root / "journal.json").exists()
+
+
+def test_a_signal_during_artifact_install_discards_it(releases: dict[str, Path], keys: dict[str, Path], tmp_path: Path) -> None:
+    root = _root(tmp_path, keys)
+    _installed_by_module(root, tmp_path, releases["1.0.0"])
+    before = _tree(root)
+    files = _files(tmp_path, releases["1.1.0"])
+    runtime = Path(edgeseg.__file__).parents[1] / "runtime_py"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg_runtime.mender", "--root", str(root), "ArtifactInstall",
+                             str(files)], env={**os.environ, "PYTHONPATH": str(runtime)}, stderr=subprocess.PIPE, text=True)
+    deadline, phase = time.monotonic() + 60, None
+    while time.monotonic() < deadline and phase != "health":
+        try:
+            phase = json.loads((root / "journal.json").read_text())["phase"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.005)
+    assert phase == "health"
+    proc.send_signal(signal.SIGTERM)  # systemctl stop mender-client
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("edgeseg: error: stopped by signal 15; the install was discarded")
+    assert _tree(root) == before  # journal, staging slot, unpacked files: all gone
+    ps = subprocess.run(["pgrep", "-f", f"{root}/releases/.staging"], capture_output=True, text=True, check=False)
+    assert ps.stdout.strip() == ""  # the health check did not outlive the module
+
+
+def test_other_commands_while_staged_leave_the_staged_slot_working(releases: dict[str, Path], keys: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    from edgeseg_runtime.install import InstallRoot
+
+    root = _root(tmp_path, keys)
+    _installed_by_module(root, tmp_path, releases["1.0.0"])
+    _installed_by_module(root, tmp_path, releases["1.1.0"])
+    files = _files(tmp_path, releases["1.2.0"])
+    assert _module(root, "ArtifactInstall", files).returncode == 0
+    dev = InstallRoot(root)
+    dev.prune(1)  # gc must not take the staged slot's files
+    with pytest.raises(Exception, match="staged by a Mender deployment"):
+        dev.rollback()
+    other = _files(tmp_path / "other", releases["1.1.0"])
+    assert _module(root, "ArtifactFailure", other).returncode == 0  # a deployment that staged nothing touches nothing
+    assert (root / "releases" / ".staging-1.2.0").is_dir()
+    r = _module(root, "ArtifactCommit", other)  # it staged nothing: it commits nothing, not another one's slot
+    assert r.returncode == 1 and "staged nothing to commit" in r.stderr, r.stderr
+    assert os.readlink(root / "current") == "releases/1.1.0"
+    r = _module(root, "ArtifactCommit", files)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(root / "bin" / "edgeseg"), "verify", str(root / "current")], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and r.stdout.startswith("PASS: 1.2.0 "), r.stdout + r.stderr
+
+
+def test_export_never_writes_over_a_special_file_or_into_a_folder(releases: dict[str, Path], keys: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out, message in ((fifo, "is not a regular file"), (tmp_path, "is a folder")):
+        r = edgeseg_cli("export", "mender", releases["1.0.0"], "-t", DEVICE_TYPE, "-o", out)
+        assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
+    assert fifo.is_fifo() and not list(tmp_path.glob(".edgeseg-mender-*"))

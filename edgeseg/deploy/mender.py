@@ -107,10 +107,40 @@ def mender_artifact_tool() -> str:
     return tool
 
 
-def _key_name(text: str) -> str:
-    """A model name as one component of a provides key (``edgeseg.<name>.version``)."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
-    return name or "model"
+def _check_signing_key(key: Path) -> None:
+    """Refuse, before writing anything, a key ``mender-artifact`` 3.9 cannot sign with, saying how to convert it.
+
+    It reads RSA keys as PKCS#1 (``BEGIN RSA PRIVATE KEY``) and ECDSA keys as
+    SEC1 (``BEGIN EC PRIVATE KEY``), unencrypted; OpenSSL 3 writes PKCS#8.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from ..errors import ConfigError
+
+    try:
+        data = key.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key}: no such signing key (an RSA or ECDSA P-256 private key in PEM): "
+                          f"{exc.strerror or exc}") from None
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ConfigError(f"{key}: the key is passphrase-protected; mender-artifact needs it decrypted "
+                          "(openssl pkey -in KEY -out KEY.plain.pem)") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}: not a PEM private key (mender-artifact signs with RSA or ECDSA P-256 keys)") from None
+    if isinstance(loaded, rsa.RSAPrivateKey):
+        if b"BEGIN RSA PRIVATE KEY" not in data:
+            raise ConfigError(f"{key}: an RSA key in PKCS#8 form; mender-artifact reads PKCS#1: convert it with "
+                              "openssl rsa -in KEY -out KEY.rsa.pem -traditional")
+    elif isinstance(loaded, ec.EllipticCurvePrivateKey):
+        if b"BEGIN EC PRIVATE KEY" not in data:
+            raise ConfigError(f"{key}: an ECDSA key in PKCS#8 form; mender-artifact reads SEC1 ('BEGIN EC PRIVATE "
+                              "KEY'): convert it with openssl ec -in KEY -out KEY.sec1.pem")
+    else:
+        raise ConfigError(f"{key}: a {type(loaded).__name__.removeprefix('_')} key; mender-artifact signs with RSA "
+                          "or ECDSA P-256 keys only (edgeseg's own Ed25519 key signs the archive inside)")
 
 
 def _tool(argv: list[str], doing: str) -> str:
@@ -154,8 +184,8 @@ def export_mender(archive: str | Path, device_types: Sequence[str], out: str | P
         if not _NAME.fullmatch(t):
             raise ConfigError(f"device type {t[:60]!r} must be letters, digits and . _ + - (at most 128)")
     key = Path(sign_key) if sign_key is not None else None
-    if key is not None and not key.is_file():
-        raise ConfigError(f"{key}: no such signing key (an RSA or ECDSA P-256 private key in PEM)")
+    if key is not None:
+        _check_signing_key(key)
     tool = mender_artifact_tool()
     with Archive.open(src) as opened:  # every file checked against the manifest
         if opened.signature is None:
@@ -165,10 +195,14 @@ def export_mender(archive: str | Path, device_types: Sequence[str], out: str | P
                                  "with --sign-key (keys from 'edgeseg keys new')")
         key_id = check_signature(opened.manifest_bytes, opened.signature).key_id
         manifest = opened.manifest
-    model, version = _key_name(manifest.model.name), manifest.release_version
+    model, version = manifest.model.name, manifest.release_version  # the contract's name pattern: a safe key part
     dest = Path(out) if out is not None else src.with_name(src.name.removesuffix(".tar.gz") + ".mender")
     if dest.exists() and src.exists() and dest.resolve() == src.resolve():
         raise DeployError(f"{dest} is the archive itself; give another --out")
+    if dest.is_dir():
+        raise ConfigError(f"--out {dest} is a folder; give the artifact's file name (e.g. {dest}/{model}-{version}.mender)")
+    if os.path.lexists(dest) and not dest.is_symlink() and not dest.is_file():
+        raise ConfigError(f"--out {dest} exists and is not a regular file (a device, FIFO or socket); give another path")
     dest.parent.mkdir(parents=True, exist_ok=True)
     name = f"{model}-{version}"
     provides = {f"edgeseg.{model}.version": version, f"edgeseg.{model}.target": manifest.target.name,
@@ -197,13 +231,7 @@ def export_mender(archive: str | Path, device_types: Sequence[str], out: str | P
             argv += ["--key", str(key)]
         report(f"writing {dest.name}: artifact {name}, payload {payload.name} ({payload.stat().st_size:,} bytes), "
                f"device types {', '.join(types)}")
-        try:
-            _tool(argv, "write the artifact")
-        except DeployError as exc:
-            if "ParsePKCS8PrivateKey" in str(exc):  # mender-artifact 3.9 reads ECDSA keys in SEC1 form only
-                raise DeployError(f"{key}: mender-artifact reads ECDSA keys as 'BEGIN EC PRIVATE KEY' (SEC1) PEM, this "
-                                  "one is PKCS#8; convert it: openssl ec -in KEY -out KEY.sec1.pem") from None
-            raise
+        _tool(argv, "write the artifact")
         info = _tool([tool, "read", "--no-progress", str(tmp)], "read the artifact back")
         if f"Name: {name}" not in info or f"edgeseg.{model}.version: {version}" not in info:
             raise DeployError(f"mender-artifact read does not show artifact {name} in what it wrote")

@@ -94,7 +94,7 @@ def _survive_hangup() -> None:
                 pass
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``PROG: error: MESSAGE (see PROG --help)``, exit 2.
 
     The idea of :class:`edgeseg_runtime.cli.OneLineParser`, copied: that module
@@ -107,7 +107,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     # sub-commands' parsers are of the same class (add_subparsers takes type(parser)): one line there too
-    parser = _OneLineParser(prog="edgeseg-agent", description=(__doc__ or "").split("\n\n")[0])
+    parser = OneLineParser(prog="edgeseg-agent", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--root", required=True, help="install root on this device")
     parser.add_argument("--plain", action="store_true", help="print for people, not for the host")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1053,12 +1053,20 @@ class LockHolder(Record):
 
 @dataclass(frozen=True)
 class Journal(Record):
-    """``R/journal.json``: the install in progress, the phase it started, the version it replaces."""
+    """``R/journal.json``: the install in progress, the phase it started, the version it replaces.
+
+    ``undo``: a commit that a Mender rollback may take back (``ArtifactCommit`` cut, then
+    ``ArtifactRollback``): ``previous`` and ``floor`` are the ``previous`` link's version and
+    ``version_floor`` from before the switch.
+    """
 
     phase: JournalPhase
     version: Optional[str] = None
     manifest: Optional[str] = None
     old: Optional[str] = None
+    undo: bool = False
+    previous: Optional[str] = None
+    floor: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -671,7 +671,8 @@ class InstallRoot:
                 f"version {journal.version} is staged by a Mender deployment and waits for its commit; finish it "
                 "('mender commit' or 'mender rollback'), or discard it with 'edgeseg recover' on the device")
 
-    def _stage(self, manifest_sha: str, allow_downgrade: bool, health_timeout: float) -> InstallResult | _Staged:
+    def _stage(self, manifest_sha: str, allow_downgrade: bool, health_timeout: float,
+               local: bool = False) -> InstallResult | _Staged:
         """Steps 1-4 (check, assemble, dependencies, health) under the caller's lock; ``current`` untouched.
 
         Returns:
@@ -694,11 +695,11 @@ class InstallRoot:
         staging = self.root / "releases" / f".staging-{version}"
         try:
             self.ingest({entry.sha256: entry.size for entry in manifest.files.values()})
-            self._journal(Journal(phase="assemble", version=version, manifest=manifest_sha))
+            self._journal(Journal(phase="assemble", version=version, manifest=manifest_sha, undo=local))
             self._assemble(manifest, manifest_sha, staging)
-            self._journal(Journal(phase="dependencies", version=version, manifest=manifest_sha))
+            self._journal(Journal(phase="dependencies", version=version, manifest=manifest_sha, undo=local))
             site = self._dependencies(manifest, staging)
-            self._journal(Journal(phase="health", version=version, manifest=manifest_sha))
+            self._journal(Journal(phase="health", version=version, manifest=manifest_sha, undo=local))
         except OSError as exc:
             self._discard(staging)
             raise self._write_error(exc, staging) from None
@@ -711,15 +712,28 @@ class InstallRoot:
             raise InstallError(f"health check failed, kept version {old or 'none'}: {health.verdict}")
         return _Staged(manifest, manifest_sha, key_id, staging, old, health)
 
-    def _commit(self, staged: _Staged) -> InstallResult:
-        """Step 5-6 under the caller's lock: switch ``current`` to the staged slot, then prune."""
+    def _commit(self, staged: _Staged, undo: bool = False) -> InstallResult:
+        """Step 5-6 under the caller's lock: switch ``current`` to the staged slot, then prune.
+
+        ``undo``: record what :meth:`discard_staged` needs to take the switch back (a Mender commit).
+        Once ``current`` has switched, the install has happened: a failure while tidying up
+        (launcher, pruning) is reported, and ``recover`` finishes it.
+        """
         version = staged.manifest.release_version
+        before = self._release("previous")
+        journal = Journal(phase="switch", version=version, manifest=staged.manifest_sha, old=staged.old, undo=undo,
+                          previous=before.version if undo and before and not before.broken else None,
+                          floor=self.version_floor() if undo else None)
         try:
-            self._journal(Journal(phase="switch", version=version, manifest=staged.manifest_sha, old=staged.old))
+            self._journal(journal)
             self._switch(version, staged.staging, staged.old)
-            self._finish(staged.manifest)
         except OSError as exc:  # the journal says what recover must finish or discard
             raise self._write_error(exc, self.root) from None
+        try:
+            self._finish(staged.manifest, journal)
+        except OSError as exc:
+            self.report(f"installed {version}, but tidying up failed ({exc.strerror or exc}); 'edgeseg recover' "
+                        "finishes it")
         return InstallResult(status="installed", version=version, previous=staged.old, key_id=staged.key_id,
                              health=staged.health)
 
@@ -763,7 +777,10 @@ class InstallRoot:
             unpack = self.root / f".unpack-{os.getpid()}.tmp"
             session = f"local{os.getpid()}"
             _remove(unpack)
+            version = manifest.release_version
             try:
+                # journaled before the first byte is written: a cut from here on is discarded whole by recover
+                self._journal(Journal(phase="assemble", version=version, manifest=msha, undo=True))
                 try:
                     unpack.mkdir()
                     self.report(f"unpacking {path.name}")
@@ -780,18 +797,57 @@ class InstallRoot:
                     raise self._write_error(exc, unpack) from None
                 finally:
                     _remove(unpack)
-                staged = self._stage(msha, allow_downgrade, health_timeout)
-            except BaseException:
-                self._forget(msha)  # a refused or failed install leaves nothing of its archive behind
+                staged = self._stage(msha, allow_downgrade, health_timeout, local=True)
+            except BaseException:  # refused, failed, or stopped by a signal: nothing of the archive stays behind
+                self._discard(self.root / "releases" / f".staging-{version}")
+                self._drop_session(session)
+                self._forget(msha)
                 raise
             finally:
                 self._drop_session(session)
             if isinstance(staged, InstallResult):
                 return staged
-            self._journal(Journal(phase="staged", version=manifest.release_version, manifest=msha, old=staged.old))
+            self._journal(Journal(phase="staged", version=manifest.release_version, manifest=msha, old=staged.old,
+                                  undo=True))
             self.report(f"staged releases/{staged.staging.name}: health check passed; waiting for the commit")
             return InstallResult(status="staged", version=manifest.release_version, previous=staged.old,
                                  key_id=staged.key_id, health=staged.health)
+
+    def _undo_commit(self, journal: Journal) -> InstallResult:
+        """Take back a Mender commit cut before or after its switch (see :meth:`discard_staged`)."""
+        new, old = journal.version or "", journal.old
+        if old and (self.root / "releases" / old).is_dir():
+            _symlink_atomic(self.root / "current", f"releases/{old}")
+        elif not old:
+            _remove(self.root / "current")
+        if journal.previous and (self.root / "releases" / journal.previous).is_dir():
+            _symlink_atomic(self.root / "previous", f"releases/{journal.previous}")
+        else:
+            _remove(self.root / "previous")
+        if journal.floor:
+            _write_atomic(self.root / FLOOR_NAME, journal.floor + "\n")
+        else:
+            _remove(self.root / FLOOR_NAME)
+        if new and new != old:
+            aside = self.root / "releases" / f".old-{new}-{os.getpid()}"
+            if (self.root / "releases" / new).is_dir():
+                os.replace(self.root / "releases" / new, aside)
+            _remove(aside)
+        _remove(self.root / "releases" / f".staging-{new}")
+        self._remove_journal()
+        if journal.manifest:
+            self._forget(journal.manifest)
+        self.report(f"took back the commit of {new}: current -> {('releases/' + old) if old else 'none'}")
+        return InstallResult(status="unchanged", version=old or "none", previous=journal.previous, key_id="")
+
+    def _tidy_local(self) -> None:
+        """Leftovers of a cut :meth:`stage_archive` with no journal yet: its unpack folder and local uploads."""
+        for leftover in self.root.glob(".unpack-*.tmp"):
+            _remove(leftover)
+        for entry in list(os.scandir(self.root / "incoming")):
+            match = PART_RE.fullmatch(entry.name)
+            if match and match["session"].startswith("local"):
+                _remove(Path(entry.path))
 
     def _drop_session(self, session: str) -> None:
         """Delete the uploads of one local session (``stage_archive``'s) left in ``incoming/``."""
@@ -815,10 +871,11 @@ class InstallRoot:
             _remove(self.root / "incoming" / f"{manifest_sha}.sig")
         self.gc()
 
-    def commit_staged(self) -> InstallResult:
+    def commit_staged(self, manifest: str | None = None) -> InstallResult:
         """Switch ``current`` to the slot :meth:`stage_archive` left (holds ``R/lock``): Mender's ``ArtifactCommit``.
 
         A commit cut after its switch (power loss) is finished when called again.
+        ``manifest``: the sha256 of the manifest this deployment staged (None = whichever is staged).
 
         Raises:
             DeviceBusy: another command holds the lock.
@@ -834,6 +891,8 @@ class InstallRoot:
                 raise InstallError(f"the commit of {journal.version} was cut before its switch; nothing is staged now")
             if error is not None or journal is None or journal.phase != "staged" or not journal.version:
                 raise InstallError("nothing is staged to commit (no staged install, or 'recover' discarded it)")
+            if manifest is not None and journal.manifest != manifest:
+                raise InstallError(f"the staged install ({journal.version}) is not this deployment's; not committing it")
             version, msha = journal.version, journal.manifest or ""
             staging = self.root / "releases" / f".staging-{version}"
             try:
@@ -850,14 +909,19 @@ class InstallRoot:
             except (OSError, EdgesegError) as exc:
                 self._discard(staging)
                 raise InstallError(f"the staged slot of {version} fails its signature check ({exc}); discarded it") from None
-            return self._commit(_Staged(manifest, msha, key_id, staging, journal.old, None))
+            return self._commit(_Staged(manifest, msha, key_id, staging, journal.old, None), undo=True)
 
-    def discard_staged(self) -> InstallResult | None:
+    def discard_staged(self, manifest: str | None = None) -> InstallResult | None:
         """Undo what :meth:`stage_archive` (or a cut :meth:`commit_staged`) did: Mender's ``ArtifactRollback``.
 
-        A staged slot is deleted; a commit that already switched ``current`` is
-        switched back to the release it replaced. ``current`` ends on the
-        release that was current before the deployment. Holds ``R/lock``.
+        A staged slot is deleted; a commit that was cut (power loss, a kill) is
+        taken back whole: ``current``, ``previous`` and ``version_floor`` as
+        they were, the new slot removed. ``current`` ends on the release that
+        was current before the deployment. Holds ``R/lock``.
+
+        Args:
+            manifest: the sha256 of the manifest this deployment staged; an install
+                in progress of another manifest is left alone. None = whichever.
 
         Returns:
             None when there was nothing to undo; else a record of the version current after it.
@@ -865,14 +929,13 @@ class InstallRoot:
         with self.lock("rollback"):
             journal, _ = self._read_journal()
             if journal is None:
+                self._tidy_local()
                 return None
-            cur = self._release("current")
-            if (journal.phase in ("switch", "prune") and journal.old and cur and cur.version == journal.version
-                    and (self.root / "releases" / journal.old).is_dir()):
-                _symlink_atomic(self.root / "current", f"releases/{journal.old}")
-                self._remove_journal()
-                self.report(f"switched back: current -> releases/{journal.old}")
-                return InstallResult(status="unchanged", version=journal.old, previous=journal.version, key_id="")
+            if manifest is not None and journal.manifest != manifest:
+                self.report(f"the install in progress ({journal.version}) is not this deployment's; left as it is")
+                return None
+            if journal.phase in ("switch", "prune") and journal.undo and journal.version:
+                return self._undo_commit(journal)
             if journal.version:
                 self._discard(self.root / "releases" / f".staging-{journal.version}")
                 self.report(f"discarded the staged install of {journal.version}")
@@ -1020,9 +1083,13 @@ class InstallRoot:
         _remove(staging.with_name(staging.name + ".tmp"))
         self._remove_journal()
 
-    def _finish(self, manifest: Manifest) -> None:
+    def _finish(self, manifest: Manifest, journal: Journal | None = None) -> None:
         """Launcher, pruning of old slots, sites and store files; then the journal goes."""
-        self._journal(Journal(phase="prune", version=manifest.release_version))
+        prune = Journal(phase="prune", version=manifest.release_version)
+        if journal is not None:
+            prune = Journal(phase="prune", version=journal.version, manifest=journal.manifest, old=journal.old,
+                            undo=journal.undo, previous=journal.previous, floor=journal.floor)
+        self._journal(prune)
         self._write_launcher()
         self.prune(manifest.target.deploy.keep_releases)
         self._remove_journal()
@@ -1077,7 +1144,8 @@ class InstallRoot:
         used: set[str] = set()
         sites: set[str] = set()
         readable = True
-        for v in self.releases():
+        staged = [p.name for p in (self.root / "releases").glob(".staging-*") if (p / MANIFEST_NAME).is_file()]
+        for v in [*self.releases(), *staged]:  # a slot staged for a Mender commit keeps its files and site
             try:
                 mbytes = (self.root / "releases" / v / MANIFEST_NAME).read_bytes()
                 manifest = Manifest.parse(mbytes)
@@ -1114,6 +1182,7 @@ class InstallRoot:
             InstallError: no previous release to return to.
         """
         with self.lock("rollback"):
+            self._refuse_if_staged()
             self._recover()
             cur, prev = self._release("current"), self._release("previous")
             if not prev or not prev.version or prev.broken:
@@ -1165,6 +1234,10 @@ class InstallRoot:
             else:
                 status = "discarded"
                 notes.append(f"discarded the install of {new or 'a release'} stopped in phase {journal.phase}")
+                self._remove_journal()
+                self._tidy_local()
+                if journal.manifest and journal.undo:  # a Mender install's unpacked files (SSH uploads stay for a resume)
+                    self._forget(journal.manifest)
             self._remove_journal()
         for leftover in (self.root / "releases").iterdir():
             if leftover.name.startswith((".staging-", ".old-")):

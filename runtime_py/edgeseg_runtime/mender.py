@@ -34,8 +34,12 @@ as failed and the device keeps its release. Progress goes to stderr; stdout
 carries only the answers to the two query states.
 
 ``FILES/tmp/edgeseg-state`` remembers between states what this deployment
-did (``staging V``, ``staged V`` or ``unchanged V``), so rollback and cleanup
-touch only a slot this deployment staged.
+did (``staging``, ``staged``, ``unchanged``, ``committed``, with the version
+and the manifest's sha256), so commit, rollback and cleanup touch only the
+slot this deployment staged. A signal (``systemctl stop mender-client``,
+Ctrl-C) during ``ArtifactInstall`` discards what it had done (the health check
+is stopped too) and exits 128 + N; commit and rollback ignore signals (they
+take moments and are never left half-done).
 
 Source: Mender documentation, "Update Modules" (protocol v3: states, the
 ``FILES`` tree, query states' answers on stdout, exit status as the verdict),
@@ -47,8 +51,10 @@ Standard library only (runs where the installer runs); Python 3.9+.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,25 +129,46 @@ def _state_path(files: Path) -> Path:
     return files / "tmp" / STATE_FILE
 
 
-def _remembered(files: Path) -> tuple[str, str]:
-    """``(what, version)`` this deployment did so far (``("", "")``: nothing staged by it)."""
+def _remembered(files: Path) -> tuple[str, str, str | None]:
+    """``(what, version, manifest sha256)`` this deployment did so far (``what`` empty: nothing staged by it)."""
     try:
-        what, _, version = _state_path(files).read_text(encoding="utf-8").strip().partition(" ")
+        what, version, manifest = (_state_path(files).read_text(encoding="utf-8").split() + ["", "", ""])[:3]
     except (OSError, UnicodeDecodeError):
-        return "", ""
-    return what, version
+        return "", "", None
+    return what, version, (manifest if len(manifest) == 64 else None)
 
 
-def _remember(files: Path, what: str, version: str) -> None:
+def _remember(files: Path, what: str, version: str, manifest: str) -> None:
     path = _state_path(files)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".new")
-    tmp.write_text(f"{what} {version}\n", encoding="utf-8")
+    tmp.write_text(f"{what} {version} {manifest}\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _say(line: str) -> None:
     print(f"edgeseg: {line}", file=sys.stderr, flush=True)
+
+
+class Stopped(BaseException):
+    """SIGTERM/SIGINT/SIGHUP during ``ArtifactInstall`` (``systemctl stop mender-client``, Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signals() -> None:
+    def stop(signum: int, _frame: Any) -> None:
+        raise Stopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
+def _finish_despite_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # commit and rollback take moments: never half-done
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_state(root: str | Path, state: str, files: Path) -> str | None:
@@ -150,39 +177,58 @@ def run_state(root: str | Path, state: str, files: Path) -> str | None:
     Raises:
         DeviceBusy: another edgeseg command holds the install root's lock.
         EdgesegError: the state failed (refused archive, failed health check, nothing to commit).
+        Stopped: a signal stopped ``ArtifactInstall`` (what it had done is discarded first).
     """
     if state in _QUERIES:
         return _QUERIES[state]
     device = InstallRoot(root, report=_say)
-    what, version = _remembered(files)
+    what, version, manifest = _remembered(files)
     if state == "ArtifactInstall":
+        from .errors import ArchiveError, InstallError
+        from .tarball import read_head
+
         payload = _payload(files)
-        _remember(files, "staging", "?")  # before anything: rollback then knows this deployment may have staged
+        try:
+            head, mbytes, _sig = read_head(payload)
+        except ArchiveError as exc:
+            raise InstallError(f"refusing to install: {exc}") from None
+        msha = hashlib.sha256(mbytes).hexdigest()
+        _remember(files, "staging", head.release_version, msha)  # rollback then knows which install is this one's
+        _stop_on_signals()
         result = device.stage_archive(payload)
-        _remember(files, result.status, result.version)
+        _finish_despite_signals()
+        _remember(files, result.status, result.version, msha)
         if result.status == "unchanged":
             _say(f"version {result.version} is already current; nothing to install")
-    elif state == "ArtifactCommit":
+        return None
+    _finish_despite_signals()
+    if state == "ArtifactCommit":
         if what == "unchanged":
             return None
-        result = device.commit_staged()
-        _remember(files, "committed", result.version)
+        if what not in ("staged", "committed") or manifest is None:
+            from .errors import InstallError
+
+            raise InstallError("this deployment staged nothing to commit (its ArtifactInstall did not stage a release)")
+        result = device.commit_staged(manifest)
+        _remember(files, "committed", result.version, manifest or "")
         _say(f"committed: current is {result.version}")
     elif state in ("ArtifactRollback", "ArtifactFailure") or (state == "Cleanup" and what in ("staging", "staged")):
         if what in ("staging", "staged"):
-            undone = device.discard_staged()
-            _remember(files, "discarded", version)
+            undone = device.discard_staged(manifest)
+            _remember(files, "discarded", version, manifest or "")
             if undone is not None:
                 _say(f"{state}: current is {undone.version}")
         elif what == "committed" and state == "ArtifactRollback" and device.state().version == version:
             back = device.rollback()  # Mender rolls back after a commit (a failed ArtifactCommit_Leave script)
-            _remember(files, "discarded", version)
+            _remember(files, "discarded", version, manifest or "")
             _say(f"{state}: current is {back.version}")
     return None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeseg-mender-module", description=(__doc__ or "").split("\n\n")[0])
+    from .agent import OneLineParser
+
+    parser = OneLineParser(prog="edgeseg-mender-module", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--root", required=True, help="the device's edgeseg install root")
     parser.add_argument("state", help="the Mender state (ArtifactInstall, ArtifactCommit, ...)")
     parser.add_argument("files", nargs="?", default=".", help="the payload's working folder Mender passes")
@@ -194,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: Any = _parser().parse_args(argv)
     try:
         answer = run_state(args.root, args.state, Path(args.files))
+    except Stopped as exc:
+        print(f"edgeseg: error: stopped by signal {exc.signum}; the install was discarded, the device keeps its "
+              "release", file=sys.stderr)
+        return 128 + exc.signum
     except DeviceBusy as exc:
         print(f"edgeseg: error: {exc}", file=sys.stderr)
         return 2
