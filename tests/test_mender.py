@@ -197,10 +197,12 @@ class MenderDevice:
 @pytest.fixture()
 def device(tmp_path: Path, keys: dict[str, Path]) -> Iterator[MenderDevice]:
     dev = MenderDevice(tmp_path, keys)
-    r = dev.provision()
-    assert r.returncode == 0, r.stdout + r.stderr
-    yield dev
-    dev.close()
+    try:
+        r = dev.provision()
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield dev
+    finally:
+        dev.close()
 
 
 def _provides(dev: MenderDevice) -> dict[str, str]:
