@@ -128,7 +128,8 @@ def _tiny_build(out: Path, name: str, classes: list[str], precision: str = "fp32
 
     spec = load_spec(None, {"name": name, "input": {"layout": "NCHW", "size": [64, 96], "mean": [123.675, 116.28, 103.53],
                                                     "std": [58.395, 57.12, 57.375]},
-                            "output": {"kind": "logits", "classes": classes}})
+                            "output": {"kind": "logits", "classes": classes},
+                            "quantization": {"keep_float": {"onnxruntime": ["ConvTranspose", "Sigmoid"]}}})
     out.mkdir(parents=True, exist_ok=True)
     src = _tiny_onnx(out / f"{name}-{seed}.onnx", len(classes), seed)
     return edgeseg.build(src, spec=spec, target="cpu", precision=precision, out_dir=out / precision, **QUIET).archive

@@ -225,10 +225,15 @@ def run_state(root: str | Path, state: str, files: Path) -> str | None:
     return None
 
 
-def _parser() -> argparse.ArgumentParser:
-    from .agent import OneLineParser
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, exit 2 (this module must not import the agent: it imports this one)."""
 
-    parser = OneLineParser(prog="edgeseg-mender-module", description=(__doc__ or "").split("\n\n")[0])
+    def error(self, message: str) -> Any:  # argparse API
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="edgeseg-mender-module", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--root", required=True, help="the device's edgeseg install root")
     parser.add_argument("state", help="the Mender state (ArtifactInstall, ArtifactCommit, ...)")
     parser.add_argument("files", nargs="?", default=".", help="the payload's working folder Mender passes")
