@@ -39,6 +39,7 @@ import hashlib
 import os
 import shutil
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Tuple
@@ -253,20 +254,31 @@ def read_head(path: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
     Raises:
         ArchiveError: not an edgeseg archive, corrupt headers, an invalid manifest.
     """
-    where = str(path)
-    raw, fh = _open(path, where)
-    try:
-        stream = _Stream(fh, where)
+    with _reading(path) as stream:
         members = _headers(stream)
         manifest, manifest_bytes = _read_manifest(stream, members)
         second = next(members, None)
         sig: bytes | None = None
         if second is not None and second.name == SIGNATURE_NAME and second.kind == "file":
             if second.size > LIMITS.document_bytes:
-                raise ArchiveError(f"{where}: an oversized {SIGNATURE_NAME}; corrupt or hostile archive")
+                raise ArchiveError(f"{stream.where}: an oversized {SIGNATURE_NAME}; corrupt or hostile archive")
             sig = stream.read(second.size)
         return manifest, manifest_bytes, sig
+
+
+@contextmanager
+def _reading(path: Path, disk_full: str = "") -> Iterator[_Stream]:
+    """The archive as a tar stream; read errors become one :class:`ArchiveError` line, the files are closed on exit.
+
+    ``disk_full``: the message for ENOSPC/EDQUOT (writing while reading, :func:`extract`); "" = a read error.
+    """
+    where = str(path)
+    raw, fh = _open(path, where)
+    try:
+        yield _Stream(fh, where)
     except OSError as exc:
+        if disk_full and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArchiveError(f"{where}: {disk_full}") from None
         raise ArchiveError(f"{where}: corrupt or truncated archive ({exc.strerror or exc}); rebuild or re-download it") from None
     except (EOFError, zlib.error) as exc:
         raise ArchiveError(f"{where}: corrupt or truncated archive ({exc}); rebuild or re-download it") from None
@@ -292,9 +304,7 @@ def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
             or sha256 / missing, an invalid manifest, or too little free space.
     """
     where = str(path)
-    raw, fh = _open(path, where)
-    try:
-        stream = _Stream(fh, where)
+    with _reading(path, f"disk full while unpacking into {dest.parent}; free space or set TMPDIR") as stream:
         members = _headers(stream)
         manifest, manifest_bytes = _read_manifest(stream, members)
         free = shutil.disk_usage(dest).free
@@ -338,12 +348,3 @@ def extract(path: Path, dest: Path) -> Tuple[Manifest, bytes, Optional[bytes]]:
         if sig is not None:
             (dest / SIGNATURE_NAME).write_bytes(sig)
         return manifest, manifest_bytes, sig
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ArchiveError(f"{where}: disk full while unpacking into {dest.parent}; free space or set TMPDIR") from None
-        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc.strerror or exc}); rebuild or re-download it") from None
-    except (EOFError, zlib.error) as exc:
-        raise ArchiveError(f"{where}: corrupt or truncated archive ({exc}); rebuild or re-download it") from None
-    finally:
-        fh.close()
-        raw.close()
