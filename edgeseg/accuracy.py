@@ -15,9 +15,20 @@ against ground truth when there are masks; without masks the reference is the
 ground truth, where fp32 scores 100, so the drop is ``100 * (1 - mIoU vs
 reference)`` (stricter: every disagreement counts, even where both are wrong).
 
+The gated **worst class** is the class with the lowest IoU against the
+fp32 labels (:func:`edgeseg.metrics.worst_class`; classes under 0.1 % of the
+pixels are reported, not gated): pixel agreement alone hides a small
+foreground lost (a person mask gone in a kite-flying scene still agrees on 97 %
+of the pixels). The **worst image** (lowest mIoU vs fp32 labels) is reported.
+
 The budget comes from the target profile (``[quantization]
-max_miou_drop``, ``min_pixel_agreement``); a miss raises
+min_class_iou``, ``max_miou_drop``, ``min_pixel_agreement``; every shipped
+profile that builds int8 sets the first two); a miss raises
 :class:`~edgeseg.errors.AccuracyError` naming the figures and what to try.
+
+The default evaluation set is :data:`DEFAULT_EVAL` (real photos shipped with
+edgeseg, held apart from the calibration set; sources in its README.md);
+``--eval DIR`` replaces it.
 """
 
 from __future__ import annotations
@@ -28,15 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg_runtime.images import load_image
+from edgeseg_runtime.images import iter_image_paths, load_image
 from edgeseg_runtime.segmentor import Segmentor
 
 from ._progress import Step
 from .datasets import Dataset, load_dataset
 from .errors import AccuracyError
-from .metrics import SegmentationScores, confusion_matrix, scores_from_confusion
+from .metrics import SegmentationScores, confusion_matrix, miou_drop, scores_from_confusion, worst_class
+from .spec import DATA
 
-__all__ = ["load_eval_set", "AccuracyReport", "evaluate", "check_budget", "raise_if_failed"]
+__all__ = ["DEFAULT_EVAL", "load_eval_set", "AccuracyReport", "evaluate", "score_labels", "check_budget",
+           "raise_if_failed"]
+
+#: the embedded default evaluation set (real photos from PyPI/Debian packages, see its README.md)
+DEFAULT_EVAL = DATA / "eval"
 
 
 def load_eval_set(source: str | Path | None, default_images: list[Path]) -> Dataset:
@@ -44,14 +60,17 @@ def load_eval_set(source: str | Path | None, default_images: list[Path]) -> Data
 
     Args:
         source: a dataset folder (``images/`` + ``masks/`` or another layout of
-            :mod:`edgeseg.datasets`) or a plain folder of images; None = ``default_images``.
-        default_images: images used when ``source`` is None (the golden photos).
+            :mod:`edgeseg.datasets`) or a plain folder of images; None = :data:`DEFAULT_EVAL`.
+        default_images: images used when ``source`` is None and the default set is missing (the golden photos).
 
     Raises:
         ConfigError: an image without its mask.
         ImageError: no images found.
     """
     if source is None:
+        shipped = sorted(iter_image_paths([DEFAULT_EVAL])) if DEFAULT_EVAL.is_dir() else []
+        if shipped:
+            return Dataset.of(shipped, source="edgeseg default eval set")
         return Dataset.of(list(default_images), source="golden images")
     return load_dataset(source)
 
@@ -66,7 +85,9 @@ class AccuracyReport:
         vs_reference: scores of the build's labels with the fp32 labels as ground truth.
         vs_ground_truth: ``{"fp32": scores, <precision>: scores}`` when the set has masks.
         miou_drop: the gated drop in mIoU points; ``drop_basis`` says against what.
-        budget: ``max_miou_drop`` / ``min_pixel_agreement`` (None = not gated).
+        worst_class, worst_class_iou: the gated class (lowest IoU vs fp32 labels) and its IoU.
+        worst_image, worst_image_miou: the image with the lowest mIoU vs fp32 labels.
+        budget: ``min_class_iou`` / ``max_miou_drop`` / ``min_pixel_agreement`` (None = not gated).
         failures: budget misses, one line each.
     """
 
@@ -80,6 +101,10 @@ class AccuracyReport:
     miou_drop: float
     drop_basis: str
     budget: dict[str, float | None]
+    worst_class: str | None = None
+    worst_class_iou: float = float("nan")
+    worst_image: str = ""
+    worst_image_miou: float = float("nan")
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -94,12 +119,15 @@ class AccuracyReport:
         """One line with the figures and the budget."""
         text = (
             f"{'PASS' if self.passed else 'FAIL'}: {self.precision} vs fp32 on {self.images} images ({self.eval_source}): "
+            f"worst class {self.worst_class} IoU {self.worst_class_iou:.3f}, "
             f"pixel agreement {self.pixel_agreement:.2%}, mIoU vs fp32 labels {100 * self.vs_reference.miou:.2f}"
         )
         if self.vs_ground_truth:
             gt = self.vs_ground_truth
             text += f", mIoU vs ground truth fp32 {100 * gt['fp32'].miou:.2f} / {self.precision} {100 * gt[self.precision].miou:.2f}"
         text += f", drop {self.miou_drop:.2f} points ({self.drop_basis})"
+        if self.worst_image:
+            text += f", worst image {self.worst_image} (mIoU {100 * self.worst_image_miou:.2f})"
         return text + ("" if self.passed else "; " + "; ".join(self.failures))
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +144,8 @@ class AccuracyReport:
             ),
             "miou_drop": round(self.miou_drop, 4),
             "drop_basis": self.drop_basis,
+            "worst_class": {"class": self.worst_class, "iou": _rounded(self.worst_class_iou)},
+            "worst_image": {"image": self.worst_image, "miou": _rounded(self.worst_image_miou)},
             "budget": self.budget,
             "failures": self.failures,
         }
@@ -130,6 +160,7 @@ def evaluate(
     classes: list[str],
     budget: dict[str, float | None],
     step: Step | None = None,
+    reference_labels: list[np.ndarray] | None = None,
 ) -> AccuracyReport:
     """Run both models over the evaluation set and fill an :class:`AccuracyReport`.
 
@@ -139,23 +170,46 @@ def evaluate(
         evalset: images (and masks).
         precision: the candidate's precision, for the report.
         classes: class names (C of them).
-        budget: ``{"max_miou_drop": points or None, "min_pixel_agreement": fraction or None}``.
+        budget: ``{"min_class_iou": IoU, "max_miou_drop": points, "min_pixel_agreement": fraction}``, None = not gated.
         step: progress step to advance per image.
+        reference_labels: the reference's label maps of ``evalset`` when already known (a search runs many candidates).
 
     Raises:
         ImageError: an image cannot be read. ConfigError: a bad mask.
+    """
+    ref_maps: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    indices = range(len(evalset))
+    for i in step.track(indices, len(evalset), "images") if step else indices:
+        rgb = load_image(evalset.images[i])
+        ref_maps.append(reference_labels[i] if reference_labels is not None else reference.segment(rgb).labels)
+        maps.append(candidate.segment(rgb).labels)
+    return score_labels(ref_maps, maps, evalset, precision=precision, classes=classes, budget=budget)
+
+
+def score_labels(ref_maps: list[np.ndarray], maps: list[np.ndarray], evalset: Dataset, *, precision: str,
+                 classes: list[str], budget: dict[str, float | None]) -> AccuracyReport:
+    """The :class:`AccuracyReport` of a candidate's label maps against the fp32 ones (and masks when the set has them).
+
+    Args:
+        ref_maps, maps: fp32 and candidate label maps, one ``(H, W)`` integer array per image of ``evalset``.
+        evalset, precision, classes, budget: as :func:`evaluate`.
+
+    Raises:
+        ConfigError: a bad mask.
     """
     n = len(classes)
     agree = np.zeros((n, n), np.int64)
     gt_ref = np.zeros((n, n), np.int64)
     gt_q = np.zeros((n, n), np.int64)
-    indices = range(len(evalset))
-    for i in step.track(indices, len(evalset), "images") if step else indices:
-        rgb = load_image(evalset.images[i])
-        ref_labels = reference.segment(rgb).labels
-        labels = candidate.segment(rgb).labels
-        agree += confusion_matrix(labels, ref_labels, n)
-        truth = evalset.read_mask(i, n, rgb.shape[:2])
+    worst_image, worst_image_miou = "", float("inf")
+    for i, (ref_labels, labels) in enumerate(zip(ref_maps, maps, strict=True)):
+        cm = confusion_matrix(labels, ref_labels, n)
+        agree += cm
+        image_miou = scores_from_confusion(cm).miou
+        if image_miou < worst_image_miou:
+            worst_image, worst_image_miou = evalset.images[i].name, image_miou
+        truth = evalset.read_mask(i, n, ref_labels.shape)
         if truth is not None:
             gt_ref += confusion_matrix(ref_labels, truth, n)
             gt_q += confusion_matrix(labels, truth, n)
@@ -163,9 +217,10 @@ def evaluate(
     gt = None
     if evalset.has_masks:
         gt = {"fp32": scores_from_confusion(gt_ref), precision: scores_from_confusion(gt_q)}
-        drop, basis = 100 * (gt["fp32"].miou - gt[precision].miou), "vs ground truth"
-    else:
-        drop, basis = 100 * (1 - vs_ref.miou), "vs fp32 labels, no masks"
+    drop, basis = miou_drop(vs_ref, gt["fp32"] if gt else None, gt[precision] if gt else None)
+    if not gt:
+        basis += ", no masks"
+    wc, wc_iou = worst_class(agree, list(classes))
     report = AccuracyReport(
         precision=precision,
         eval_source=evalset.source,
@@ -177,15 +232,22 @@ def evaluate(
         miou_drop=float(drop),
         drop_basis=basis,
         budget=dict(budget),
+        worst_class=wc,
+        worst_class_iou=wc_iou,
+        worst_image=worst_image,
+        worst_image_miou=float(worst_image_miou) if worst_image else float("nan"),
     )
-    report.failures = check_budget(report.pixel_agreement, report.miou_drop, budget)
+    report.failures = check_budget(report.pixel_agreement, report.miou_drop, budget, wc, wc_iou)
     return report
 
 
-def check_budget(pixel_agreement: float, miou_drop: float, budget: dict[str, float | None]) -> list[str]:
+def check_budget(pixel_agreement: float, miou_drop: float, budget: dict[str, float | None],
+                 worst: str | None = None, worst_iou: float = float("nan")) -> list[str]:
     """Budget misses as one line each (empty = within budget)."""
     failures = []
-    min_agree, max_drop = budget.get("min_pixel_agreement"), budget.get("max_miou_drop")
+    min_agree, max_drop, min_iou = budget.get("min_pixel_agreement"), budget.get("max_miou_drop"), budget.get("min_class_iou")
+    if min_iou is not None and worst is not None and not worst_iou >= min_iou:
+        failures.append(f"class {worst} IoU {worst_iou:.3f} < {min_iou:.2f} (vs fp32 labels)")
     if min_agree is not None and not pixel_agreement >= min_agree:
         failures.append(f"pixel agreement {pixel_agreement:.2%} < {min_agree:.2%}")
     if max_drop is not None and not miou_drop <= max_drop:
@@ -193,11 +255,19 @@ def check_budget(pixel_agreement: float, miou_drop: float, budget: dict[str, flo
     return failures
 
 
-def raise_if_failed(report: AccuracyReport, target_name: str) -> None:
-    """Raise :class:`AccuracyError` with the figures and what to try when the report failed."""
+def raise_if_failed(report: AccuracyReport, target_name: str, prefix: str = "") -> None:
+    """Raise :class:`AccuracyError` with the figures and what to try when the report failed.
+
+    ``prefix`` goes before the verdict (a search says what it tried: "best of 7 float sets: ").
+    """
     if report.passed:
         return
-    hints = "more or other calibration images (--calib DIR, --calib-count N), keep sensitive ops in float ([quantization] keep_float)"
+    hints = ("more or other calibration images (--calib DIR, --calib-count N), keep sensitive ops in float "
+             "([quantization.keep_float] in the model spec)")
     if report.precision == "int8":
         hints += ", or --precision fp16"
-    raise AccuracyError(f"build stopped, no archive written: {report.verdict()}. Try {hints} (target {target_name}).")
+    raise AccuracyError(f"build stopped, no archive written: {prefix}{report.verdict()}. Try {hints} (target {target_name}).")
+
+
+def _rounded(value: float) -> float | None:
+    return None if value != value else round(float(value), 6)  # NaN -> None

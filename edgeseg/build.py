@@ -29,9 +29,9 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from edgeseg_runtime.verify import VerifyReport, verify_archive
 
 from ._version import __version__
 from ._progress import Reporter, Step, Steps
-from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed
+from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed, score_labels
 from .backends import Backend, Calibration, ModelFiles, get_backend
 from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
@@ -216,6 +216,7 @@ class BuildPlan:
         sign_key: Ed25519 private key file, or None (unsigned).
         archive: where the ``.tar.gz`` goes.
         tool_versions: the backend toolchain's versions; ``reference_version``: ONNX Runtime's.
+        search: run the mixed-precision search when int8 misses the budget (:mod:`edgeseg.mixed_precision`).
     """
 
     source: Any
@@ -232,6 +233,7 @@ class BuildPlan:
     archive: Path
     tool_versions: dict[str, str]
     reference_version: str
+    search: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,8 @@ class Converted:
 
     files: ModelFiles
     cache_state: str
+    search: dict[str, Any] | None = None  # the manifest's quantization.search (int8 through the gate)
+    best_of: str = ""  # "best of N trials: " when a search did not meet the budget
 
 
 def plan_build(
@@ -279,6 +283,7 @@ def plan_build(
     recalibrate: bool = False,
     release_version: str | None = None,
     sign_key: str | Path | None = None,
+    search: bool = True,
 ) -> BuildPlan:
     """Resolve and check everything :func:`build` needs, so a bad input fails before the long steps.
 
@@ -317,7 +322,7 @@ def plan_build(
         source=DEFAULT_MODEL if model is None else model, spec=model_spec, target=tgt, backend=backend,
         golden=tuple(images), evalset=evalset, calib=calib, recalibrate=recalibrate, with_argmax=with_argmax,
         version=version, sign_key=key, archive=Path(out_dir) / f"{model_spec.name}-{tgt.name}-{tgt.precision}.tar.gz",
-        tool_versions=tool_versions, reference_version=reference_version,
+        tool_versions=tool_versions, reference_version=reference_version, search=search,
     )
 
 
@@ -337,6 +342,7 @@ def build(
     recalibrate: bool = False,
     release_version: str | None = None,
     sign_key: str | Path | None = None,
+    search: bool = True,
     report: Reporter | None = None,
 ) -> BuildResult:
     """Build one target's archive for a model.
@@ -355,13 +361,16 @@ def build(
             calibration photos (:data:`edgeseg.calibration.DEFAULT_CALIBRATION`).
         calib_count: calibration images to use; None = the profile's ``calib_count``.
         eval_set: evaluation set for the accuracy gate: a folder with
-            ``images/`` (+ ``masks/``) or of images; None = the golden images.
+            ``images/`` (+ ``masks/``) or of images; None = the shipped default
+            set (:data:`edgeseg.accuracy.DEFAULT_EVAL`).
         recalibrate: ignore a cached calibration result.
         release_version: the version devices compare for updates and anti-rollback
             (dotted numbers, e.g. ``1.4.0``); None = the model spec's ``version``.
         sign_key: Ed25519 private key (``edgeseg keys new``) that signs
             ``manifest.json`` into ``manifest.sig``; None = ``$EDGESEG_SIGNING_KEY``,
             else the archive is unsigned (devices refuse unsigned archives).
+        search: when an int8 model misses the accuracy budget, search for the
+            fewest layers to keep in float (:mod:`edgeseg.mixed_precision`); False = ``--no-search``.
         report: callback for progress lines; None = rich progress on stderr.
 
     Returns:
@@ -381,7 +390,7 @@ def build(
     plan = plan_build(
         model, target=target, spec=spec, spec_overrides=spec_overrides, out_dir=out_dir, with_argmax=with_argmax,
         golden=golden, precision=precision, calib=calib, calib_count=calib_count, eval_set=eval_set,
-        recalibrate=recalibrate, release_version=release_version, sign_key=sign_key,
+        recalibrate=recalibrate, release_version=release_version, sign_key=sign_key, search=search,
     )
     tgt = plan.target
     with tempfile.TemporaryDirectory(prefix="edgeseg-build-") as tmp, Steps(report) as steps, ExitStack() as stack:
@@ -403,6 +412,8 @@ def build(
             converted = convert_step(plan, exported, calibrated, ref, work / "model", step)
             step.detail = ", ".join(converted.files.files) + (
                 f" (calibration cache {converted.cache_state})" if converted.cache_state else "")
+        if converted.search is not None and "method" in converted.search and report is not None:
+            report(f"mixed precision: {converted.search['summary']}")
         stage = work / "stage"
         draft = stage_step(plan, exported, golden_entries, calibrated, converted, [work / "golden", work / "model",
                                                                                   work / "calibration"], stage, steps)
@@ -413,8 +424,8 @@ def build(
         accuracy: AccuracyReport | None = None
         if plan.evalset is not None:
             with steps.step(f"accuracy gate ({tgt.precision} vs fp32)") as step:
-                accuracy = gate_step(plan, ref, candidate, step)
-                quantization = _quantization_section(calibrated, accuracy, pending)
+                accuracy = gate_step(plan, ref, candidate, step, converted.best_of)
+                quantization = _quantization_section(calibrated, accuracy, pending, converted.search)
                 step.detail = quantization["accuracy"]["verdict"]
         with steps.step("golden check of the converted model") as step:
             check = check_step(staged, candidate, plan.archive.name)
@@ -519,17 +530,119 @@ def convert_step(plan: BuildPlan, exported: Exported, calibrated: Calibrated | N
     out.mkdir(parents=True)
     calibration = None
     if calibrated is not None:
-        assert plan.evalset is not None
-        # evaluation inputs and fp32 labels, for accuracy-controlled quantizers (only they read them)
-        validation = (
-            tuple(_validation_pair(ref, p) for p in plan.evalset.images) if tgt.quantization.max_miou_drop is not None else ()
-        )
-        calibration = Calibration(calibrated.images, validation, len(exported.spec.output.classes), step)
+        calibration = Calibration(calibrated.images, (), len(exported.spec.output.classes), step)
     if exported.variants:
         return Converted(_convert_variants(plan.backend, tgt, exported.variants, out, plan.tool_versions, exported.spec), "")
     files, state = _convert(plan.backend, tgt, exported.shared, out, calibration, plan.recalibrate, plan.tool_versions,
                             exported.spec)
-    return Converted(files, state)
+    if calibration is None or plan.evalset is None or _not_runnable(tgt.backend):
+        return Converted(files, state)
+    if not plan.search:
+        return Converted(files, state, {"enabled": False})
+    return _search_step(plan, exported, calibration, ref, out, files, state)
+
+
+def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, ref: Segmentor, out: Path,
+                 files: ModelFiles, state: str) -> Converted:
+    """Step 4b (int8): the gate on the converted model; when it misses, the mixed-precision search.
+
+    The fewest layers kept in float that meet the budget (:mod:`edgeseg.mixed_precision`):
+    the chosen model replaces ``out``'s files. The outcome is cached next to the
+    calibration cache, keyed by everything it depends on.
+    """
+    from . import mixed_precision as mp
+
+    tgt, evalset = plan.target, plan.evalset
+    assert evalset is not None
+    classes = list(exported.spec.output.classes)
+    ref_maps = [ref.segment(load_image(p)).labels for p in evalset.images]
+
+    def gate(folder: Path, got: ModelFiles) -> AccuracyReport:
+        with _candidate(exported, tgt, folder, got) as cand:
+            maps = [cand.segment(load_image(p)).labels for p in evalset.images]
+        return score_labels(ref_maps, maps, evalset, precision=tgt.precision, classes=classes,
+                            budget=tgt.quantization.budget())
+
+    first = gate(out, files)
+    if first.passed:
+        return Converted(files, state, {"needed": False, "verdict": first.verdict()})
+    parts = {"model": _cache_parts(tgt, exported.shared, calibration, plan.tool_versions), "eval": evalset.digest,
+             "budget": tgt.quantization.budget(), "search": 1}
+    key = cache_key(parts)
+    cached = QuantCache().fetch_json(f"search-{key}") if not plan.recalibrate else None
+    trial_n = 0
+
+    def convert_with(target: Target, cal: Calibration) -> tuple[Path, ModelFiles]:
+        nonlocal trial_n
+        trial_n += 1
+        folder = out.parent / f"{out.name}-trial{trial_n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        got, _ = _convert(plan.backend, target, exported.shared, folder, cal, False, plan.tool_versions, exported.spec)
+        return folder, got
+
+    def with_float(nodes: list[str]) -> Target:
+        q = tgt.quantization
+        return tgt.model_copy(update={"quantization": q.model_copy(update={"keep_float": [*q.keep_float, *nodes]})})
+
+    outcome: mp.SearchOutcome
+    if cached is not None:
+        outcome = mp.SearchOutcome.from_dict(cached)
+        chosen_target, chosen_cal = with_float(outcome.kept_float), calibration
+        if tgt.backend == "openvino":
+            chosen_cal = replace(calibration, validation=tuple(_validation_pair(ref, p) for p in evalset.images))
+        elif tgt.backend == "tflite":
+            chosen_target = _a16w8(tgt)
+        folder, got = convert_with(chosen_target, chosen_cal)
+    elif tgt.backend == "onnxruntime":
+        inputs = [ref.prepare(load_image(p)) for p in evalset.images[: mp.RANK_IMAGES]]
+        ranking = mp.rank_activations(out / files.net, inputs, exported.model.input.name)
+        folders: dict[tuple[str, ...], tuple[Path, ModelFiles]] = {}
+
+        def trial(nodes: list[str]) -> AccuracyReport:
+            folders[tuple(nodes)] = convert_with(with_float(nodes), calibration)
+            return gate(*folders[tuple(nodes)])
+
+        outcome, chosen, _ = mp.search(ranking, trial)
+        folder, got = folders[tuple(chosen)]
+    elif tgt.backend in ("openvino", "tflite"):
+        t0 = time.perf_counter()
+        if tgt.backend == "openvino":  # NNCF's accuracy control, driven by the gate's own budget
+            method = "nncf accuracy control"
+            cal = replace(calibration, validation=tuple(_validation_pair(ref, p) for p in evalset.images))
+            folder, got = convert_with(tgt, cal)
+        else:  # ai-edge-quantizer: 16-bit activations, 8-bit weights
+            method = "16-bit activations"
+            folder, got = convert_with(_a16w8(tgt), calibration)
+        rep = gate(folder, got)
+        kept = list(got.details.get("kept_float", [])) if tgt.backend == "openvino" else ["activation_bits = 16"]
+        outcome = mp.SearchOutcome(method, kept, [mp.trial_of(0, len(kept), rep, time.perf_counter() - t0)],
+                                   rep.passed, time.perf_counter() - t0)
+    else:
+        return Converted(files, state, {"method": "none", "passed": False, "summary": f"{tgt.backend}: no search"},
+                         best_of=f"no mixed-precision search for {tgt.backend}: ")
+    if cached is None:
+        QuantCache().store_json(f"search-{key}", outcome.to_dict())
+    shutil.rmtree(out)
+    shutil.copytree(folder, out)
+    for extra in out.parent.glob(f"{out.name}-trial*"):
+        shutil.rmtree(extra, ignore_errors=True)
+    section = {**outcome.to_dict(), "first": first.verdict(), "summary": outcome.summary()}
+    best = "" if outcome.passed else f"best of {len(outcome.trials)} mixed-precision trials ({outcome.method}): "
+    return Converted(got, state, section, best)
+
+
+def _a16w8(tgt: Target) -> Target:
+    q = tgt.quantization
+    return tgt.model_copy(update={"quantization": q.model_copy(update={"options": {**q.options, "activation_bits": 16}})})
+
+
+@contextmanager
+def _candidate(exported: Exported, tgt: Target, folder: Path, files: ModelFiles) -> Iterator[Segmentor]:
+    """The converted model behind the archive's own pipeline, run by the target's runner (no archive needed)."""
+    runner = runner_class(tgt.backend)(folder, {"net": files.net, "weights": files.weights}, dict(tgt.backend_options))
+    with Segmentor.from_parts(exported.model, PipelineSpec.from_doc(exported.pipeline), {None: runner}) as seg:
+        yield seg
 
 
 def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], calibrated: Calibrated | None,
@@ -583,7 +696,8 @@ def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], 
     return draft
 
 
-def gate_step(plan: BuildPlan, ref: Segmentor, candidate: Segmentor | None, step: Step) -> AccuracyReport | None:
+def gate_step(plan: BuildPlan, ref: Segmentor, candidate: Segmentor | None, step: Step,
+              best_of: str = "") -> AccuracyReport | None:
     """Step 6 (fp16/int8): the converted model against the fp32 reference on the evaluation set.
 
     Returns:
@@ -598,7 +712,7 @@ def gate_step(plan: BuildPlan, ref: Segmentor, candidate: Segmentor | None, step
     tgt = plan.target
     accuracy = evaluate(ref, candidate, plan.evalset, precision=tgt.precision, classes=list(plan.spec.output.classes),
                         budget=tgt.quantization.budget(), step=step)
-    raise_if_failed(accuracy, tgt.name)
+    raise_if_failed(accuracy, tgt.name, best_of)
     return accuracy
 
 
@@ -631,12 +745,15 @@ def bundle_step(plan: BuildPlan, stage: Path, manifest: dict[str, Any]) -> tuple
     return written, signed
 
 
-def _quantization_section(calibrated: Calibrated | None, accuracy: AccuracyReport | None, pending: str) -> dict[str, Any]:
+def _quantization_section(calibrated: Calibrated | None, accuracy: AccuracyReport | None, pending: str,
+                          search: dict[str, Any] | None = None) -> dict[str, Any]:
     section: dict[str, Any] = {}
     if calibrated is not None:
         section["calibration"] = calibrated.section
         if calibrated.device_calibration is not None:
             section["device_calibration"] = calibrated.device_calibration
+    if search is not None:
+        section["search"] = {k: v for k, v in search.items() if k != "summary"}
     section["accuracy"] = accuracy.to_dict() if accuracy is not None else {"passed": None, "verdict": pending}
     return section
 
@@ -749,16 +866,7 @@ def _convert(
     """Run the backend; for int8, through the quantization cache. Returns the files and "hit"/"miss"/""."""
     if calibration is None:
         return backend.convert(shared.path, tgt, stage, spec=spec), ""
-    q = tgt.quantization
-    parts = {
-        "shared_onnx_sha256": shared.sha256,
-        "calibration_sha256": calibration.images.digest,
-        "backend": tgt.backend,
-        "versions": {**tool_versions, "edgeseg": __version__},
-        "precision": tgt.precision,
-        "quantization": q.model_dump(mode="json", exclude={"min_pixel_agreement"}),
-        "validation": _digest_pairs(calibration.validation) if calibration.validation else None,
-    }
+    parts = _cache_parts(tgt, shared, calibration, tool_versions)
     key = cache_key(parts)
     cache = QuantCache()
     cached = None if recalibrate else cache.fetch(key, stage)
@@ -767,6 +875,22 @@ def _convert(
     files = backend.convert(shared.path, tgt, stage, calibration, spec=spec)
     cache.store(key, stage, files, parts)
     return files, "miss"
+
+
+def _cache_parts(tgt: Target, shared: SharedModel, calibration: Calibration, tool_versions: dict[str, str]) -> dict[str, Any]:
+    """What an int8 conversion depends on (the quantization cache's key); the gate's budget only when a quantizer
+    reads it (accuracy control, with evaluation pairs)."""
+    budget = {"min_pixel_agreement", "max_miou_drop", "min_class_iou"}
+    return {
+        "shared_onnx_sha256": shared.sha256,
+        "calibration_sha256": calibration.images.digest,
+        "backend": tgt.backend,
+        "versions": {**tool_versions, "edgeseg": __version__},
+        "precision": tgt.precision,
+        "quantization": tgt.quantization.model_dump(mode="json", exclude=budget),
+        "validation": _digest_pairs(calibration.validation) if calibration.validation else None,
+        "budget": tgt.quantization.budget() if calibration.validation else None,
+    }
 
 
 def _convert_variants(

@@ -74,6 +74,21 @@ class QuantCache:
             shutil.copyfile(entry / name, out_dir / name)
         return files
 
+    def fetch_json(self, name: str) -> dict[str, Any] | None:
+        """A small JSON document stored with :meth:`store_json` (None when missing or unreadable)."""
+        try:
+            doc = json.loads((self.dir / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def store_json(self, name: str, doc: dict[str, Any]) -> None:
+        """Save a small JSON document (a mixed-precision search outcome) atomically next to the entries."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        os.replace(tmp, self.dir / f"{name}.json")
+
     def store(self, key: str, out_dir: Path, files: ModelFiles, parts: dict[str, Any]) -> Path:
         """Save the model files a backend wrote into ``out_dir`` as the entry for ``key``; returns its folder."""
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,16 @@ from ._progress import Reporter, Step, Steps
 from ._version import __version__
 from .datasets import Dataset, LabelMap, load_dataset
 from .errors import ConfigError, EdgesegError
-from .metrics import IGNORE_INDEX, AbsDiff, LatencySummary, SegmentationScores, confusion_matrix, latency_summary, scores_from_confusion
+from .metrics import (
+    IGNORE_INDEX,
+    AbsDiff,
+    LatencySummary,
+    SegmentationScores,
+    confusion_matrix,
+    latency_summary,
+    miou_drop,
+    scores_from_confusion,
+)
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "ArchiveInfo", "TargetResult", "Comparison", "compare", "archive_info",
            "same_source"]
@@ -376,12 +385,9 @@ def _score_all(ran: list[TargetResult], dataset: Dataset, n: int) -> None:
 
 def _gate(result: TargetResult, ref: TargetResult, max_drop: float | None, max_gain: float | None) -> None:
     """Δ mIoU vs fp32 and the two-sided gate (module doc)."""
-    if result.vs_ground_truth is not None and ref.vs_ground_truth is not None:
-        result.delta_miou = 100 * (result.vs_ground_truth.miou - ref.vs_ground_truth.miou)
-        result.delta_basis = "ground truth"
-    elif result.vs_reference is not None:
-        result.delta_miou = 100 * (result.vs_reference.miou - 1.0)
-        result.delta_basis = "fp32 labels"
+    if result.vs_reference is not None:  # the figure the build's gate reports (edgeseg.metrics.miou_drop)
+        drop, basis = miou_drop(result.vs_reference, ref.vs_ground_truth, result.vs_ground_truth)
+        result.delta_miou, result.delta_basis = -drop, basis.removeprefix("vs ")
     if result.is_reference:
         return
     delta = result.delta_miou

@@ -115,6 +115,51 @@ def scores_from_confusion(cm: np.ndarray) -> SegmentationScores:
     )
 
 
+#: classes holding less than this share of the reference's pixels are reported but not gated by ``min_class_iou``
+#: (a class seen in a few pixels has an IoU that one pixel swings)
+MIN_CLASS_SUPPORT = 0.001
+
+
+def worst_class(cm: np.ndarray, classes: list[str], min_support: float = MIN_CLASS_SUPPORT) -> tuple[str | None, float]:
+    """The class with the lowest IoU among those holding at least ``min_support`` of the reference's pixels.
+
+    Args:
+        cm: ``(C, C)`` confusion matrix, rows = reference (ground truth or fp32 labels), columns = prediction.
+        classes: the C class names.
+        min_support: smallest share of the reference's pixels a class needs to be considered.
+
+    Returns:
+        ``(class name, IoU)``, or ``(None, nan)`` when no class qualifies.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    total = cm.sum()
+    if total == 0:
+        return None, float("nan")
+    scores = scores_from_confusion(cm)
+    support = cm.sum(axis=1) / total
+    best: tuple[str | None, float] = (None, float("nan"))
+    for name, iou, share in zip(classes, scores.iou, support, strict=True):
+        if share >= min_support and not np.isnan(iou) and (best[0] is None or iou < best[1]):
+            best = (name, float(iou))
+    return best
+
+
+def miou_drop(vs_reference: SegmentationScores, gt_reference: SegmentationScores | None = None,
+              gt_candidate: SegmentationScores | None = None) -> tuple[float, str]:
+    """The mIoU drop of a converted model in points (0..100), and its basis: the one figure gate and compare report.
+
+    Against ground truth when both ground-truth scores are given
+    (``mIoU_fp32 - mIoU_candidate``); else against the fp32 labels standing in
+    as ground truth, where fp32 scores 100, so ``100 * (1 - mIoU vs fp32 labels)``.
+
+    Returns:
+        ``(drop, "vs ground truth" | "vs fp32 labels")``; a negative drop is a gain.
+    """
+    if gt_reference is not None and gt_candidate is not None:
+        return 100 * (gt_reference.miou - gt_candidate.miou), "vs ground truth"
+    return 100 * (1 - vs_reference.miou), "vs fp32 labels"
+
+
 def _json_float(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 6)
 

@@ -114,13 +114,17 @@ class Quantization(Strict):
     seed: int = 0
     per_channel: bool = True
     keep_float: list[str] = Field(default_factory=list, description="node names or op types kept in float")
-    max_miou_drop: NonNegative | None = Field(default=None, description="mIoU points; for OpenVINO also turns on NNCF accuracy control")
+    max_miou_drop: NonNegative | None = Field(default=None, description="mIoU points (gate: vs ground truth with "
+                                              "masks, else vs the fp32 labels)")
+    min_class_iou: Fraction | None = Field(default=None, description="lowest IoU of any class vs the fp32 labels "
+                                           "(classes under 0.1 % of the pixels are not gated)")
     min_pixel_agreement: Fraction | None = 0.98
     options: dict[str, OptionValue] = Field(default_factory=dict, description="backend quantizer options")
 
     def budget(self) -> dict[str, float | None]:
         """The accuracy gate's budget."""
-        return {"max_miou_drop": self.max_miou_drop, "min_pixel_agreement": self.min_pixel_agreement}
+        return {"min_class_iou": self.min_class_iou, "max_miou_drop": self.max_miou_drop,
+                "min_pixel_agreement": self.min_pixel_agreement}
 
 
 class Deploy(Strict):

@@ -229,3 +229,58 @@ def test_stock_cpu_profile_quantizes_any_model_and_upgrades_old_opsets(tmp_path:
     wanted = [n.name for n in src.graph.node if n.op_type in ("ConvTranspose", "Sigmoid")]
     assert wanted and default.manifest["backend"]["kept_float"] == wanted
     assert "opset_upgraded" not in default.manifest["backend"]
+
+
+def _hostile_net(path: Path) -> Path:
+    """The brightness net with a fifth, dead channel of huge range (1e4 x the patch mean) after its first Conv.
+
+    fp32 ignores that channel (its weight in the second Conv is 0), but int8 activations are quantized per
+    tensor, so the range it sets leaves the four real channels a step of ~40 for values below 1: int8 sees
+    only "dark". A layer a search must keep in float.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = np.full((5, 3, 3, 3), 1 / 27, np.float32)
+    w1[4] *= 1e4
+    b1 = np.array([0.0, -0.25, -0.5, -0.75, 0.0], np.float32)
+    w2 = np.zeros((2, 5, 1, 1), np.float32)
+    w2[1, :4, 0, 0] = 1.0
+    b2 = np.array([0.625, 0.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["logits"])],
+        "hostile",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 96, 96])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_search_rescues_a_quantization_hostile_layer(tmp_path: Path) -> None:
+    net = _hostile_net(tmp_path / "hostile.onnx")
+    spec = tmp_path / "hostile.toml"
+    spec.write_text('name = "hostile"\n[input]\nsize = [96, 96]\nstd = [255.0, 255.0, 255.0]\n'
+                    '[output]\nkind = "logits"\nclasses = ["dark", "bright"]\n')
+    with pytest.raises(AccuracyError, match=r"class (dark|bright) IoU 0\.\d+ < 0\.90"):
+        edgeseg.build(net, spec=spec, target="cpu", precision="int8", search=False, out_dir=tmp_path / "plain", **QUIET)
+    assert not (tmp_path / "plain").exists() or not any((tmp_path / "plain").iterdir())
+    result = edgeseg.build(net, spec=spec, target="cpu", precision="int8", out_dir=tmp_path / "dist", **QUIET)
+    q = result.manifest["quantization"]
+    search, acc = q["search"], q["accuracy"]
+    assert search["passed"] and search["method"] == "activation ranking + bisection" and search["first"].startswith("FAIL")
+    assert search["ranking"][0]["tensor"] in ("h", "r") and search["ranking"][0]["damage"] > 0.5
+    assert search["kept_float"] and set(search["kept_float"]) <= set(result.manifest["backend"]["kept_float"])
+    assert acc["passed"] and acc["worst_class"]["iou"] >= 0.90
+    assert search["trials"][-1]["passed"] or any(t["passed"] for t in search["trials"])
+    # the archive really runs the rescued model: labels agree with fp32 on a photo, verify passes
+    proc = edgeseg_cli("verify", result.archive)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+    # a rebuild takes the search's outcome from the cache: no trial runs again
+    again = edgeseg.build(net, spec=spec, target="cpu", precision="int8", out_dir=tmp_path / "again", **QUIET)
+    assert again.manifest["quantization"]["search"]["cached"] is True
+    assert again.manifest["backend"]["kept_float"] == result.manifest["backend"]["kept_float"]

@@ -169,7 +169,7 @@ class OnnxRuntimeBackend(BaseBackend):
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
         model = name_nodes(onnx.load(str(onnx_path)))
         model, upgraded = upgrade_opset(model, QDQ_MIN_OPSET)
-        keep = resolve_keep_float(model, q.keep_float)
+        original = {n.name for n in model.graph.node}
         input_name = model.graph.input[0].name
 
         class Reader(CalibrationDataReader):  # ORT pulls feeds until None
@@ -183,8 +183,15 @@ class OnnxRuntimeBackend(BaseBackend):
         with tempfile.TemporaryDirectory(prefix="edgeseg-ort-q-") as tmp:
             named, pre = Path(tmp) / "named.onnx", Path(tmp) / "pre.onnx"
             onnx.save(model, str(named))
-            with translate_errors("ONNX Runtime int8 quantization failed"):  # a calibration image's error passes as it is
+            with translate_errors("ONNX Runtime int8 quantization failed"):
                 quant_pre_process(str(named), str(pre), skip_symbolic_shape=True)  # ONNX shape inference is enough; sympy not needed
+            # keep_float against the graph that is quantized: pre-processing fuses some nodes (a name it fused away
+            # is dropped) and adds others (a mixed-precision search names those)
+            pre_model = name_nodes(onnx.load(str(pre)))
+            onnx.save(pre_model, str(pre))
+            present = {n.name for n in pre_model.graph.node}
+            keep = resolve_keep_float(pre_model, [k for k in q.keep_float if k in present or k not in original])
+            with translate_errors("ONNX Runtime int8 quantization failed"):  # a calibration image's error passes as it is
                 quantize_static(
                     str(pre),
                     str(dest),

@@ -36,7 +36,7 @@ from edgeseg_runtime.runners import Option, import_backend
 
 from .._capture import stdout_to_stderr
 from ..errors import ConfigError
-from ..metrics import confusion_matrix, scores_from_confusion
+from ..metrics import confusion_matrix
 from ..targets import Target
 from . import BaseBackend, Calibration, Capabilities, ModelFiles, translate_errors
 
@@ -116,15 +116,18 @@ class OpenVINOBackend(BaseBackend):
             "fast_bias_correction": opts["fast_bias_correction"],
             "ignored_scope": ignored,
         }
-        controlled = q.max_miou_drop is not None and bool(calibration.validation)
+        # the build passes evaluation pairs only when plain int8 missed the budget (edgeseg.mixed_precision)
+        controlled = bool(calibration.validation)
+        if controlled:
+            validate, max_drop = _budget_validation(q.budget(), calibration.num_classes)
         with translate_errors("NNCF int8 quantization failed"), stdout_to_stderr():  # NNCF's progress bars
             if controlled:
                 quantized = nncf.quantize_with_accuracy_control(
                     model,
                     dataset,
                     nncf.Dataset(list(calibration.validation)),
-                    _miou_validation(calibration.num_classes),
-                    max_drop=float(q.max_miou_drop or 0.0) / 100.0,
+                    validate,
+                    max_drop=max_drop,
                     drop_type=nncf.DropType.ABSOLUTE,
                     advanced_quantization_parameters=advanced,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
@@ -141,7 +144,8 @@ class OpenVINOBackend(BaseBackend):
             "per_channel": q.per_channel,
             "calibration_method": q.calibration_method,
             "kept_float": list(q.keep_float),
-            "accuracy_control_max_drop": q.max_miou_drop if controlled else None,
+            "accuracy_control": {"metric": "min(worst class IoU - min_class_iou, mIoU - 1 + max_miou_drop/100) vs fp32 "
+                                 "labels", "max_drop": round(max_drop, 6)} if controlled else None,
         }
 
     @staticmethod
@@ -160,13 +164,16 @@ class OpenVINOBackend(BaseBackend):
         return nncf.IgnoredScope(types=[k for k in keep if k in types], names=[k for k in keep if k not in types])
 
 
-def _miou_validation(num_classes: int) -> Any:
-    """NNCF ``validation_fn``: mIoU (0..1) of the model's labels against the fp32 labels."""
+def _budget_validation(budget: dict[str, float | None], num_classes: int) -> tuple[Any, float]:
+    """NNCF ``validation_fn`` and ``max_drop`` that accept what the gate accepts (:func:`edgeseg.mixed_precision.budget_metric`)."""
+    from ..mixed_precision import budget_metric
+
+    metric, max_drop = budget_metric(budget, [str(i) for i in range(num_classes)])
 
     def validate(compiled: Any, data: Any) -> float:
         cm = np.zeros((num_classes, num_classes), np.int64)
         for tensor, ref_labels in data:
             cm += confusion_matrix(output_labels(compiled(tensor)[0]), ref_labels, num_classes)
-        return scores_from_confusion(cm).miou
+        return metric(cm)
 
-    return validate
+    return validate, max_drop
