@@ -72,7 +72,8 @@ def _cli(*args: object, **options: object) -> None:
         "calib": "int8 calibration image folder (default: embedded photos)",
         "calib-count": "calibration images to sample (default: the profile's)",
         "eval": "evaluation set for the accuracy gate: DIR/images (+ DIR/masks)",
-        "recalibrate": "ignore the cached calibration result",
+        "recalibrate": "ignore the cached calibration and search results",
+        "no-search": "int8 missing the accuracy budget stops at once (no mixed-precision search)",
         "release-version": "version devices compare on update (default: the spec's)",
         "sign-key": "Ed25519 signing key (default: $EDGESEG_SIGNING_KEY)",
         "device": "TensorRT targets: build the engine on this device over SSH into <archive>-<device>.tar.gz",
@@ -84,13 +85,14 @@ def build(  # noqa: ANN201
     c, target=None, model=None, spec=None, out="dist", with_argmax=False,  # noqa: ANN001
     precision=None, calib=None, calib_count=None, eval=None, recalibrate=False,  # noqa: ANN001, A002
     release_version=None, sign_key=None, device=None, inventory="devices.toml", json=False,  # noqa: ANN001
+    no_search=False,  # noqa: ANN001
 ):
     """Build <out>/<model>-<target>-<precision>.tar.gz (edgeseg build); prints its path on the last line."""
     if not target:
         raise _missing("build", "--target NAME")
     _cli("build", target=target, model=model, spec=spec, out=out, with_argmax=with_argmax, precision=precision,
          calib=calib, calib_count=calib_count, eval=eval, recalibrate=recalibrate, release_version=release_version,
-         sign_key=sign_key, device=device, inventory=inventory if device else None, json=json)
+         sign_key=sign_key, device=device, inventory=inventory if device else None, json=json, no_search=no_search)
 
 
 @task(
@@ -194,7 +196,7 @@ def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
 def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
     """Runtime overhead vs bare inference, fp16/int8 vs fp32, then ncnn/LiteRT vs ONNX Runtime (benchmarks/)."""
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
-    c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {int(runs)} --targets {targets}", pty=False)
+    c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {max(10, int(runs) // 4)}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
 
 

@@ -293,6 +293,9 @@ def plan_build(
     if precision is not None:  # a precision the backend cannot build is said before a missing tolerance
         get_backend(profile.model_copy(update={"precision": precision}))
     tgt = profile.with_precision(precision)
+    if tgt.backend_options.get("inference_precision") == "auto" and tgt.precision != "fp16":
+        # OpenVINO "auto" (fp16 compute where native) is for fp16 archives; fp32/int8 compute in f32 (targets/intel.toml)
+        tgt = tgt.model_copy(update={"backend_options": {**tgt.backend_options, "inference_precision": "f32"}})
     if calib_count is not None:
         tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
     model_spec = _resolve_spec(model, spec, spec_overrides)

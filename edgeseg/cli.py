@@ -131,6 +131,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "out_dir": args.out, "with_argmax": args.with_argmax, "golden": args.golden, "precision": args.precision,
         "calib": args.calib, "calib_count": args.calib_count, "eval_set": args.eval, "recalibrate": args.recalibrate,
+        "search": args.search,
         "release_version": args.release_version, "sign_key": args.sign_key, "report": _progress(),
     }
     if args.device:
@@ -344,9 +345,12 @@ def _add_build(sub: Any) -> None:
     q.add_argument(
         "--eval", type=Path, metavar="DIR",
         help="evaluation set for the accuracy gate: DIR/images (+ DIR/masks/<stem>.png label maps) or a folder of "
-        "images (default: the golden images); must not overlap the calibration images",
+        "images (default: 28 photos shipped with edgeseg); must not overlap the calibration images",
     )
-    q.add_argument("--recalibrate", action="store_true", help="ignore the cached calibration result")
+    q.add_argument("--recalibrate", action="store_true", help="ignore the cached calibration and search results")
+    q.add_argument("--no-search", dest="search", action="store_false",
+                   help="int8 that misses the accuracy budget stops the build at once, instead of searching for the "
+                   "fewest layers to keep in float (mixed precision)")
     r = p.add_argument_group("release")
     r.add_argument("--release-version", metavar="N.N.N", help="version devices compare on update (default: the spec's version)")
     r.add_argument("--sign-key", type=Path, metavar="KEY",

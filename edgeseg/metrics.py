@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from edgeseg_runtime.verify import MIN_CLASS_SUPPORT as _MIN_CLASS_SUPPORT
+from edgeseg_runtime.verify import worst_class as _worst_class
 from edgeseg_runtime.verify import Agreement, compare_arrays
 
 __all__ = [
@@ -115,33 +117,9 @@ def scores_from_confusion(cm: np.ndarray) -> SegmentationScores:
     )
 
 
-#: classes holding less than this share of the reference's pixels are reported but not gated by ``min_class_iou``
-#: (a class seen in a few pixels has an IoU that one pixel swings)
-MIN_CLASS_SUPPORT = 0.001
-
-
-def worst_class(cm: np.ndarray, classes: list[str], min_support: float = MIN_CLASS_SUPPORT) -> tuple[str | None, float]:
-    """The class with the lowest IoU among those holding at least ``min_support`` of the reference's pixels.
-
-    Args:
-        cm: ``(C, C)`` confusion matrix, rows = reference (ground truth or fp32 labels), columns = prediction.
-        classes: the C class names.
-        min_support: smallest share of the reference's pixels a class needs to be considered.
-
-    Returns:
-        ``(class name, IoU)``, or ``(None, nan)`` when no class qualifies.
-    """
-    cm = np.asarray(cm, dtype=np.int64)
-    total = cm.sum()
-    if total == 0:
-        return None, float("nan")
-    scores = scores_from_confusion(cm)
-    support = cm.sum(axis=1) / total
-    best: tuple[str | None, float] = (None, float("nan"))
-    for name, iou, share in zip(classes, scores.iou, support, strict=True):
-        if share >= min_support and not np.isnan(iou) and (best[0] is None or iou < best[1]):
-            best = (name, float(iou))
-    return best
+#: classes under this share of the reference's pixels are reported, not gated (the runtime's rule, one code)
+MIN_CLASS_SUPPORT = _MIN_CLASS_SUPPORT
+worst_class = _worst_class
 
 
 def miou_drop(vs_reference: SegmentationScores, gt_reference: SegmentationScores | None = None,

@@ -125,10 +125,13 @@ class SearchOutcome:
     def summary(self) -> str:
         """One line for the build's output."""
         state = "met the budget" if self.passed else "did not meet the budget"
-        last = next((t for t in reversed(self.trials) if t.passed), self.trials[-1] if self.trials else None)
+        chosen = [t for t in self.trials if t.passed]
+        last = (min(chosen, key=lambda t: t.tensors) if chosen else
+                max(self.trials, key=lambda t: (_nan_low(t.worst_class_iou), -t.miou_drop)) if self.trials else None)
         figures = (f"; worst class {last.worst_class} IoU {last.worst_class_iou:.3f}, drop {last.miou_drop:.2f}"
                    if last else "")
-        return (f"{self.method}: {len(self.kept_float)} kept in float, {len(self.trials)} trials, "
+        kept = "" if self.method.startswith("nncf") else f"{len(self.kept_float)} kept in float, "  # NNCF picks its own
+        return (f"{self.method}: {kept}{len(self.trials)} trials, "
                 f"{self.seconds:.1f} s{' (cached)' if self.cached else ''}, {state}{figures}")
 
 
@@ -282,8 +285,9 @@ def budget_metric(budget: dict[str, float | None], classes: list[str]) -> tuple[
 
     NNCF compares ``metric(fp32) - metric(int8)`` with an absolute ``max_drop``.
     Against the fp32 labels, fp32 scores IoU 1 for every class, so with
-    ``metric = min(worst class IoU - min_class_iou, mIoU - 1 + max_drop/100)``
-    fp32 scores ``m0 = min(1 - min_class_iou, max_drop/100)``, and
+    ``metric = min(worst class IoU - min_class_iou, mIoU - 1 + max_drop/100,
+    pixel agreement - min_pixel_agreement)`` fp32 scores
+    ``m0 = min(1 - min_class_iou, max_drop/100, 1 - min_pixel_agreement)``, and
     ``max_drop = m0`` makes NNCF accept exactly what the gate accepts
     (without masks; with masks the gate stays the judge).
 
@@ -294,12 +298,15 @@ def budget_metric(budget: dict[str, float | None], classes: list[str]) -> tuple[
 
     min_iou = budget.get("min_class_iou")
     max_drop = budget.get("max_miou_drop")
+    min_agree = budget.get("min_pixel_agreement")
     iou_slack = (lambda v: v - min_iou) if min_iou is not None else (lambda v: 1.0)
     drop_slack = (lambda v: v - 1 + max_drop / 100) if max_drop is not None else (lambda v: 1.0)
+    agree_slack = (lambda v: v - min_agree) if min_agree is not None else (lambda v: 1.0)
 
     def metric(cm: np.ndarray) -> float:
         wc = worst_class(cm, classes)[1]
-        return float(min(iou_slack(wc if wc == wc else 1.0), drop_slack(scores_from_confusion(cm).miou)))
+        scores = scores_from_confusion(cm)
+        return float(min(iou_slack(wc if wc == wc else 1.0), drop_slack(scores.miou), agree_slack(scores.pixel_accuracy)))
 
     perfect = np.diag(np.full(len(classes), 1000, np.int64))
     return metric, metric(perfect)

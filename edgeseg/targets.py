@@ -91,6 +91,8 @@ class Limits(Strict):
     atol: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
     rtol: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] = 0.0
     min_label_agreement: Fraction
+    min_class_iou: Fraction | None = Field(default=None, description="worst class IoU vs the fp32 labels over the "
+                                           "golden set (int8: scores may move while labels hold)")
 
 
 class Tolerance(Limits):
@@ -164,7 +166,10 @@ class Target(Strict):
 
     def manifest_dict(self) -> dict[str, Any]:
         """The profile as stored in an archive's manifest (JSON-ready; flat tolerance of its precision)."""
-        return self.model_dump(mode="json", exclude={"tolerance": {"fp32", "fp16", "int8"}})
+        doc = self.model_dump(mode="json", exclude={"tolerance": {"fp32", "fp16", "int8"}})
+        if doc["tolerance"].get("min_class_iou") is None:  # absent rather than null: older runtimes read the manifest
+            doc["tolerance"].pop("min_class_iou", None)
+        return doc
 
     def with_precision(self, precision: str | None) -> Target:
         """This profile built at ``precision`` (None = its own), with that precision's tolerance.
@@ -183,7 +188,8 @@ class Target(Strict):
                 f"target {self.name!r} is {self.precision} and has no [tolerance.{precision}] for the golden check; "
                 f"add one to targets/{self.name}.toml"
             )
-        flat = Tolerance(**(limits or self.tolerance).model_dump(include={"atol", "rtol", "min_label_agreement"}))
+        flat = Tolerance(**(limits or self.tolerance).model_dump(
+            include={"atol", "rtol", "min_label_agreement", "min_class_iou"}))
         return self.model_copy(update={"precision": precision, "tolerance": flat})
 
 

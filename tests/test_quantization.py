@@ -33,10 +33,15 @@ def test_gate_figures_are_real_and_verify_passes(
 ) -> None:
     result = quantized[(target, precision)]
     acc = result.manifest["quantization"]["accuracy"]
-    assert acc["passed"] and acc["precision"] == precision and acc["evaluation_set"]["images"] == 3
+    from edgeseg.accuracy import DEFAULT_EVAL
+    from edgeseg_runtime.images import iter_image_paths
+
+    images = sorted(iter_image_paths([DEFAULT_EVAL]))  # the shipped default evaluation set
+    assert len(images) >= 24
+    assert acc["passed"] and acc["precision"] == precision and acc["evaluation_set"]["images"] == len(images)
+    assert acc["evaluation_set"]["source"] == "edgeseg default eval set" and acc["worst_class"]["iou"] >= 0.90
     assert result.manifest["target"]["precision"] == precision and result.archive.name.endswith(f"-{precision}.tar.gz")
     # recompute the pixel agreement independently: both archives through the runtime on the evaluation photos
-    images = sorted(edgeseg.SAMPLE_IMAGES.glob("*.png"))
     ref = _labels(archives["cpu"], images)
     got = _labels(result.archive, images)
     agree = sum(int((a == b).sum()) for a, b in zip(got, ref, strict=True)) / sum(a.size for a in ref)
@@ -102,7 +107,7 @@ def test_bad_calibration_fails_the_gate_and_writes_nothing(target: str, tmp_path
     calib.mkdir()
     Image.new("RGB", (320, 240)).save(calib / "black.png")
     out = tmp_path / "dist"
-    proc = edgeseg_cli("build", "--target", target, "--precision", "int8", "--calib", calib, "--out", out)
+    proc = edgeseg_cli("build", "--target", target, "--precision", "int8", "--calib", calib, "--out", out, "--no-search")
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "build stopped, no archive written: FAIL: int8 vs fp32" in line and "pixel agreement" in line and "< 98.00%" in line
@@ -160,7 +165,8 @@ def test_cli_build_int8_with_calibration_folder(tmp_path: Path) -> None:
     with Archive.open(archive) as a:
         q = a.manifest["quantization"]
     assert q["calibration"]["count"] == 24 and q["accuracy"]["passed"] is True
-    assert json.loads(json.dumps(q))["accuracy"]["budget"] == {"max_miou_drop": None, "min_pixel_agreement": 0.98}
+    assert json.loads(json.dumps(q))["accuracy"]["budget"] == {"min_class_iou": 0.9, "max_miou_drop": 5.0,
+                                                               "min_pixel_agreement": 0.98}
     info = edgeseg_cli("info", archive).stdout
     assert "calibration 24 images" in info and f"pixel agreement {q['accuracy']['pixel_agreement']:.2%}" in info
 
@@ -284,3 +290,53 @@ def test_search_rescues_a_quantization_hostile_layer(tmp_path: Path) -> None:
     again = edgeseg.build(net, spec=spec, target="cpu", precision="int8", out_dir=tmp_path / "again", **QUIET)
     assert again.manifest["quantization"]["search"]["cached"] is True
     assert again.manifest["backend"]["kept_float"] == result.manifest["backend"]["kept_float"]
+
+
+@needs_openvino
+def test_openvino_fp16_computes_fp16_only_where_the_cpu_has_it(archives: dict[str, Path], quantized: dict) -> None:
+    """intel fp16: inference_precision "auto" = f16 where OpenVINO lists FP16 for the device, else f32 (said);
+    fp32 and int8 archives record f32, comparable with the reference."""
+    import openvino as ov
+
+    native = "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with Archive.open(archives["intel"]) as a, Segmentor(a) as seg:
+        assert a.manifest.target.backend_options["inference_precision"] == "auto"
+        assert seg.runner.compute_precision == ("f16" if native else "f32")
+    for key in (("intel", "int8"), ("intel", "fp32")):
+        assert quantized[key].manifest["target"]["backend_options"]["inference_precision"] == "f32", key
+
+
+def test_int8_archive_with_a_broken_layer_fails_verify(quantized: dict, tmp_path: Path) -> None:
+    """The int8 golden check holds labels, not scores (atol 1.0 on probabilities checks nothing): a layer whose
+    weights went wrong after the build (here: one Conv's weight scale negated) fails, the worst class's IoU said."""
+    import hashlib
+    import tarfile
+
+    from onnx import numpy_helper
+
+    folder = tmp_path / "broken"
+    with tarfile.open(quantized[("cpu", "int8")].archive) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "manifest.sig").unlink(missing_ok=True)
+    ok = edgeseg_cli("verify", folder, "--json")
+    doc = json.loads(ok.stdout)
+    assert ok.returncode == 0 and doc["tolerance"]["min_class_iou"] == 0.9 and doc["worst_class_iou"] >= 0.9, ok.stdout
+    model = onnx.load(str(folder / "end2end.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantized_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in producers
+                       and producers[n.input[1]].op_type == "DequantizeLinear"]  # the search kept others in float
+    weight_dq = producers[quantized_convs[len(quantized_convs) // 2].input[1]]  # one in the middle: its weights' scale
+    scale = inits[weight_dq.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
+    onnx.save(model, str(folder / "end2end.onnx"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / "end2end.onnx").read_bytes()
+    manifest["files"]["end2end.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    bad = edgeseg_cli("verify", folder)
+    assert bad.returncode == 1 and bad.stdout.startswith("FAIL"), bad.stdout + bad.stderr
+    import re
+
+    found = re.search(r"worst class (\w+) IoU (\d\.\d+) \(min 0\.90\)", bad.stdout)
+    assert found and float(found.group(2)) < 0.90, bad.stdout

@@ -428,11 +428,13 @@ class Model:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Golden-check limits: ``|out - ref| <= atol + rtol * |ref|`` and a minimum label agreement in [0, 1]."""
+    """Golden-check limits: ``|out - ref| <= atol + rtol * |ref|``, a minimum label agreement in [0, 1], and
+    (int8 profiles) a minimum IoU of every class against the reference labels over the golden set."""
 
     atol: float
     rtol: float
     min_label_agreement: float
+    min_class_iou: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -702,6 +704,7 @@ def _tolerance(d: _Doc) -> Tolerance:
         atol=d.float("atol", 0.0, 1e6),  # type: ignore[arg-type]
         rtol=d.float("rtol", 0.0, 1e6, default=0.0),  # type: ignore[arg-type]
         min_label_agreement=d.float("min_label_agreement", 0.0, 1.0),  # type: ignore[arg-type]
+        min_class_iou=d.float("min_class_iou", 0.0, 1.0, optional=True),
     )
 
 

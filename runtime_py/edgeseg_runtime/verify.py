@@ -7,7 +7,13 @@ passes when
 * raw outputs agree element-wise, ``|out - ref| <= atol + rtol * |ref|``
   (the ``numpy.allclose`` rule), for score outputs, and
 * the fraction of pixels whose label equals the reference label is at least
-  ``min_label_agreement``.
+  ``min_label_agreement``;
+
+and, when the tolerance sets ``min_class_iou`` (int8 profiles, whose scores may
+move far while the labels hold), the worst class's IoU against the reference
+labels, summed over the golden set (:func:`worst_class`), is at least it: an
+int8 model with a broken layer loses a class long before pixel agreement
+notices.
 
 Tolerances come from the target profile (``[tolerance]``), stored in the manifest.
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -25,7 +31,39 @@ from .errors import ArchiveError
 from .images import load_image, load_label_map
 from .segmentor import Segmentor
 
-__all__ = ["Agreement", "ImageCheck", "VerifyReport", "compare_arrays", "compare_outputs", "verify_archive", "load_npy"]
+__all__ = ["Agreement", "ImageCheck", "VerifyReport", "compare_arrays", "compare_outputs", "verify_archive", "load_npy",
+           "worst_class", "MIN_CLASS_SUPPORT"]
+
+#: classes holding less than this share of the reference's pixels are reported but not gated by ``min_class_iou``
+#: (a class seen in a few pixels has an IoU that one pixel swings)
+MIN_CLASS_SUPPORT = 0.001
+
+
+def worst_class(cm: np.ndarray, classes: list[str], min_support: float = MIN_CLASS_SUPPORT) -> tuple[str | None, float]:
+    """The class with the lowest IoU among those holding at least ``min_support`` of the reference's pixels.
+
+    IoU = TP / (TP + FP + FN) per class (MMSegmentation ``IoUMetric``).
+
+    Args:
+        cm: ``(C, C)`` confusion matrix, rows = reference (ground truth or fp32 labels), columns = prediction.
+        classes: the C class names.
+        min_support: smallest share of the reference's pixels a class needs to be considered.
+
+    Returns:
+        ``(class name, IoU)``, or ``(None, nan)`` when no class qualifies.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    total = cm.sum()
+    if total == 0:
+        return None, float("nan")
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - np.diag(cm)
+    support = cm.sum(axis=1) / total
+    best: tuple[str | None, float] = (None, float("nan"))
+    for name, t, u, share in zip(classes, tp, union, support):
+        if share >= min_support and u > 0 and (best[0] is None or t / u < best[1]):
+            best = (name, float(t / u))
+    return best
 
 
 @dataclass(frozen=True)
@@ -54,12 +92,20 @@ class VerifyReport:
     archive: str
     backend: str
     precision: str
-    tolerance: dict[str, float]
+    tolerance: dict[str, Any]
     images: list[ImageCheck] = field(default_factory=list)
+    worst_class: Optional[str] = None
+    worst_class_iou: float = float("nan")
+
+    @property
+    def class_iou_ok(self) -> bool:
+        """The worst class's IoU holds ``min_class_iou`` (True when the tolerance sets none)."""
+        floor = self.tolerance.get("min_class_iou")
+        return floor is None or self.worst_class is None or self.worst_class_iou >= floor
 
     @property
     def passed(self) -> bool:
-        return bool(self.images) and all(c.passed for c in self.images)
+        return bool(self.images) and all(c.passed for c in self.images) and self.class_iou_ok
 
     def verdict(self) -> str:
         """One line: PASS/FAIL, counts and the worst figures against the tolerances."""
@@ -72,6 +118,8 @@ class VerifyReport:
             f"{word}: {self.archive} ({self.backend} {self.precision}) {n_ok}/{len(self.images)} golden images "
             f"within tolerance; max abs diff {worst_diff:.2e} (atol {tol['atol']:.0e}, rtol {tol['rtol']:.0e}), "
             f"label agreement {worst_agree:.2%} (min {tol['min_label_agreement']:.2%})"
+            + (f", worst class {self.worst_class} IoU {self.worst_class_iou:.3f} (min {tol['min_class_iou']:.2f})"
+               if tol.get("min_class_iou") is not None and self.worst_class is not None else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,7 +284,11 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, labe
         with Segmentor(archive) as seg:
             return verify_archive(archive, seg, label=label)
     t = m.target.tolerance
-    tol = {"atol": t.atol, "rtol": t.rtol, "min_label_agreement": t.min_label_agreement}
+    tol: dict[str, Any] = {"atol": t.atol, "rtol": t.rtol, "min_label_agreement": t.min_label_agreement}
+    if t.min_class_iou is not None:
+        tol["min_class_iou"] = t.min_class_iou
+    n = len(m.model.classes)
+    cm = np.zeros((n, n), np.int64)
     ran, planned = segmentor.runner.backend, m.backend.name
     report = VerifyReport(
         archive=label or archive.source.resolve().name, backend=ran if ran == planned else f"{ran}, fallback for {planned}",
@@ -252,4 +304,10 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, labe
             result.output, reference, result.labels, reference_labels, tol
         )
         report.images.append(ImageCheck(entry.image, max_diff, mean_diff, agreement, ok))
+        if result.labels.shape == reference_labels.shape:
+            ref_flat = reference_labels.reshape(-1).astype(np.int64)
+            got_flat = result.labels.reshape(-1).astype(np.int64)
+            inside = (ref_flat >= 0) & (ref_flat < n) & (got_flat >= 0) & (got_flat < n)
+            cm += np.bincount(ref_flat[inside] * n + got_flat[inside], minlength=n * n).reshape(n, n)
+    report.worst_class, report.worst_class_iou = worst_class(cm, list(m.model.classes))
     return report

@@ -29,8 +29,10 @@ class OpenVINORunner(BaseRunner):
     requirement = "openvino>=2024.0"
     OPTIONS: ClassVar[dict[str, Option]] = {
         "device": Option(str, default="CPU", doc="OpenVINO device (CPU, GPU, ...)"),
-        "inference_precision": Option(str, choices=("f32", "f16", "bf16"),
-                                      doc="unset = the plugin's default, which is bf16 on CPUs with AMX/AVX512-BF16"),
+        "inference_precision": Option(str, choices=("f32", "f16", "bf16", "auto"),
+                                      doc="unset = the plugin's default, which is bf16 on CPUs with AMX/AVX512-BF16; "
+                                      "auto = f16 where the device computes fp16 natively (its OPTIMIZATION_CAPABILITIES "
+                                      "list FP16), else f32 (fp16 archives of the shipped intel profile)"),
         "num_threads": Option(int, 0, 1024, default=0, doc="0 = the plugin's choice"),
     }
 
@@ -46,8 +48,17 @@ class OpenVINORunner(BaseRunner):
     def _activate_impl(self) -> None:
         ov = _import()
         config: dict[str, Any] = {}
-        if self.options["inference_precision"]:
-            config["INFERENCE_PRECISION_HINT"] = str(self.options["inference_precision"])
+        precision = self.options["inference_precision"]
+        if precision == "auto":
+            try:
+                caps = ov.Core().get_property(str(self.options["device"]), "OPTIMIZATION_CAPABILITIES")
+            except Exception:  # noqa: BLE001  a device without the property: no native fp16 claimed
+                caps = []
+            precision = "f16" if "FP16" in caps else "f32"
+        #: what the device computes in (``f32``/``f16``/``bf16``; "" = the plugin's default)
+        self.compute_precision = str(precision or "")
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = str(precision)
         if self.options["num_threads"]:
             config["INFERENCE_NUM_THREADS"] = int(self.options["num_threads"])
         try:
