@@ -581,7 +581,8 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
         folder = out.parent / f"{out.name}-trial{trial_n}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        got, _ = _convert(plan.backend, target, exported.shared, folder, cal, False, plan.tool_versions, exported.spec)
+        got, _ = _convert(plan.backend, target, exported.shared, folder, cal, plan.recalibrate, plan.tool_versions,
+                          exported.spec)
         return folder, got
 
     def with_float(nodes: list[str]) -> Target:

@@ -97,7 +97,7 @@ class SearchOutcome:
         passed: the chosen result meets the budget (else it is the best found, and the build stops).
         seconds: wall time of the search.
         ranking: the worst tensors (name, damage), worst first (ONNX Runtime).
-        cached: the outcome came from the cache (no trial ran).
+        cached: the outcome came from the cache (no trial ran); said in the build's output, not in the manifest.
     """
 
     method: str
@@ -109,8 +109,10 @@ class SearchOutcome:
     cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``quantization.search`` (the same document whether the outcome was cached or not, so
+        a rebuild from the cache writes a byte-identical archive)."""
         return {"method": self.method, "kept_float": list(self.kept_float), "passed": self.passed,
-                "seconds": round(self.seconds, 2), "cached": self.cached,
+                "seconds": round(self.seconds, 2),
                 "trials": [t.to_dict() for t in self.trials],
                 "ranking": [{"tensor": n, "damage": round(d, 4)} for n, d in self.ranking]}
 

@@ -128,7 +128,9 @@ def test_other_precision_needs_its_own_tolerance(tmp_path: Path) -> None:
         t.with_precision("int8")
     cpu8 = load_target("cpu").with_precision("int8")
     assert (cpu8.precision, cpu8.tolerance.atol, cpu8.tolerance.min_label_agreement) == ("int8", 1.0, 0.95)
-    assert set(cpu8.manifest_dict()["tolerance"]) == {"atol", "rtol", "min_label_agreement"}
+    assert set(cpu8.manifest_dict()["tolerance"]) == {"atol", "rtol", "min_label_agreement", "min_class_iou"}
+    assert cpu8.tolerance.min_class_iou == 0.90  # int8 is held to every class's IoU, not only pixel agreement
+    assert "min_class_iou" not in load_target("cpu").manifest_dict()["tolerance"]  # fp32: absent, not null
     assert load_target("cpu").with_precision(None).tolerance.atol == 1e-4
 
 
