@@ -5,8 +5,9 @@ For each model (the embedded default model; ``bisenetv2``: MMSegmentation's
 BiSeNetV2 at 512x1024, random weights, when mmseg is installed) and each
 target (``cpu`` = ONNX Runtime, ``intel`` = OpenVINO, ``tflite`` = LiteRT):
 
-* builds fp32, fp16, **int8** (no search, the gate's budget lifted so the
-  plain quantizer's result is measured even where the gate would refuse it)
+* builds fp32, fp16, **int8** (no search, the gate's budget and the golden
+  check's label limits lifted so the plain quantizer's result is measured
+  even where the build would refuse it)
   and **int8+search** (the stock profile: the search keeps layers in float
   until the budget is met, or the build is refused: then the row says so);
 * **latency**: bare backend inference on one prepared tensor, the variants of
@@ -22,6 +23,7 @@ worst-class IoU >= 0.90, and the default model's int8 either meets that IoU or
 is refused.
 
     python benchmarks/bench_quantization.py [--runs 50] [--models default,bisenetv2] [--targets cpu,intel,tflite]
+        [--variants fp32,fp16,int8,int8+search]
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ def _model(name: str, folder: Path) -> dict[str, Any]:
     if name == "default":
         return {}
     if name == "bisenetv2":
+        import torch
+
         from edgeseg.mmseg import load_mmseg
 
+        torch.manual_seed(0)  # random weights, the same in every run
         module, spec = load_mmseg("bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024", input_size=(512, 1024))
         return {"model": module, "spec": spec}
     raise SystemExit(f"unknown model {name!r} (default, bisenetv2)")
@@ -61,9 +66,11 @@ def _build(kwargs: dict[str, Any], target: str, variant: str, out: Path) -> tupl
     profile = edgeseg.load_target(target)
     precision = variant.split("+")[0]
     search = variant == "int8+search"
-    if variant == "int8":  # the plain quantizer, measured even where the gate would refuse it
+    if variant == "int8":  # the plain quantizer, measured even where the gate or the golden check would refuse it
         q = profile.quantization.model_copy(update={"min_pixel_agreement": None, "max_miou_drop": None, "min_class_iou": None})
-        profile = profile.model_copy(update={"quantization": q})
+        tol = profile.tolerance
+        limits = tol.int8.model_copy(update={"min_label_agreement": 0.0, "min_class_iou": None}) if tol.int8 else None
+        profile = profile.model_copy(update={"quantization": q, "tolerance": tol.model_copy(update={"int8": limits})})
     try:
         result = edgeseg.build(target=profile, precision=precision, search=search, out_dir=out / variant, **kwargs, **QUIET)
     except edgeseg.EdgesegError as exc:
@@ -81,7 +88,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--models", default="default,bisenetv2")
     ap.add_argument("--targets", default="cpu,intel,tflite")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="fp32 first (the ratios' base)")
     args = ap.parse_args()
+    if not set(args.variants.split(",")) <= set(VARIANTS):
+        ap.error(f"--variants: choose from {', '.join(VARIANTS)}")
     evalset = load_eval_set(None, [])
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +108,12 @@ def main() -> int:
                 classes = list(a.manifest.model.classes)
                 ref_maps = [ref.segment(load_image(p)).labels for p in evalset.images]
             for target in args.targets.split(","):
-                built = {v: _build(kwargs, target, v, folder / model / target) for v in VARIANTS}
+                built = {v: _build(kwargs, target, v, folder / model / target) for v in args.variants.split(",")}
                 print(f"{model}/{target}: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-                rows += _measure(model, target, built, evalset, ref_maps, classes, args)
+                measured = _measure(model, target, built, evalset, ref_maps, classes, args)
+                for row in measured:  # said at once too: a long run stopped part way keeps what it measured
+                    print(" ".join(row), file=sys.stderr, flush=True)
+                rows += measured
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
     vnni = sorted(f for f in flags if "vnni" in f) or ["none"]
     print(f"CPU int8 dot-product extensions: {', '.join(vnni)}; {args.runs} interleaved runs per variant; accuracy on "
@@ -134,7 +147,7 @@ def _measure(model: str, target: str, built: dict[str, tuple[Any, str]], evalset
                 seg.infer(tensor)
                 samples[variant].append((time.perf_counter_ns() - t0) / 1e6)
         fp32_ms = statistics.median(samples["fp32"]) if "fp32" in samples else float("nan")
-        for variant in VARIANTS:
+        for variant in built:
             archive, note = built[variant]
             if variant not in segs:
                 rows.append((f"{model:<10}", f"{target:<7}", f"{variant:<12}", f"{'-':>9}", f"{'-':>8}", f"{'-':>16}",

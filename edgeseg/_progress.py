@@ -40,6 +40,11 @@ class Step:
         if self._progress is not None:
             self._progress.update(self._task, total=total, completed=0, what=what)
 
+    def say(self, what: str) -> None:
+        """Show what the step is doing now (a long step without a count: a search's current trial)."""
+        if self._progress is not None:
+            self._progress.update(self._task, what=what)
+
     def advance(self) -> None:
         """One more item done."""
         if self._progress is not None:

@@ -25,6 +25,7 @@ Steps, each writing into a fresh folder (inputs are never modified):
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import shutil
 import tempfile
@@ -50,7 +51,7 @@ from edgeseg_runtime.verify import VerifyReport, verify_archive
 from ._version import __version__
 from ._progress import Reporter, Step, Steps
 from .accuracy import AccuracyReport, evaluate, load_eval_set, raise_if_failed, score_labels
-from .backends import Backend, Calibration, ModelFiles, get_backend
+from .backends import Backend, Calibration, ModelFiles, get_backend, translate_errors
 from .bundle import copy_runtime, pack, write_manifest
 from .cache import QuantCache, cache_key
 from .calibration import CalibrationSet, load_calibration
@@ -415,8 +416,8 @@ def build(
             converted = convert_step(plan, exported, calibrated, ref, work / "model", step)
             step.detail = ", ".join(converted.files.files) + (
                 f" (calibration cache {converted.cache_state})" if converted.cache_state else "")
-        if converted.search is not None and "method" in converted.search and report is not None:
-            report(f"mixed precision: {converted.search['summary']}")
+            if converted.search is not None and "method" in converted.search:
+                step.detail += f"; mixed precision: {converted.search['summary']}"
         stage = work / "stage"
         draft = stage_step(plan, exported, golden_entries, calibrated, converted, [work / "golden", work / "model",
                                                                                   work / "calibration"], stage, steps)
@@ -542,11 +543,11 @@ def convert_step(plan: BuildPlan, exported: Exported, calibrated: Calibrated | N
         return Converted(files, state)
     if not plan.search:
         return Converted(files, state, {"enabled": False})
-    return _search_step(plan, exported, calibration, ref, out, files, state)
+    return _search_step(plan, exported, calibration, ref, out, files, state, step)
 
 
 def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, ref: Segmentor, out: Path,
-                 files: ModelFiles, state: str) -> Converted:
+                 files: ModelFiles, state: str, step: Step) -> Converted:
     """Step 4b (int8): the gate on the converted model; when it misses, the mixed-precision search.
 
     The fewest layers kept in float that meet the budget (:mod:`edgeseg.mixed_precision`):
@@ -566,16 +567,27 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
         return score_labels(ref_maps, maps, evalset, precision=tgt.precision, classes=classes,
                             budget=tgt.quantization.budget())
 
+    step.say("accuracy of the int8 model")
     first = gate(out, files)
     if first.passed:
         return Converted(files, state, {"needed": False, "verdict": first.verdict()})
-    parts = {"model": _cache_parts(tgt, exported.shared, calibration, plan.tool_versions), "eval": evalset.digest,
-             "budget": tgt.quantization.budget(), "search": 1}
+    parts = {  # everything the chosen float set depends on: the int8 model, the candidate's runner, the fp32 labels
+        "model": _cache_parts(tgt, exported.shared, calibration, plan.tool_versions),
+        "backend_options": dict(tgt.backend_options), "reference_version": plan.reference_version,
+        "pipeline": exported.pipeline, "classes": classes, "budget": tgt.quantization.budget(),
+        "eval": [evalset.digest, evalset.reduce_zero_label], "search": 2,  # the digest covers the label map
+    }
+    if tgt.backend == "openvino":
+        parts["nncf"] = importlib.metadata.version("nncf")
     key = cache_key(parts)
     cached = QuantCache().fetch_json(f"search-{key}") if not plan.recalibrate else None
+    try:
+        restored = mp.SearchOutcome.from_dict(cached) if cached is not None else None
+    except (KeyError, TypeError, ValueError):  # a damaged cache entry: search again
+        restored = None
     trial_n = 0
 
-    def convert_with(target: Target, cal: Calibration) -> tuple[Path, ModelFiles]:
+    def convert_with(target: Target, cal: Calibration | None) -> tuple[Path, ModelFiles]:
         nonlocal trial_n
         trial_n += 1
         folder = out.parent / f"{out.name}-trial{trial_n}"
@@ -590,42 +602,52 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
         return tgt.model_copy(update={"quantization": q.model_copy(update={"keep_float": [*q.keep_float, *nodes]})})
 
     outcome: mp.SearchOutcome
-    if cached is not None:
-        outcome = mp.SearchOutcome.from_dict(cached)
+    if restored is not None:
+        outcome = restored
         chosen_target, chosen_cal = with_float(outcome.kept_float), calibration
-        if tgt.backend == "openvino":
+        if tgt.backend == "openvino":  # NNCF chose its float set: the same run again (a quantization cache hit)
+            chosen_target = tgt
             chosen_cal = replace(calibration, validation=tuple(_validation_pair(ref, p) for p in evalset.images))
-        elif tgt.backend == "tflite":
-            chosen_target = _a16w8(tgt)
         folder, got = convert_with(chosen_target, chosen_cal)
-    elif tgt.backend == "onnxruntime":
+    elif tgt.backend in ("onnxruntime", "tflite"):
+        step.say(f"mixed precision: ranking layers (int8: worst class {first.worst_class} IoU {first.worst_class_iou:.3f})")
         inputs = [ref.prepare(load_image(p)) for p in evalset.images[: mp.RANK_IMAGES]]
-        ranking = mp.rank_activations(out / files.net, inputs, exported.model.input.name)
+        if tgt.backend == "onnxruntime":
+            with translate_errors("mixed-precision ranking (ONNX Runtime) failed"):
+                ranking = mp.rank_activations(out / files.net, inputs, exported.model.input.name)
+        else:  # the float model's op outputs, quantized as the int8 model does
+            float_dir, float_files = convert_with(tgt.model_copy(update={"precision": "fp32"}), None)
+            with translate_errors("mixed-precision ranking (LiteRT) failed"):
+                ranking = mp.rank_tflite_ops(float_dir / float_files.net, out / files.net, inputs)
+        if not ranking:
+            return Converted(files, state, {"method": "none", "passed": False, "first": first.verdict(),
+                                            "summary": "no quantized activation left to keep in float"},
+                             best_of="mixed precision found no quantized activation left to keep in float: ")
         folders: dict[tuple[str, ...], tuple[Path, ModelFiles]] = {}
 
         def trial(nodes: list[str]) -> AccuracyReport:
             folders[tuple(nodes)] = convert_with(with_float(nodes), calibration)
             return gate(*folders[tuple(nodes)])
 
-        outcome, chosen, _ = mp.search(ranking, trial)
+        outcome, chosen, _ = mp.search(ranking, trial, report=lambda line: step.say(f"mixed precision: {line}"))
         folder, got = folders[tuple(chosen)]
-    elif tgt.backend in ("openvino", "tflite"):
+    elif tgt.backend == "openvino":  # NNCF's accuracy control, driven by the gate's own budget
         t0 = time.perf_counter()
-        if tgt.backend == "openvino":  # NNCF's accuracy control, driven by the gate's own budget
-            method = "nncf accuracy control"
-            cal = replace(calibration, validation=tuple(_validation_pair(ref, p) for p in evalset.images))
-            folder, got = convert_with(tgt, cal)
-        else:  # ai-edge-quantizer: 16-bit activations, 8-bit weights
-            method = "16-bit activations"
-            folder, got = convert_with(_a16w8(tgt), calibration)
+        step.say("mixed precision: NNCF accuracy control (minutes)")
+        cal = replace(calibration, validation=tuple(_validation_pair(ref, p) for p in evalset.images))
+        folder, got = convert_with(tgt, cal)
         rep = gate(folder, got)
-        kept = list(got.details.get("kept_float", [])) if tgt.backend == "openvino" else ["activation_bits = 16"]
-        outcome = mp.SearchOutcome(method, kept, [mp.trial_of(0, len(kept), rep, time.perf_counter() - t0)],
-                                   rep.passed, time.perf_counter() - t0)
+        from .backends.openvino import fake_quantize_names
+
+        kept_now = set(fake_quantize_names(folder / got.net))  # the quantizers NNCF reverted: kept in float
+        kept = [name for name in fake_quantize_names(out / files.net) if name not in kept_now]
+        outcome = mp.SearchOutcome("nncf accuracy control", kept,
+                                   [mp.trial_of(0, len(kept), rep, time.perf_counter() - t0)], rep.passed,
+                                   time.perf_counter() - t0)
     else:
         return Converted(files, state, {"method": "none", "passed": False, "summary": f"{tgt.backend}: no search"},
                          best_of=f"no mixed-precision search for {tgt.backend}: ")
-    if cached is None:
+    if restored is None:
         QuantCache().store_json(f"search-{key}", outcome.to_dict())
     shutil.rmtree(out)
     shutil.copytree(folder, out)
@@ -634,11 +656,6 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
     section = {**outcome.to_dict(), "first": first.verdict(), "summary": outcome.summary()}
     best = "" if outcome.passed else f"best of {len(outcome.trials)} mixed-precision trials ({outcome.method}): "
     return Converted(got, state, section, best)
-
-
-def _a16w8(tgt: Target) -> Target:
-    q = tgt.quantization
-    return tgt.model_copy(update={"quantization": q.model_copy(update={"options": {**q.options, "activation_bits": 16}})})
 
 
 @contextmanager

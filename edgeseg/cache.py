@@ -86,8 +86,11 @@ class QuantCache:
         """Save a small JSON document (a mixed-precision search outcome) atomically next to the entries."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
-        os.replace(tmp, self.dir / f"{name}.json")
+        try:
+            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
+            os.replace(tmp, self.dir / f"{name}.json")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def store(self, key: str, out_dir: Path, files: ModelFiles, parts: dict[str, Any]) -> Path:
         """Save the model files a backend wrote into ``out_dir`` as the entry for ``key``; returns its folder."""

@@ -27,9 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from edgeseg_runtime.verify import MIN_CLASS_SUPPORT as _MIN_CLASS_SUPPORT
-from edgeseg_runtime.verify import worst_class as _worst_class
-from edgeseg_runtime.verify import Agreement, compare_arrays
+from edgeseg_runtime.verify import MIN_CLASS_SUPPORT, Agreement, compare_arrays, worst_class
 
 __all__ = [
     "IGNORE_INDEX",
@@ -39,6 +37,9 @@ __all__ = [
     "LatencySummary",
     "latency_summary",
     "AbsDiff",
+    "miou_drop",
+    "worst_class",
+    "MIN_CLASS_SUPPORT",
 ]
 
 #: label value excluded from every metric (MMSegmentation, Cityscapes, ADE20K and VOC convention)
@@ -115,11 +116,6 @@ def scores_from_confusion(cm: np.ndarray) -> SegmentationScores:
         pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
         pixels=total,
     )
-
-
-#: classes under this share of the reference's pixels are reported, not gated (the runtime's rule, one code)
-MIN_CLASS_SUPPORT = _MIN_CLASS_SUPPORT
-worst_class = _worst_class
 
 
 def miou_drop(vs_reference: SegmentationScores, gt_reference: SegmentationScores | None = None,

@@ -17,9 +17,10 @@ searches for the smallest float set that meets it, per backend:
 * **OpenVINO**: NNCF's accuracy control (``quantize_with_accuracy_control``),
   which ranks and reverts layers itself, driven by the gate's own figures
   (:func:`budget_metric`).
-* **TFLite** (ai-edge-quantizer): 16-bit activations with 8-bit weights
-  (``activation_bits = 16``), the recipe the quantizer offers; per-op float
-  recipes are not used.
+* **TFLite** (ai-edge-quantizer): the same ranking and bisection over the
+  int8 model's ops (:func:`rank_tflite_ops`: each op's float output quantized
+  with the scale the int8 model gave it); an op kept in float gets
+  ai-edge-quantizer's ``no_quantize`` rule for its scope.
 
 The chosen set, every trial (float set size, figures, seconds) and the time
 go into the manifest (``quantization.search``); the outcome is cached with
@@ -34,6 +35,7 @@ graph) and ORT's ``qdq_loss_debug`` (per-tensor error of the QDQ pairs).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,7 @@ import numpy as np
 
 from .accuracy import AccuracyReport
 
-__all__ = ["Damage", "Trial", "SearchOutcome", "rank_activations", "search", "budget_metric"]
+__all__ = ["Damage", "Trial", "SearchOutcome", "rank_activations", "rank_tflite_ops", "search", "budget_metric"]
 
 #: evaluation images the ranking runs on (the damage is a per-tensor average; a few images rank the same)
 RANK_IMAGES = 4
@@ -90,9 +92,9 @@ class SearchOutcome:
     """What the search tried and chose.
 
     Attributes:
-        method: ``activation ranking + bisection`` (ONNX Runtime), ``nncf accuracy control`` (OpenVINO),
-            ``16-bit activations`` (TFLite).
-        kept_float: node names (or backend settings) chosen, beyond the profile's and spec's keep_float.
+        method: ``activation ranking + bisection`` (ONNX Runtime, TFLite), ``nncf accuracy control`` (OpenVINO).
+        kept_float: what the search kept in float, beyond the spec's keep_float: ONNX node names (ONNX Runtime),
+            op scopes (TFLite), the FakeQuantize layers NNCF reverted (OpenVINO).
         trials: every requantization, in order.
         passed: the chosen result meets the budget (else it is the best found, and the build stops).
         seconds: wall time of the search.
@@ -132,8 +134,7 @@ class SearchOutcome:
                 max(self.trials, key=lambda t: (_nan_low(t.worst_class_iou), -t.miou_drop)) if self.trials else None)
         figures = (f"; worst class {last.worst_class} IoU {last.worst_class_iou:.3f}, drop {last.miou_drop:.2f}"
                    if last else "")
-        kept = "" if self.method.startswith("nncf") else f"{len(self.kept_float)} kept in float, "  # NNCF picks its own
-        return (f"{self.method}: {kept}{len(self.trials)} trials, "
+        return (f"{self.method}: {len(self.kept_float)} kept in float, {len(self.trials)} trials, "
                 f"{self.seconds:.1f} s{' (cached)' if self.cached else ''}, {state}{figures}")
 
 
@@ -199,19 +200,77 @@ def rank_activations(qdq_path: Path, inputs: Sequence[np.ndarray], input_name: s
     return sorted(ranked, key=lambda d: -d.damage)
 
 
-def _channel_error(x: np.ndarray, q: np.ndarray) -> float:
-    """Mean over channels (axis 1) of ``min(1, ||x_c - q_c|| / ||x_c||)``; channels that are all zero are skipped."""
+def _channel_error(x: np.ndarray, q: np.ndarray, axis: int = 1) -> float:
+    """Mean over channels (``axis``: 1 for NCHW, -1 for NHWC) of ``min(1, ||x_c - q_c|| / ||x_c||)``; channels
+    that are all zero are skipped."""
     x = np.asarray(x, np.float64)
     q = np.asarray(q, np.float64)
     if x.ndim < 2:
         x, q = x.reshape(1, -1), q.reshape(1, -1)
-    axes = tuple(i for i in range(x.ndim) if i != 1)
+    channel = axis % x.ndim
+    axes = tuple(i for i in range(x.ndim) if i != channel)
     norm = np.sqrt((x * x).sum(axis=axes))
     err = np.sqrt(((x - q) ** 2).sum(axis=axes))
     live = norm > 0
     if not live.any():
         return 0.0
     return float(np.minimum(err[live] / norm[live], 1.0).mean())
+
+
+# ------------------------------------------------------------------------------------------ TFLite
+def rank_tflite_ops(float_path: Path, int8_path: Path, inputs: Sequence[np.ndarray]) -> list[Damage]:
+    """Rank the ops of an int8 LiteRT model by the damage of quantizing their own output, worst first.
+
+    The float model runs with every intermediate tensor kept; each op's output
+    is quantized with the scale and zero point the int8 model gave that tensor
+    (the TFLite quantization spec: ``q = clip(round(x / scale) + zero_point)``,
+    ``x' = scale * (q - zero_point)``) and scored like :func:`rank_activations`
+    (mean per-channel relative error, channels last: LiteRT's NHWC).
+
+    Args:
+        float_path, int8_path: the float and the int8 ``.tflite`` of one model (ai-edge-quantizer keeps tensor names).
+        inputs: float32 network inputs (the signature's input shape), a few evaluation images.
+
+    Returns:
+        One :class:`Damage` per op whose output the int8 model quantizes; ``nodes`` is the op's scope
+        (output tensor names joined and ended by ``;``, ai-edge-quantizer ``get_op_scope``), what
+        ``keep_float`` takes (:func:`edgeseg.backends.tflite.keep_float_rules`).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    quant = Interpreter(model_path=str(int8_path))
+    params = {}
+    for d in quant.get_tensor_details():
+        scales, zeros = d["quantization_parameters"]["scales"], d["quantization_parameters"]["zero_points"]
+        if np.dtype(d["dtype"]).kind in "iu" and len(scales) == 1:  # per-tensor: activations (weights are per channel)
+            params[d["name"]] = (float(scales[0]), int(zeros[0]), np.dtype(d["dtype"]))
+    with warnings.catch_warnings():  # "intended for debugging": keeping every tensor is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        fl = Interpreter(model_path=str(float_path), experimental_preserve_all_tensors=True)
+    fl.allocate_tensors()
+    names = {d["index"]: d["name"] for d in fl.get_tensor_details()}
+    ops = [(op["op_name"], [i for i in op["outputs"] if i >= 0]) for op in fl._get_ops_details()]  # noqa: SLF001
+    ops = [(kind, outs) for kind, outs in ops if outs and kind not in ("QUANTIZE", "DEQUANTIZE")
+           and all(names[i] in params for i in outs)]
+    (entry,) = fl.get_input_details()
+    errors: dict[int, list[float]] = {}
+    for tensor in inputs:
+        fl.set_tensor(entry["index"], np.ascontiguousarray(tensor, dtype=np.float32))
+        fl.invoke()
+        for k, (_, outs) in enumerate(ops):
+            damage = []
+            for i in outs:
+                x = fl.get_tensor(i)
+                scale, zero, dtype = params[names[i]]
+                info = np.iinfo(dtype)
+                q = (np.clip(np.rint(x / scale) + zero, info.min, info.max) - zero) * scale
+                damage.append(_channel_error(x, q, axis=-1))
+            errors.setdefault(k, []).append(max(damage))
+    worst: dict[str, float] = {}  # by scope: an op the interpreter lists twice is one op to the quantizer
+    for k, (_, outs) in enumerate(ops):
+        scope = ";".join(names[i] for i in outs) + ";"
+        worst[scope] = max(worst.get(scope, 0.0), float(np.mean(errors[k])))
+    return sorted((Damage(scope, damage, (scope,)) for scope, damage in worst.items()), key=lambda d: -d.damage)
 
 
 def search(ranking: Sequence[Damage], run_trial: Callable[[list[str]], AccuracyReport],
@@ -283,15 +342,17 @@ def _nan_low(value: float) -> float:
 
 # ------------------------------------------------------------------------------------------ OpenVINO (NNCF)
 def budget_metric(budget: dict[str, float | None], classes: list[str]) -> tuple[Callable[[np.ndarray], float], float]:
-    """A scalar for NNCF's accuracy control that is >= 0 exactly when the gate's class and mIoU budgets hold.
+    """A scalar for NNCF's accuracy control that is >= 0 when the gate's class, mIoU and agreement budgets hold.
 
     NNCF compares ``metric(fp32) - metric(int8)`` with an absolute ``max_drop``.
     Against the fp32 labels, fp32 scores IoU 1 for every class, so with
     ``metric = min(worst class IoU - min_class_iou, mIoU - 1 + max_drop/100,
     pixel agreement - min_pixel_agreement)`` fp32 scores
     ``m0 = min(1 - min_class_iou, max_drop/100, 1 - min_pixel_agreement)``, and
-    ``max_drop = m0`` makes NNCF accept exactly what the gate accepts
-    (without masks; with masks the gate stays the judge).
+    ``max_drop = m0`` makes NNCF aim at what the gate accepts. Approximately:
+    NNCF scores its own fp32 IR (which may differ from the ONNX Runtime labels
+    by a few pixels) at the network's output size, and the gate, at image
+    size, stays the judge of what NNCF returns.
 
     Returns:
         ``(metric of a (C, C) confusion matrix vs fp32 labels, NNCF max_drop)``.

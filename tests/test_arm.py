@@ -26,8 +26,8 @@ def arm_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, edgeseg.
     """arm (ncnn fp16, fp32) and tflite (fp16, fp32, int8) archives of the default model.
 
     The tflite int8 archive is built with the gate held to pixel agreement only and no search: the stock budget
-    refuses this model's tflite int8 (test_stock_tflite_int8_of_the_default_model_is_refused); these tests are
-    about the archive and its runtime.
+    refuses this model's plain tflite int8 (test_stock_tflite_int8_of_the_default_model_is_refused_without_the_search);
+    these tests are about the archive and its runtime.
     """
     out = tmp_path_factory.mktemp("arm")
     tflite = load_target("tflite")
@@ -120,14 +120,14 @@ def test_tflite_int8_is_full_integer_and_gated(arm_archives, tmp_path: Path) -> 
     assert sizes["tflite-int8"] < 0.65 * sizes["tflite-fp32"] and sizes["tflite-fp16"] < 0.75 * sizes["tflite-fp32"], sizes
 
 
-def test_stock_tflite_int8_of_the_default_model_is_refused(tmp_path: Path) -> None:
-    """The stock tflite budget (worst class IoU 0.90 vs fp32 over the default eval set): int8 loses too much of the
-    person; the search's 16-bit activations do not bring it back either, so the build stops naming the best figure."""
+def test_stock_tflite_int8_of_the_default_model_is_refused_without_the_search(tmp_path: Path) -> None:
+    """The stock tflite budget (worst class IoU 0.90 vs fp32 over the default eval set): plain int8 loses too much of
+    the person, and --no-search stops the build there, naming the figures (the search keeps ops in float instead:
+    measured in benchmarks/bench_quantization.py, 173 s here; the search itself: test_quantization)."""
     with pytest.raises(AccuracyError) as caught:
-        edgeseg.build(target="tflite", precision="int8", calib_count=16, out_dir=tmp_path, **QUIET)
+        edgeseg.build(target="tflite", precision="int8", calib_count=16, search=False, out_dir=tmp_path, **QUIET)
     line = str(caught.value)
-    assert "\n" not in line and line.startswith("build stopped, no archive written: best of 1 mixed-precision trials "
-                                               "(16-bit activations): FAIL: int8 vs fp32 on 28 images"), line
+    assert "\n" not in line and line.startswith("build stopped, no archive written: FAIL: int8 vs fp32 on 28 images"), line
     iou = float(line.split("worst class person IoU ")[1].split(",")[0])
     assert 0.0 < iou < 0.90 and f"class person IoU {iou:.3f} < 0.90" in line
     assert not any(tmp_path.iterdir())

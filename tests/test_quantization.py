@@ -83,10 +83,15 @@ def test_onnxruntime_models_are_really_fp16_and_int8(quantized: dict) -> None:
 def test_openvino_int8_ir_has_int8_weights(quantized: dict) -> None:
     """The stock intel int8 misses the budget with plain NNCF quantization; the search's NNCF accuracy control,
     driven by the gate's own budget, reverts layers until it holds."""
+    from edgeseg.backends.openvino import fake_quantize_names
+
     result = quantized[("intel", "int8")]
     with Archive.open(result.archive) as a:
         xml = a.path("end2end.xml").read_text()
         assert a.manifest["backend"]["quantizer"] == "nncf.quantize_with_accuracy_control"
+        quantizers = fake_quantize_names(a.path("end2end.xml"))
+    reverted = result.manifest["quantization"]["search"]["kept_float"]  # the plain int8 IR's quantizers NNCF removed
+    assert reverted and quantizers and not set(reverted) & set(quantizers)
     assert 'element_type="i8"' in xml and "FakeQuantize" in xml
     q = result.manifest["quantization"]
     assert q["search"]["method"] == "nncf accuracy control" and q["search"]["first"].startswith("FAIL")
@@ -269,11 +274,17 @@ def _hostile_net(path: Path) -> Path:
     return path
 
 
-def test_search_rescues_a_quantization_hostile_layer(tmp_path: Path) -> None:
+def _hostile(tmp_path: Path) -> tuple[Path, Path]:
+    """The hostile net and its spec."""
     net = _hostile_net(tmp_path / "hostile.onnx")
     spec = tmp_path / "hostile.toml"
     spec.write_text('name = "hostile"\n[input]\nsize = [96, 96]\nstd = [255.0, 255.0, 255.0]\n'
                     '[output]\nkind = "logits"\nclasses = ["dark", "bright"]\n')
+    return net, spec
+
+
+def test_search_rescues_a_quantization_hostile_layer(tmp_path: Path) -> None:
+    net, spec = _hostile(tmp_path)
     with pytest.raises(AccuracyError, match=r"class (dark|bright) IoU 0\.\d+ < 0\.90"):
         edgeseg.build(net, spec=spec, target="cpu", precision="int8", search=False, out_dir=tmp_path / "plain", **QUIET)
     assert not (tmp_path / "plain").exists() or not any((tmp_path / "plain").iterdir())
@@ -291,9 +302,46 @@ def test_search_rescues_a_quantization_hostile_layer(tmp_path: Path) -> None:
     # a rebuild takes the search's outcome from the cache (no trial runs again) and writes the same archive
     lines: list[str] = []
     again = edgeseg.build(net, spec=spec, target="cpu", precision="int8", out_dir=tmp_path / "again", report=lines.append)
-    (said,) = [line for line in lines if line.startswith("mixed precision: ")]
+    (said,) = [line for line in lines if "mixed precision: " in line]
     assert "(cached)" in said and "met the budget" in said, said
     assert again.archive.read_bytes() == result.archive.read_bytes()
+
+
+def test_tflite_search_keeps_the_hostile_op_in_float(tmp_path: Path) -> None:
+    """LiteRT: the same hostile layer, ranked on the int8 model's ops and kept in float by a no_quantize rule."""
+    pytest.importorskip("litert_torch", reason="litert_torch is not installed (extra 'tflite')")
+    from ai_edge_litert.interpreter import Interpreter
+
+    net, spec = _hostile(tmp_path)
+    with pytest.raises(AccuracyError, match=r"class (dark|bright) IoU 0\.\d+ < 0\.90"):
+        edgeseg.build(net, spec=spec, target="tflite", precision="int8", search=False, out_dir=tmp_path / "plain", **QUIET)
+    result = edgeseg.build(net, spec=spec, target="tflite", precision="int8", out_dir=tmp_path / "dist", **QUIET)
+    q = result.manifest["quantization"]
+    search, acc = q["search"], q["accuracy"]
+    assert search["passed"] and search["method"] == "activation ranking + bisection" and search["first"].startswith("FAIL")
+    worst = search["ranking"][0]
+    assert "ReLU" in worst["tensor"] and worst["damage"] > 0.5  # the Relu after the huge-range Conv
+    assert worst["tensor"] in search["kept_float"] == result.manifest["backend"]["kept_float"]
+    assert acc["passed"] and acc["worst_class"]["iou"] >= 0.90
+    with Archive.open(result.archive) as a:
+        tensors = Interpreter(model_path=str(a.path("end2end.tflite"))).get_tensor_details()
+    kept = {name for scope in search["kept_float"] for name in tensors_of(scope, tensors)}
+    dtypes = {d["name"]: np.dtype(d["dtype"]) for d in tensors}
+    assert kept and all(dtypes[n] == np.float32 for n in kept)  # the kept ops compute in float
+    assert sum(dt == np.int8 for dt in dtypes.values()) >= 2  # the rest stays int8
+    proc = edgeseg_cli("verify", result.archive)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def tensors_of(scope: str, tensors: list[dict]) -> list[str]:
+    """The tensor names an op scope (``'<name>;<name>;'``) lists, read against the model's tensor names."""
+    names = sorted({d["name"] for d in tensors}, key=len, reverse=True)
+    found, rest = [], scope
+    while rest:
+        name = next(n for n in names if rest.startswith(n + ";"))
+        found.append(name)
+        rest = rest[len(name) + 1:]
+    return found
 
 
 @needs_openvino

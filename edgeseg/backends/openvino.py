@@ -183,3 +183,17 @@ def _budget_validation(budget: dict[str, float | None], num_classes: int) -> tup
         return metric(cm)
 
     return validate, max_drop
+
+
+def fake_quantize_names(xml_path: Path) -> list[str]:
+    """Names of the ``FakeQuantize`` layers of an OpenVINO IR, in file order (what NNCF quantized).
+
+    Source: OpenVINO IR format (``<layer type="FakeQuantize" name=...>`` in the ``.xml``).
+
+    Raises:
+        OSError: the file cannot be read. xml.etree.ElementTree.ParseError: not XML.
+    """
+    from xml.etree import ElementTree
+
+    root = ElementTree.parse(xml_path).getroot()  # noqa: S314  our own converter's output
+    return [layer.get("name", "") for layer in root.iter("layer") if layer.get("type") == "FakeQuantize"]

@@ -25,7 +25,10 @@ layout work happens inside the converted graph.
   quantizes the input and dequantizes the output with their scale/zero point).
   ``[quantization.options] activation_bits = 16`` gives int16 activations
   (``static_wi8_ai16``), slower and closer to fp32. The accuracy gate measures
-  what either gave.
+  what either gave. ``keep_float`` entries (TFLite operation names or op
+  scopes, :func:`keep_float_rules`) stay float through ai-edge-quantizer's
+  ``no_quantize`` rules: the mixed-precision search uses them
+  (:mod:`edgeseg.mixed_precision`).
 
 litert-torch and the converter log many lines on the C++ side; they are kept
 off the terminal and the last of them go into a ConversionError on failure.
@@ -34,6 +37,7 @@ off the terminal and the last of them go into a ConversionError on failure.
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -56,6 +60,32 @@ FP16_RECIPE = [{
     "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"}, "compute_precision": "FLOAT",
                   "explicit_dequantize": True},
 }]
+
+
+def keep_float_rules(keep: list[str]) -> list[dict[str, Any]]:
+    """ai-edge-quantizer recipe entries that leave ops in float, appended after the int8 rule (later rules win).
+
+    Args:
+        keep: TFLite operation names (``LOGISTIC``, ``CONV_2D``, ... as ai-edge-quantizer's
+            ``TFLOperationName``) or op scopes: an op's output tensor names joined and ended by ``;``
+            (ai-edge-quantizer ``get_op_scope``, what :func:`edgeseg.mixed_precision.rank_tflite_ops` returns).
+
+    Raises:
+        ConfigError: an entry that is neither.
+    """
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    ops = {o.value for o in TFLOperationName}
+    rules = []
+    for entry in keep:
+        if entry in ops:
+            rules.append({"regex": ".*", "operation": entry, "algorithm_key": "no_quantize"})
+        elif entry.endswith(";"):
+            rules.append({"regex": "^" + re.escape(entry) + "$", "operation": "*", "algorithm_key": "no_quantize"})
+        else:
+            raise ConfigError(f"[quantization] keep_float: {entry!r} is neither a TFLite operation name "
+                              "(CONV_2D, LOGISTIC, ...) nor an op scope ('<output tensor names>;')")
+    return rules
 
 
 def _require(module: str) -> None:
@@ -105,11 +135,9 @@ class TFLiteBackend(BaseBackend):
             )
         bits = self.quantization_options(target)["activation_bits"]
         q = target.quantization
-        if target.precision == "int8" and (q.keep_float or not q.per_channel):
-            raise ConfigError(
-                f"target {target.name!r}: the tflite int8 recipe is per-channel with every op quantized; "
-                "remove [quantization] keep_float / per_channel = false, or use activation_bits = 16"
-            )
+        if target.precision == "int8" and not q.per_channel:
+            raise ConfigError(f"target {target.name!r}: the tflite int8 recipe quantizes weights per channel; "
+                              "remove [quantization] per_channel = false")
         if target.precision == "int8" and calibration is None:
             raise ConfigError("int8 needs a calibration set")
         details: dict[str, Any] = {"source": "shared ONNX via onnx2torch + litert_torch.convert", "signature": SIGNATURE}
@@ -151,14 +179,15 @@ def _run_quantizer(src: Path, dest: Path, target: Target, calibration: Calibrati
         details = {"quantizer": "ai-edge-quantizer float_casting", "weight_format": "float16", "compute": "float32"}
     else:
         assert calibration is not None
-        qt.load_quantization_recipe(recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8())
+        rules = recipe.static_wi8_ai16() if bits == 16 else recipe.static_wi8_ai8()
+        qt.load_quantization_recipe(rules + keep_float_rules(target.quantization.keep_float))
         (name,) = Interpreter(model_path=str(src)).get_signature_list()[SIGNATURE]["inputs"]
         samples = [{name: t} for t in calibration.tensors()]
         result = qt.quantize(qt.calibrate({SIGNATURE: samples}))
         details = {
             "quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "weight_format": "int8 per-channel",
             "activations": f"int{bits}", "calibration_method": target.quantization.calibration_method,
-            "calibration_images": len(samples),
+            "calibration_images": len(samples), "kept_float": list(target.quantization.keep_float),
         }
     result.export_model(str(dest), overwrite=True)
     return details
