@@ -190,28 +190,35 @@ def test_cli_build_int8_with_calibration_folder(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ profiles are model-independent; old opsets
-def _brightness_net(path: Path, opset: int) -> Path:
+def _brightness_net(path: Path, opset: int, hostile: bool = False) -> Path:
     """A 2-class NCHW net at ``opset`` that no edgeseg file names: class 1 where a 3x3 patch's mean is above 0.5.
 
     Conv(3->4, 3x3) + Relu + Conv(4->2, 1x1): no ConvTranspose, no Sigmoid (what the default model keeps in float).
+
+    ``hostile``: a fifth, dead channel of huge range (1e4 x the patch mean) after the first Conv. fp32 ignores it
+    (its weight in the second Conv is 0), but int8 activations are quantized per tensor, so the range it sets
+    leaves the four real channels a step of ~40 for values below 1: int8 sees only "dark". A layer a search must
+    keep in float.
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    w1 = np.full((4, 3, 3, 3), 1 / 27, np.float32)
-    b1 = np.array([0.0, -0.25, -0.5, -0.75], np.float32)
-    w2 = np.zeros((2, 4, 1, 1), np.float32)
-    w2[1, :, 0, 0] = 1.0  # sum of the ramps: increasing in the patch mean
+    c = 5 if hostile else 4
+    w1 = np.full((c, 3, 3, 3), 1 / 27, np.float32)
+    w1[4:] *= 1e4
+    b1 = np.array([0.0, -0.25, -0.5, -0.75, 0.0][:c], np.float32)
+    w2 = np.zeros((2, c, 1, 1), np.float32)
+    w2[1, :4, 0, 0] = 1.0  # sum of the ramps: increasing in the patch mean
     b2 = np.array([0.625, 0.0], np.float32)  # class 0's constant logit = the ramps' sum at a mean of 0.5
     graph = helper.make_graph(
         [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
          helper.make_node("Relu", ["h"], ["r"]),
          helper.make_node("Conv", ["r", "w2", "b2"], ["logits"])],
-        "brightness",
+        "hostile" if hostile else "brightness",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 96, 96])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7 if opset < 15 else 8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -244,39 +251,9 @@ def test_stock_cpu_profile_quantizes_any_model_and_upgrades_old_opsets(tmp_path:
     assert "opset_upgraded" not in default.manifest["backend"]
 
 
-def _hostile_net(path: Path) -> Path:
-    """The brightness net with a fifth, dead channel of huge range (1e4 x the patch mean) after its first Conv.
-
-    fp32 ignores that channel (its weight in the second Conv is 0), but int8 activations are quantized per
-    tensor, so the range it sets leaves the four real channels a step of ~40 for values below 1: int8 sees
-    only "dark". A layer a search must keep in float.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    w1 = np.full((5, 3, 3, 3), 1 / 27, np.float32)
-    w1[4] *= 1e4
-    b1 = np.array([0.0, -0.25, -0.5, -0.75, 0.0], np.float32)
-    w2 = np.zeros((2, 5, 1, 1), np.float32)
-    w2[1, :4, 0, 0] = 1.0
-    b2 = np.array([0.625, 0.0], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Conv", ["r", "w2", "b2"], ["logits"])],
-        "hostile",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 96, 96])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 def _hostile(tmp_path: Path) -> tuple[Path, Path]:
     """The hostile net and its spec."""
-    net = _hostile_net(tmp_path / "hostile.onnx")
+    net = _brightness_net(tmp_path / "hostile.onnx", 17, hostile=True)
     spec = tmp_path / "hostile.toml"
     spec.write_text('name = "hostile"\n[input]\nsize = [96, 96]\nstd = [255.0, 255.0, 255.0]\n'
                     '[output]\nkind = "logits"\nclasses = ["dark", "bright"]\n')
