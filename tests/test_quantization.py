@@ -350,6 +350,10 @@ def test_int8_archive_with_a_broken_layer_fails_verify(quantized: dict, tmp_path
     ok = edgeseg_cli("verify", folder, "--json")
     doc = json.loads(ok.stdout)
     assert ok.returncode == 0 and doc["tolerance"]["min_class_iou"] == 0.9 and doc["worst_class_iou"] >= 0.9, ok.stdout
+    from edgeseg_runtime.contract import VerifyOutcome
+
+    read = VerifyOutcome.from_dict(doc, "edgeseg verify --json")  # what the installer's health check reads
+    assert (read.worst_class, read.worst_class_iou) == (doc["worst_class"], doc["worst_class_iou"])
     model = onnx.load(str(folder / "end2end.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -1191,6 +1191,8 @@ class VerifyOutcome(Record):
     tolerance: Dict[str, float] = dataclasses.field(default_factory=dict)
     images: Tuple[GoldenImage, ...] = ()
     signature: Optional[str] = None
+    worst_class: Optional[str] = None  # int8 archives (tolerance min_class_iou): the gated class and its IoU
+    worst_class_iou: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,13 @@ class VerifyReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed, "verdict": self.verdict()}
+        """``verify --json``. The worst class's keys only when the tolerance gates it (int8): the answer of an
+        fp32/fp16 archive keeps the form an older installer's health check reads."""
+        doc = {**asdict(self), "passed": self.passed, "verdict": self.verdict()}
+        if self.tolerance.get("min_class_iou") is None:
+            doc.pop("worst_class")
+            doc.pop("worst_class_iou")
+        return doc
 
 
 @dataclass(frozen=True)
