@@ -160,7 +160,6 @@ def evaluate(
     classes: list[str],
     budget: dict[str, float | None],
     step: Step | None = None,
-    reference_labels: list[np.ndarray] | None = None,
 ) -> AccuracyReport:
     """Run both models over the evaluation set and fill an :class:`AccuracyReport`.
 
@@ -172,7 +171,6 @@ def evaluate(
         classes: class names (C of them).
         budget: ``{"min_class_iou": IoU, "max_miou_drop": points, "min_pixel_agreement": fraction}``, None = not gated.
         step: progress step to advance per image.
-        reference_labels: the reference's label maps of ``evalset`` when already known (a search runs many candidates).
 
     Raises:
         ImageError: an image cannot be read. ConfigError: a bad mask.
@@ -182,7 +180,7 @@ def evaluate(
     indices = range(len(evalset))
     for i in step.track(indices, len(evalset), "images") if step else indices:
         rgb = load_image(evalset.images[i])
-        ref_maps.append(reference_labels[i] if reference_labels is not None else reference.segment(rgb).labels)
+        ref_maps.append(reference.segment(rgb).labels)
         maps.append(candidate.segment(rgb).labels)
     return score_labels(ref_maps, maps, evalset, precision=precision, classes=classes, budget=budget)
 
