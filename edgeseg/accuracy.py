@@ -253,17 +253,29 @@ def check_budget(pixel_agreement: float, miou_drop: float, budget: dict[str, flo
     return failures
 
 
-def raise_if_failed(report: AccuracyReport, target_name: str, prefix: str = "") -> None:
+#: backends whose fp16 conversion honours ``keep_float`` (ONNX Runtime's float16 converter ``node_block_list``);
+#: the others' fp16 is all or nothing (OpenVINO and pnnx fp16 weights, LiteRT fp16 weights, CoreML FLOAT16)
+FP16_KEEP_FLOAT = frozenset({"onnxruntime"})
+
+
+def raise_if_failed(report: AccuracyReport, target_name: str, prefix: str = "", backend: str = "") -> None:
     """Raise :class:`AccuracyError` with the figures and what to try when the report failed.
+
+    The advice is what applies to the backend and precision: calibration only
+    for int8, ``keep_float`` where the backend honours it at that precision,
+    and the next precision up.
 
     ``prefix`` goes before the verdict (a search says what it tried: "best of 7 float sets: ").
     """
     if report.passed:
         return
-    hints = ("more or other calibration images (--calib DIR, --calib-count N), keep sensitive ops in float "
-             "([quantization.keep_float] in the model spec)")
     if report.precision == "int8":
-        hints += ", or --precision fp16"
+        hints = ("more or other calibration images (--calib DIR, --calib-count N), keep sensitive ops in float "
+                 "([quantization.keep_float] in the model spec), or --precision fp16")
+    elif backend in FP16_KEEP_FLOAT:
+        hints = "keeping sensitive ops in float ([quantization.keep_float] in the model spec), or --precision fp32"
+    else:
+        hints = (f"--precision fp32 ({backend or 'this backend'}'s fp16 cannot keep single layers in float)")
     raise AccuracyError(f"build stopped, no archive written: {prefix}{report.verdict()}. Try {hints} (target {target_name}).")
 
 

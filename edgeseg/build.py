@@ -57,7 +57,7 @@ from .cache import QuantCache, cache_key
 from .calibration import CalibrationSet, load_calibration
 from .datasets import Dataset
 from .errors import ArchiveError, ConfigError, ConversionError, EdgesegError, ToolchainError, VerifyError
-from .export import SharedModel, export_shared
+from .export import SharedModel, export_shared, spec_defaults
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
@@ -132,11 +132,14 @@ def _resolve_spec(model: Any, spec: ModelSpec | str | Path | None, overrides: di
         return spec
     if spec is None and model is None:
         spec = DEFAULT_SPEC
+    # a missing model file is said before a missing spec; the file's name and the graph's layouts fill the
+    # keys the spec leaves out
+    defaults = spec_defaults(model) if isinstance(model, (str, Path)) else {}
     if spec is None and not overrides:
         raise ConfigError(
             "a model spec is needed for your model: --spec FILE.toml, or flags such as --output-kind and --classes"
         )
-    return load_spec(spec, overrides)
+    return load_spec(spec, overrides, defaults)
 
 
 def _variant_shapes(tgt: Target, backend: Backend) -> list[tuple[int, int]]:
@@ -164,7 +167,7 @@ def _variant_shapes(tgt: Target, backend: Backend) -> list[tuple[int, int]]:
 
 
 def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, int]], work: Path,
-            with_argmax: bool) -> tuple[list[SharedModel], DynamicCheck | None]:
+            with_argmax: bool, static: bool = False) -> tuple[list[SharedModel], DynamicCheck | None]:
     """The shared ONNX (one per static variant), and for PyTorch sources the dynamic-export check.
 
     Raises:
@@ -173,7 +176,8 @@ def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, i
     """
     from_torch = not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".onnx"
     if not shapes:
-        shareds = [export_shared(source, spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic)]
+        shareds = [export_shared(source, spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic,
+                                 static=static)]
     else:
         shareds = []
         for shape in shapes:
@@ -456,7 +460,8 @@ def export_step(plan: BuildPlan, out: Path) -> Exported:
     """
     tgt = plan.target
     shapes = _variant_shapes(tgt, plan.backend)
-    shareds, dynamic_check = _export(plan.source, plan.spec, tgt, shapes, out, plan.with_argmax)
+    shareds, dynamic_check = _export(plan.source, plan.spec, tgt, shapes, out, plan.with_argmax,
+                                     static=plan.backend.capabilities.static_shapes and not tgt.input.dynamic)
     shared = shareds[0]  # the primary (first listed) size
     spec = spec_at(plan.spec, shapes[0] if shapes else None)
     pipeline = make_pipeline(spec, shared)
@@ -733,7 +738,7 @@ def gate_step(plan: BuildPlan, ref: Segmentor, candidate: Segmentor | None, step
     tgt = plan.target
     accuracy = evaluate(ref, candidate, plan.evalset, precision=tgt.precision, classes=list(plan.spec.output.classes),
                         budget=tgt.quantization.budget(), step=step)
-    raise_if_failed(accuracy, tgt.name, best_of)
+    raise_if_failed(accuracy, tgt.name, best_of, tgt.backend)
     return accuracy
 
 

@@ -77,6 +77,7 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("input", "mean"): args.mean,
         ("input", "std"): args.std,
         ("input", "keep_ratio"): True if args.keep_ratio else None,
+        ("input", "size_divisor"): args.size_divisor,
         ("output", "kind"): args.output_kind,
         ("output", "layout"): args.output_layout,
         ("output", "classes"): args.classes.split(",") if args.classes else None,
@@ -361,13 +362,16 @@ def _add_build(sub: Any) -> None:
                 "one archive per device")
     _inventory_arg(e)
     g = p.add_argument_group("model spec flags (override --spec)")
-    g.add_argument("--name", help="model name used in the archive name")
+    g.add_argument("--name", help="model name used in the archive name (default: the model file's name)")
     g.add_argument("--input-layout", choices=["NCHW", "NHWC"])
     g.add_argument("--input-size", type=_size, metavar="HxW", help="network input size, e.g. 512x1024")
     g.add_argument("--color", choices=["RGB", "BGR"], help="channel order the network takes")
     g.add_argument("--mean", type=_floats3, metavar="R,G,B", help="mean in 0..255 units, network channel order")
     g.add_argument("--std", type=_floats3, metavar="R,G,B", help="std in 0..255 units, network channel order")
-    g.add_argument("--keep-ratio", action="store_true", help="fit images inside the size keeping aspect (dynamic models)")
+    g.add_argument("--keep-ratio", action="store_true",
+                   help="fit images inside the size keeping aspect (static-shape builds: letterboxed)")
+    g.add_argument("--size-divisor", type=int, metavar="N",
+                   help="pad the input's H and W to multiples of N (e.g. 32), cropped from the output")
     g.add_argument("--output-kind", choices=["logits", "probability", "labels"])
     g.add_argument("--output-layout", choices=["NCHW", "NHWC"])
     g.add_argument("--classes", metavar="A,B,...", help="comma-separated class names")

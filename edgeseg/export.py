@@ -8,9 +8,12 @@ expects ("whole" inference, MMDeploy ``configs/mmseg/segmentation_*``):
   with ``with_argmax``, int64 labels ``[N, 1, H, W]``.
 
 To get there from the source model it adds, where needed: Transposes for an
-NHWC input or output; for a 1-channel probability output, the two-class
-scores ``[1 - p, p]`` (argmax of those is ``p > 0.5``); with ``with_argmax``,
-an ``ArgMax`` over C (or ``p > threshold``). The spec is checked against the
+NHWC input or output; for a 1-channel probability output with threshold
+``t``, the two-class scores ``[2t - p, p]`` (``[1 - p, p]`` at the usual
+0.5): class 0's score is ``p`` mirrored about ``t``, so the arg-max is
+``p > t``, and because both scores are linear in ``p`` the arg-max of the
+bilinearly resized scores is the resized ``p`` thresholded at ``t``;
+with ``with_argmax``, an ``ArgMax`` over C (or ``p > threshold``). The spec is checked against the
 graph first (class count, layout, size, dtype): a contradiction is a
 :class:`ConfigError` at build time, not a blank mask on the device.
 
@@ -34,7 +37,7 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "OPSET"]
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "spec_defaults", "OPSET"]
 
 #: opset used when exporting from PyTorch
 OPSET = 17
@@ -216,6 +219,41 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     return proto, digest
 
 
+def spec_defaults(model: str | Path) -> dict[str, Any]:
+    """What a model file says about its spec, for the keys the spec leaves out.
+
+    * ``name``: the file's stem, made a valid archive name (``PP-OCRv4 det.onnx`` → ``PP-OCRv4_det``);
+    * for an ONNX file, ``input.layout``: NCHW when the 4-D input has 3 channels at axis 1 only, NHWC when at
+      axis 3 only, and ``output.layout`` the same as the input's when the output is 4-D (TensorFlow models
+      are NHWC throughout, PyTorch ones NCHW); absent when the graph leaves it open (the spec's default NCHW
+      then applies, and is checked against the graph).
+
+    Raises:
+        ConfigError: the file does not exist.
+    """
+    import re
+
+    path = Path(model)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).lstrip("._-")[:64] or "model"
+    out: dict[str, Any] = {"name": name}
+    if path.suffix.lower() != ".onnx":
+        return out
+    try:
+        proto = _onnx().load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  an unreadable file is load_source's to report, in its words
+        return out
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) == 1 and len(dims := tensor_dims(inputs[0])) == 4 and (dims[1] == 3) != (dims[3] == 3):
+        layout = "NCHW" if dims[1] == 3 else "NHWC"
+        out["input"] = {"layout": layout}
+        if len(proto.graph.output) == 1 and len(tensor_dims(proto.graph.output[0])) == 4:
+            out["output"] = {"layout": layout}
+    return out
+
+
 def tensor_dims(value_info: Any) -> list[int | str]:
     """Dims of an ONNX ``ValueInfoProto``: ints, the ``dim_param`` name (or ``"?"``) for dynamic ones."""
     dims: list[int | str] = []
@@ -339,11 +377,6 @@ def _check_output(g_out: Any, spec: ModelSpec, with_argmax: bool) -> tuple[list[
             f"model output {g_out.name!r} {out_dims} has {channels} channels at axis {oc_axis} "
             f"({spec.output.layout}) but the spec lists {n_cls} classes"
         )
-    if single and spec.output.threshold != 0.5 and not with_argmax:
-        raise ConfigError(
-            f"threshold {spec.output.threshold} differs from 0.5: build with --with-argmax so the threshold is "
-            "folded into the graph (scores [1-p, p] imply 0.5)"
-        )
     return out_dims, channels
 
 
@@ -391,10 +424,10 @@ def _rewrite_output(graph: Any, g_out: Any, spec: ModelSpec, out_dims: list[Any]
         graph.node.append(helper.make_node("Greater", [tail, thr.name], [f"{tail}_gt"], name="edgeseg_threshold"))
         graph.node.append(helper.make_node("Cast", [f"{tail}_gt"], [OUTPUT_NAME], name="edgeseg_labels", to=TensorProto.INT64))
         return labels
-    if kind == "probability" and channels == 1:
-        one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "edgeseg_one")
-        graph.initializer.append(one)
-        graph.node.append(helper.make_node("Sub", [one.name, tail], [f"{tail}_bg"], name="edgeseg_background"))
+    if kind == "probability" and channels == 1:  # [2t - p, p]: argmax is p > t (module doc)
+        mirror = numpy_helper.from_array(np.array(2 * spec.output.threshold, dtype=np.float32), "edgeseg_one")
+        graph.initializer.append(mirror)
+        graph.node.append(helper.make_node("Sub", [mirror.name, tail], [f"{tail}_bg"], name="edgeseg_background"))
         graph.node.append(helper.make_node("Concat", [f"{tail}_bg", tail], [OUTPUT_NAME], name="edgeseg_two_class", axis=1))
         return helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, 2, oh, ow])
     if kind == "labels":
@@ -407,13 +440,22 @@ def _rewrite_output(graph: Any, g_out: Any, spec: ModelSpec, out_dims: list[Any]
     return helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [n_dim, n_cls, oh, ow])
 
 
-def _fix_input_size(proto: onnx.ModelProto, size: list[int] | tuple[int, int]) -> onnx.ModelProto:
-    """Set symbolic input H/W to ``size`` and re-infer the other shapes (ONNX shape inference)."""
+def _fix_input_size(proto: onnx.ModelProto, size: list[int] | tuple[int, int] | None) -> onnx.ModelProto:
+    """Set every symbolic input axis, batch included, to a number (batch 1, H/W ``size``; ``size`` None keeps
+    the H/W, which must then be static) and re-infer the other shapes (ONNX shape inference).
+
+    Raises:
+        ConfigError: dynamic H/W and no ``size``.
+    """
     onnx = _onnx()
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if all(d.HasField("dim_value") for d in dims[2:]):
+    if all(d.HasField("dim_value") for d in dims):
         return proto
-    for d, value in zip(dims[2:], size, strict=True):
+    if size is None and not all(d.HasField("dim_value") for d in dims[2:]):
+        raise ConfigError("a static-shape build of a model with dynamic H/W needs input.size = [H, W] in the spec")
+    for d, value in zip(dims, [1, dims[1].dim_value, *(size or (dims[2].dim_value, dims[3].dim_value))], strict=True):
+        if d.HasField("dim_value"):
+            continue
         d.ClearField("dim_param")
         d.dim_value = int(value)
     for vi in proto.graph.output:
@@ -436,7 +478,8 @@ def export_shared(
         out_dir: folder to write into (created).
         with_argmax: fold arg-max/threshold into the graph (output int64 labels).
         dynamic: export PyTorch models with dynamic H/W.
-        static: fix a dynamic-H/W graph's input to ``spec.input.size`` (a static-shape variant).
+        static: fix every dynamic input axis: batch to 1, H/W to ``spec.input.size`` (a static-shape build
+            or variant).
 
     Returns:
         A :class:`SharedModel` describing the file.
@@ -448,7 +491,7 @@ def export_shared(
     out_dir.mkdir(parents=True, exist_ok=True)
     proto, source_sha = load_source(model, spec, out_dir, dynamic=dynamic)
     shared = normalize_graph(proto, spec, with_argmax=with_argmax)
-    if static and spec.input.size is not None:
+    if static:
         shared = _fix_input_size(shared, spec.input.size)
     # the MMDeploy SDK 1.3.1 bundles ONNX Runtime 1.15, which rejects IR 10 (the dynamo exporter writes it);
     # IR 9 covers every opset up to 20 (onnx/docs/Versioning.md)

@@ -45,16 +45,26 @@ _META_KEYS = ["filename", "ori_filename", "ori_shape", "img_shape", "pad_shape",
 def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
     """The ``pipeline.json`` document for a model.
 
+    A keep-ratio resize into a static-shape model is letterboxed (``Pad`` to
+    the fixed size); ``input.size_divisor`` on a dynamic model adds
+    ``Pad(size_divisor=...)`` after Normalize.
+
     Raises:
-        ConfigError: ``keep_ratio`` asked for a static-shape model, or no input size known.
+        ConfigError: no input size known, or a static input that is not a multiple of ``size_divisor``.
     """
     h, w = shared.input_shape[2], shared.input_shape[3]
     static = isinstance(h, int) and isinstance(w, int)
-    if static and spec.input.keep_ratio:
-        raise ConfigError(f"input.keep_ratio = true needs a dynamic-shape model; this one takes {h}x{w} only")
+    divisor = spec.input.size_divisor
+    if static and divisor and (h % divisor or w % divisor):
+        raise ConfigError(f"input.size_divisor = {divisor} but the model takes a fixed {h}x{w} input, not a multiple")
     size = [w, h] if static else ([spec.input.size[1], spec.input.size[0]] if spec.input.size else None)
     if size is None:
         raise ConfigError("the model has dynamic H/W and the spec gives no input.size")
+    pad: dict[str, Any] | None = None
+    if static and spec.input.keep_ratio:  # letterbox: fit inside the fixed input, pad the rest
+        pad = {"type": "Pad", "size": size, "pad_val": spec.input.pad_value}
+    elif divisor and divisor > 1 and not static:
+        pad = {"type": "Pad", "size_divisor": divisor, "pad_val": spec.input.pad_value}
     transforms: list[dict[str, Any]] = [
         {"type": "LoadImageFromFile"},
         {"type": "Resize", "keep_ratio": spec.input.keep_ratio, "size": size},
@@ -64,6 +74,7 @@ def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
             "std": list(spec.input.std),
             "to_rgb": spec.input.color == "RGB",
         },
+        *([pad] if pad else []),
         {"type": "ImageToTensor", "keys": ["img"]},
         {"type": "Collect", "keys": ["img"], "meta_keys": _META_KEYS},
     ]
@@ -157,7 +168,7 @@ def check_pipeline(pipeline: dict[str, Any], shared: SharedModel, spec: ModelSpe
     """
     pre, post = parse_pipeline(pipeline)
     h, w = shared.input_shape[2], shared.input_shape[3]
-    if isinstance(h, int) and isinstance(w, int) and pre.size != (w, h):
+    if isinstance(h, int) and isinstance(w, int) and (pre.pad_size or pre.size) != (w, h):
         raise ConfigError(f"pipeline Resize size {pre.size} (W, H) does not match the model input {w}x{h}")
     channels = shared.output_shape[1]
     if not post.with_argmax and isinstance(channels, int) and channels != post.num_classes:

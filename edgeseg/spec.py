@@ -11,12 +11,14 @@ A spec is a TOML file (or the same keys given as CLI flags)::
     color = "RGB"              # channel order the network takes: RGB | BGR
     mean = [0.0, 0.0, 0.0]     # (x - mean) / std, in 0..255 pixel units (MMSegmentation convention)
     std = [255.0, 255.0, 255.0]
-    keep_ratio = false         # false: stretch to size; true: fit inside size (dynamic models)
+    keep_ratio = false         # false: stretch to size; true: fit inside size (dynamic models; static: letterboxed)
+    size_divisor = 32          # optional: pad bottom/right to multiples of it (mmseg Pad size_divisor)
+    pad_value = 0.0            # value of padded elements, after mean/std (mmseg SegDataPreProcessor pads with 0)
 
     [output]
     kind = "probability"       # logits (argmax) | probability (threshold when 1 channel) | labels
     layout = "NHWC"
-    threshold = 0.5            # only for a 1-channel probability output
+    threshold = 0.5            # only for a 1-channel probability output: class 1 where p > threshold
     classes = ["background", "person"]
     palette = [[0, 0, 0], [255, 64, 64]]   # optional; default: Pascal VOC colour map
 
@@ -57,6 +59,11 @@ class InputSpec(Strict):
     mean: tuple[Channel, Channel, Channel] = (0.0, 0.0, 0.0)
     std: tuple[PositiveChannel, PositiveChannel, PositiveChannel] = (1.0, 1.0, 1.0)
     keep_ratio: bool = False
+    size_divisor: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="pad the network input at the bottom/right so H and W are multiples of this "
+        "(MMSegmentation Pad size_divisor; networks with stride-32 stages need 32)")
+    pad_value: Channel = Field(default=0.0, description="value of the padded elements, in network-input units "
+                               "(after mean/std), as MMSegmentation's SegDataPreProcessor pads")
 
 
 class OutputSpec(Strict):
@@ -128,20 +135,24 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def load_spec(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+def load_spec(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+              defaults: Mapping[str, Any] | None = None) -> ModelSpec:
     """Load a model spec from TOML, with optional overrides (e.g. from CLI flags).
 
     Args:
         path: spec file; None starts from an empty spec (all keys from ``overrides``).
         overrides: nested mapping merged over the file, e.g. ``{"input": {"layout": "NHWC"}}``.
+        defaults: nested mapping for keys neither the file nor ``overrides`` give (what the model file says,
+            :func:`edgeseg.export.spec_defaults`).
 
     Raises:
         ConfigError: missing file, invalid TOML, unknown key or invalid value.
     """
     data: dict[str, Any] = load_toml(Path(path), "model spec") if path is not None else {}
     data = _deep_merge(data, overrides or {})
-    if "output" not in data:
+    if "output" not in data:  # said before the defaults could make an [output] section of layout alone
         raise ConfigError(
             f"{path or 'model spec'}: no [output] section; give --spec FILE or --output-kind and --classes"
         )
+    data = _deep_merge(dict(defaults or {}), data)
     return validate(ModelSpec, data, str(path or "model spec flags"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import edgeseg
 from conftest import edgeseg_cli, needs_torch
@@ -28,7 +29,6 @@ def _spec(**changes: dict) -> edgeseg.ModelSpec:
         ({"input": {"size": [128, 128]}}, r"spec input.size \[128, 128\] but the model takes \[256, 256\]"),
         ({"output": {"kind": "labels"}}, "spec says output kind 'labels' but 'activation_10' is floating point"),
         ({"output": {"kind": "logits"}}, r"has 1 channels at axis 3 \(NHWC\) but the spec lists 2 classes"),
-        ({"output": {"threshold": 0.3}}, "threshold 0.3 differs from 0.5: build with --with-argmax"),
         ({"input": {"name": "image"}}, "model has no input named 'image'"),
     ],
 )
@@ -49,6 +49,28 @@ def test_nhwc_probability_model_normalized(tmp_path: Path) -> None:
     )[0]
     np.testing.assert_allclose(out[:, 1], p[..., 0], atol=1e-6)
     np.testing.assert_allclose(out[:, 0], 1 - p[..., 0], atol=1e-6)
+
+
+def test_threshold_without_argmax_is_in_the_scores(tmp_path: Path) -> None:
+    """A threshold other than 0.5 needs no arg-max folding: scores [2t - p, p] arg-max to p > t, before and
+    after bilinear resizing (both scores are linear in p), so --probs and the score check keep working."""
+    import onnxruntime as ort
+    from edgeseg_runtime.pipeline import Postprocess
+
+    shared = export_shared(DEFAULT, _spec(output={"threshold": 0.3}), tmp_path)
+    assert shared.output_dtype == "float32" and shared.output_shape == [1, 2, 256, 256]
+    photo = Image.open(edgeseg.SAMPLE_IMAGES / "astronaut.png").convert("RGB").resize((256, 256))
+    x = (np.asarray(photo, dtype=np.float32) / 255)[None]  # a real person: both classes present
+    p = ort.InferenceSession(str(DEFAULT), providers=["CPUExecutionProvider"]).run(None, {"input_1": x})[0][..., 0]
+    out = ort.InferenceSession(str(shared.path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+    np.testing.assert_allclose(out[:, 1], p, atol=1e-6)
+    np.testing.assert_allclose(out[:, 0], 0.6 - p, atol=1e-6)
+    labels, _ = Postprocess(num_classes=2, with_argmax=False)(out, 256, 256)
+    assert 0.05 < np.mean(p[0] > 0.3) < 0.95  # both classes present: the check below can fail
+    np.testing.assert_array_equal(labels, (p[0] > 0.3).astype(np.uint8))
+    big, scores = Postprocess(num_classes=2, with_argmax=False)(out, 600, 500, want_scores=True)
+    np.testing.assert_array_equal(big, (scores[1] > 0.3).astype(np.uint8))  # the resized p thresholded at 0.3
 
 
 def test_threshold_folded_with_argmax(tmp_path: Path) -> None:

@@ -103,3 +103,85 @@ def test_argmax_output_resized_nearest() -> None:
 def test_parse_pipeline_rejects_garbage() -> None:
     with pytest.raises(ArchiveError, match="not a valid MMDeploy segmentation pipeline"):
         parse_pipeline({"pipeline": {"tasks": []}})
+
+
+# ---------------------------------------------------------------- Pad: size divisor and letterboxing
+
+
+@pytest.mark.parametrize(("divisor", "image", "resized", "padded"),
+                         [(32, (500, 375), (683, 512), (704, 512)), (32, (640, 640), (512, 512), (512, 512)),
+                          (7, (100, 300), (512, 1536), (518, 1540))])
+def test_pad_to_size_divisor(divisor, image, resized, padded) -> None:  # noqa: ANN001
+    """mmseg Pad(size_divisor): bottom/right padding with pad_val in network units; the image part is untouched."""
+    pre = Preprocess(size=(2048, 512), keep_ratio=True, mean=(100, 100, 100), std=(2, 2, 2), to_rgb=True,
+                     pad_divisor=divisor, pad_value=-7.0)
+    rgb = RNG.integers(0, 256, (image[1], image[0], 3), dtype=np.uint8)
+    assert pre.target_size(*image) == resized and pre.padded_size(*resized) == padded
+    x = pre(rgb)
+    assert x.shape == (1, 3, padded[1], padded[0]) and padded[0] % divisor == 0 == padded[1] % divisor
+    plain = Preprocess(size=(2048, 512), keep_ratio=True, mean=(100, 100, 100), std=(2, 2, 2), to_rgb=True)(rgb)
+    np.testing.assert_array_equal(x[..., :resized[1], :resized[0]], plain)
+    assert np.all(x[..., resized[1]:, :] == -7.0) and np.all(x[..., :, resized[0]:] == -7.0)
+    assert pre.valid_fraction(*image) == (resized[1] / padded[1], resized[0] / padded[0])
+
+
+def test_letterbox_fits_the_box_whatever_the_orientation() -> None:
+    pre = Preprocess(size=(320, 192), keep_ratio=True, mean=(0, 0, 0), std=(1, 1, 1), to_rgb=True,
+                     pad_size=(320, 192))
+    for image, resized in (((1000, 500), (320, 160)), ((500, 1000), (96, 192)), ((320, 192), (320, 192))):
+        assert pre.target_size(*image) == resized
+        assert pre(np.zeros((image[1], image[0], 3), np.uint8)).shape == (1, 3, 192, 320)
+
+
+@pytest.mark.parametrize(("stride", "valid"), [(1, (0.75, 0.5)), (4, (0.75, 0.5)), (4, (1.0, 0.8125)), (8, (0.6, 1.0))])
+def test_padded_output_is_cropped_like_mmseg(stride, valid) -> None:  # noqa: ANN001
+    """The padding is cropped before the resize to the image: mmseg upsamples the logits to the padded input,
+    crops the padding, then resizes to the original image (BaseSegmentor.postprocess_result); cropping the
+    same region of the output directly gives the same labels (exactly at stride 1; at stride > 1 within the
+    few pixels where the two resamplings round apart)."""
+    ph, pw = 320, 256
+    scores = RNG.standard_normal((1, 4, ph // stride, pw // stride)).astype(np.float32)
+    # smooth the scores (real logits are smooth) so the comparison measures the crop, not noise
+    scores = _torch_bilinear(_torch_bilinear(scores, ph // stride // 4, pw // stride // 4), ph // stride, pw // stride)
+    vh, vw = round(ph * valid[0]), round(pw * valid[1])
+    full = _torch_bilinear(scores, ph, pw)[..., :vh, :vw]
+    image_h, image_w = 301, 517
+    expected = np.argmax(_torch_bilinear(full, image_h, image_w)[0], axis=0)
+    labels, _ = Postprocess(4, False)(scores, image_h, image_w, valid=valid)
+    agreement = np.mean(labels == expected)
+    assert agreement == 1.0 if stride == 1 else agreement > 0.99, agreement
+    uncropped, _ = Postprocess(4, False)(scores, image_h, image_w)
+    if valid != (1.0, 1.0):
+        assert np.mean(uncropped == expected) < 0.9  # without the crop the labels are displaced
+    two = np.concatenate([scores[:, :1], scores[:, 1:2]], axis=1)
+    fast, _ = Postprocess(2, False)(two, image_h, image_w, valid=valid)
+    exact = np.argmax(_torch_bilinear(_torch_bilinear(two, ph, pw)[..., :vh, :vw], image_h, image_w)[0], axis=0)
+    assert np.mean(fast == exact) == 1.0 if stride == 1 else np.mean(fast == exact) > 0.99
+    labels_out = np.argmax(scores, axis=1)[:, None].astype(np.int64)  # with_argmax: nearest, same crop
+    nearest, _ = Postprocess(4, True)(labels_out, ph // stride, pw // stride, valid=(1.0, 1.0))
+    np.testing.assert_array_equal(nearest, labels_out[0, 0])
+    cropped, _ = Postprocess(4, True)(labels_out, vh // stride, vw // stride, valid=valid)
+    if vh % stride == 0 and vw % stride == 0:
+        np.testing.assert_array_equal(cropped, labels_out[0, 0, :vh // stride, :vw // stride])
+
+
+def test_pad_in_pipeline_json_round_trips_and_is_checked() -> None:
+    def doc(*transforms: dict) -> dict:
+        return {"pipeline": {"tasks": [
+            {"type": "Task", "module": "Transform", "transforms": list(transforms)},
+            {"type": "Task", "module": "mmseg", "component": "ResizeMask", "params": {"num_classes": 2, "with_argmax": False}},
+        ]}}
+
+    resize = {"type": "Resize", "keep_ratio": True, "size": [1024, 512]}
+    norm = {"type": "Normalize", "mean": [1, 2, 3], "std": [4, 5, 6], "to_rgb": True}
+    pre, _ = parse_pipeline(doc(resize, norm, {"type": "Pad", "size_divisor": 32, "pad_val": {"img": 0.5, "seg": 255}}))
+    assert (pre.pad_divisor, pre.pad_size, pre.pad_value) == (32, None, 0.5)
+    pre, _ = parse_pipeline(doc(resize, norm, {"type": "Pad", "size": [1024, 512]}))
+    assert (pre.pad_divisor, pre.pad_size, pre.pad_value) == (None, (1024, 512), 0.0)
+    for bad, message in (((resize, {"type": "Pad", "size_divisor": 32}, norm), "Pad before Normalize"),
+                         ((resize, norm, {"type": "Pad"}), "needs size_divisor or size"),
+                         ((resize, norm, {"type": "Pad", "size_divisor": 0}), "size_divisor"),
+                         ((resize, norm, {"type": "Pad", "size": [1, 1e9]}), "size"),
+                         ((resize, norm, {"type": "Pad", "size_divisor": 32, "pad_val": float("nan")}), "pad_val")):
+        with pytest.raises(ArchiveError, match=message):
+            parse_pipeline(doc(*bad))

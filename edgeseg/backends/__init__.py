@@ -102,6 +102,8 @@ class Capabilities:
             for the device to calibrate with (TensorRT).
         wants_spec: ``convert`` reads its ``spec=`` (the model spec; CoreML image inputs). Every
             ``convert`` accepts it.
+        static_shapes: it converts static-shape ONNX only: a model with dynamic axes (batch included) is
+            exported with every axis fixed (batch 1, H/W from the spec's ``input.size``).
     """
 
     build_on: Literal["host", "device"] = "host"
@@ -110,6 +112,7 @@ class Capabilities:
     unavailable: Mapping[str, str] = field(default_factory=dict, hash=False)
     device_calibration: bool = False
     wants_spec: bool = False
+    static_shapes: bool = False
 
 
 class BaseBackend:

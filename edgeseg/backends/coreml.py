@@ -164,7 +164,8 @@ class CoreMLBackend(BaseBackend):
     extra = "coreml"
     #: weight-only int8: the calibration methods are accepted and unused; convert() reads spec= (image inputs)
     capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
-                                calibration_methods=frozenset({"minmax", "entropy", "percentile"}), wants_spec=True)
+                                calibration_methods=frozenset({"minmax", "entropy", "percentile"}), wants_spec=True,
+                                static_shapes=True)
     quant_options: ClassVar[dict[str, Option]] = {
         "weight_compression": Option(str, choices=("linear", "palettize"), default="linear",
                                      doc="int8 weights: linear (per channel) or k-means palettization"),

@@ -97,7 +97,7 @@ class NcnnBackend(BaseBackend):
     name = "ncnn"
     extra = "ncnn"
     capabilities = Capabilities(
-        build_on="host", precisions=frozenset({"fp32", "fp16"}),
+        build_on="host", precisions=frozenset({"fp32", "fp16"}), static_shapes=True,
         unavailable={
             "int8": "ncnn int8 needs ncnn2table and ncnn2int8, which the PyPI ncnn and pnnx wheels do not ship; "
             "build fp16 or fp32 for ncnn, or int8 for the tflite or openvino targets"

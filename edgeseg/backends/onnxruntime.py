@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from edgeseg_runtime.runners import Option, import_backend
 
 from ..errors import ConfigError
@@ -77,6 +79,28 @@ def resolve_keep_float(model: Any, keep: list[str]) -> list[str]:
                 f"(op types: {', '.join(sorted(types))}; first nodes: {', '.join(names[:5])})"
             )
     return sorted(set(out), key=names.index)
+
+
+#: the largest finite IEEE 754 binary16 value
+FP16_MAX = 65504.0
+
+
+def fp16_overflow_nodes(model: Any) -> list[str]:
+    """Nodes with a constant float input (initializer or Constant) holding a value beyond :data:`FP16_MAX`.
+
+    Such a node cannot run in fp16 at all: the value becomes inf (a BatchNormalization variance of 1e8 turns
+    every output NaN), so the fp16 build keeps it in fp32 and records it. Nodes must be named (:func:`name_nodes`).
+    """
+    from onnx import TensorProto, numpy_helper
+
+    consts: dict[str, Any] = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            consts[node.output[0]] = node.attribute[0].t
+    floats = (TensorProto.FLOAT, TensorProto.DOUBLE)
+    big = {name for name, t in consts.items()
+           if t.data_type in floats and np.any(np.abs(numpy_helper.to_array(t)) > FP16_MAX)}
+    return [n.name for n in model.graph.node if n.op_type != "Constant" and big.intersection(n.input)]
 
 
 _QUANT_TYPES = ("int8", "uint8")
@@ -144,10 +168,12 @@ class OnnxRuntimeBackend(BaseBackend):
 
         model = name_nodes(onnx.load(str(onnx_path)))
         keep = resolve_keep_float(model, target.quantization.keep_float)
+        overflow = [n for n in fp16_overflow_nodes(model) if n not in keep]
         with translate_errors("ONNX Runtime fp16 conversion failed"):
-            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
+            half = convert_float_to_float16(model, keep_io_types=True, node_block_list=(keep + overflow) or None)
             onnx.save(half, str(dest))
-        return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "kept_float": keep}
+        return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True, "kept_float": keep,
+                **({"kept_float_overflow": overflow} if overflow else {})}
 
     def _int8(self, onnx_path: Path, target: Target, dest: Path, calibration: Calibration) -> dict[str, object]:
         import onnx

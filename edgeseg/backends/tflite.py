@@ -97,7 +97,7 @@ class TFLiteBackend(BaseBackend):
     name = "tflite"
     extra = "tflite"
     capabilities = Capabilities(build_on="host", precisions=frozenset({"fp32", "fp16", "int8"}),
-                                calibration_methods=frozenset({"minmax"}))
+                                calibration_methods=frozenset({"minmax"}), static_shapes=True)
     quant_options: ClassVar[dict[str, Option]] = {
         "activation_bits": Option(int, choices=(8, 16), default=8,
                                   doc="int8 activations (static_wi8_ai8) or int16 (static_wi8_ai16: slower, closer to fp32)"),

@@ -83,7 +83,7 @@ def bench(segmentor: Segmentor, image: Path, *, runs: int = 50, warmup: int = 5)
         t2 = clock()
         output = segmentor.infer(tensor)
         t3 = clock()
-        labels, _ = segmentor.postprocess(output, height, width)
+        labels, _ = segmentor.finish(output, height, width)
         t4 = clock()
         if i >= warmup:
             for key, value in (("bare", t1 - t0), ("pre", t2 - t1), ("infer", t3 - t2), ("post", t4 - t3), ("e2e", t4 - t1)):

@@ -446,7 +446,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if args.probs:
                     h, w = result.labels.shape
                     with _atomic(plan[p][-1]) as tmp:
-                        save_scores(seg.postprocess.plane_images(result.output, h, w), len(seg.classes), h, w, tmp)
+                        save_scores(seg.postprocess.plane_images(result.output, h, w, seg.preprocess_for(h, w).valid_fraction(w, h)),
+                                    len(seg.classes), h, w, tmp)
                     written["scores"] = str(plan[p][-1])
                 if args.overlay:
                     from PIL import Image

@@ -797,6 +797,9 @@ class PipelineSpec:
         to_rgb: True when the network takes RGB (False: BGR).
         num_classes: ``ResizeMask`` class count C.
         with_argmax: True when the network outputs labels.
+        pad_divisor: ``Pad`` ``size_divisor``: H and W padded up to multiples of it (None: no Pad).
+        pad_size: ``Pad`` ``size`` ``(W, H)``: padded up to exactly this (None: no fixed-size Pad).
+        pad_value: ``Pad`` ``pad_val`` in network-input units (the Pad comes after Normalize).
     """
 
     size: Optional[Tuple[int, int]]
@@ -806,6 +809,18 @@ class PipelineSpec:
     to_rgb: bool
     num_classes: int
     with_argmax: bool
+    pad_divisor: Optional[int] = None
+    pad_size: Optional[Tuple[int, int]] = None
+    pad_value: float = 0.0
+
+    def static_input(self) -> Optional[Tuple[int, int]]:
+        """The ``(W, H)`` network input this pipeline makes from every image, or None when it depends on the image."""
+        if self.pad_size is not None:
+            return self.pad_size
+        if self.size is None or self.keep_ratio:
+            return None
+        d = self.pad_divisor or 1
+        return -(-self.size[0] // d) * d, -(-self.size[1] // d) * d
 
     @classmethod
     def parse(cls, data: bytes, source: str = PIPELINE_NAME) -> PipelineSpec:
@@ -841,29 +856,41 @@ class PipelineSpec:
         if transform is None or post is None:
             raise pipe.error("tasks", "needs a Transform task and a ResizeMask post-processing task")
         size: tuple[int, int] | None = None
-        keep_ratio, to_rgb = False, True
+        keep_ratio, to_rgb, normalized = False, True, False
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        pad_divisor: int | None = None
+        pad_size: tuple[int, int] | None = None
+        pad_value = 0.0
         tdoc = _Doc(tasks[transform], f"pipeline.tasks[{transform}]", source)
         for i, raw in enumerate(tdoc.list("transforms", 64)):
             step = _Doc(raw, f"{tdoc.path}.transforms[{i}]", source)
             kind = step.str("type", max_len=64)
             if kind == "Resize":
-                wh = step.list("size", 2)
-                if len(wh) != 2:
-                    raise step.error("size", "expected [W, H]")
-                size = tuple(_int(v, 1, LIMITS.net_side, lambda m: step.error("size", m)) for v in wh)  # type: ignore[assignment]
-                assert size is not None
-                if size[0] * size[1] > LIMITS.net_pixels:
-                    raise step.error("size", f"{size[0]}x{size[1]} is over the limit of {LIMITS.net_pixels:,} network pixels")
+                size = _wh(step, "size")
                 keep_ratio = step.bool("keep_ratio", default=False)
             elif kind == "Normalize":
                 mean = _three(step, "mean", -1e6, 1e6)
                 std = _three(step, "std", 1e-6, 1e6)
                 to_rgb = step.bool("to_rgb", default=False)
+                normalized = True
+            elif kind == "Pad":
+                if not normalized:
+                    raise step.error("type", "a Pad before Normalize is not supported (pad_val is in network-input units)")
+                if step.has("size_divisor"):
+                    pad_divisor = step.int("size_divisor", 1, 1024)
+                if step.has("size"):
+                    pad_size = _wh(step, "size")
+                if pad_divisor is None and pad_size is None:
+                    raise step.error("size_divisor", "a Pad needs size_divisor or size")
+                raw_val = step.raw("pad_val", 0.0)
+                if isinstance(raw_val, dict):  # mmseg 1.x writes {"img": v, "seg": 255}
+                    raw_val = raw_val.get("img", 0.0)
+                pad_value = _float(raw_val, -1e6, 1e6, lambda m: step.error("pad_val", m))
         pdoc = _Doc(tasks[post], f"pipeline.tasks[{post}]", source).obj("params")
         assert pdoc is not None
         return cls(size=size, keep_ratio=keep_ratio, mean=mean, std=std, to_rgb=to_rgb,
-                   num_classes=pdoc.int("num_classes", 1, LIMITS.classes), with_argmax=pdoc.bool("with_argmax"))
+                   num_classes=pdoc.int("num_classes", 1, LIMITS.classes), with_argmax=pdoc.bool("with_argmax"),
+                   pad_divisor=pad_divisor, pad_size=pad_size, pad_value=pad_value)
 
     def check_model(self, model: Model, source: str = PIPELINE_NAME) -> None:
         """Refuse a pipeline that cannot feed ``model`` or read its output (checked when an archive is opened).
@@ -880,10 +907,27 @@ class PipelineSpec:
             raise ArchiveError(f"{source}: ResizeMask with_argmax is {str(self.with_argmax).lower()} but the model "
                                f"outputs {model.output.kind}")
         hw = model.input.static_hw
-        if hw is not None and not model.variants and (self.size != (hw[1], hw[0]) or self.keep_ratio):
+        if hw is not None and not model.variants and self.static_input() != (hw[1], hw[0]):
             got = "no Resize" if self.size is None else f"Resize to {self.size[0]}x{self.size[1]}" + (
                 " keeping the ratio" if self.keep_ratio else "")
+            if self.pad_size or self.pad_divisor:
+                got += f", Pad to {'x'.join(map(str, self.pad_size)) if self.pad_size else f'/{self.pad_divisor}'}"
             raise ArchiveError(f"{source}: {got}, but the model takes a fixed {hw[1]}x{hw[0]} (WxH) input")
+        if self.pad_size is not None and self.size is not None and (
+                self.size[0] > self.pad_size[0] or self.size[1] > self.pad_size[1]):
+            raise ArchiveError(f"{source}: Resize to {self.size[0]}x{self.size[1]} does not fit the Pad size "
+                               f"{self.pad_size[0]}x{self.pad_size[1]}")
+
+
+def _wh(step: _Doc, key: str) -> tuple[int, int]:
+    """A ``[W, H]`` size within the runtime's network limits."""
+    wh = step.list(key, 2)
+    if len(wh) != 2:
+        raise step.error(key, "expected [W, H]")
+    size = tuple(_int(v, 1, LIMITS.net_side, lambda m: step.error(key, m)) for v in wh)
+    if size[0] * size[1] > LIMITS.net_pixels:
+        raise step.error(key, f"{size[0]}x{size[1]} is over the limit of {LIMITS.net_pixels:,} network pixels")
+    return size  # type: ignore[return-value]
 
 
 def _three(step: _Doc, key: str, lo: float, hi: float) -> tuple[float, float, float]:

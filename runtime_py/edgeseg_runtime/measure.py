@@ -160,7 +160,7 @@ def measure(
             t2 = clock()
             output = seg.infer(tensor)
             t3 = clock()
-            seg.postprocess(output, rgb.shape[0], rgb.shape[1])
+            seg.finish(output, rgb.shape[0], rgb.shape[1])
             t4 = clock()
             if i >= warmup:
                 latency.append(round((t4 - t1) / 1e6, 4))

@@ -14,9 +14,17 @@ and applies them with numpy and Pillow:
 * ``Normalize``: ``(x - mean) / std`` per channel, in 0..255 pixel units;
   ``to_rgb = true`` means the network takes RGB (the SDK loads BGR), false
   means it takes BGR.
+* ``Pad`` (after Normalize): the normalized tensor is padded at the bottom
+  and right with ``pad_val`` (network-input units, as MMSegmentation's
+  ``SegDataPreProcessor`` pads after normalizing) up to a multiple of
+  ``size_divisor``, or up to a fixed ``size`` ``[W, H]`` (a keep-ratio
+  resize into a static-shape model: letterboxing).
 * ``ResizeMask``: scores ``[1, C, h, w]`` are resized back to the image size
   (bilinear) and arg-maxed over C; labels ``[1, 1, h, w]`` (``with_argmax``)
-  are resized with nearest neighbour.
+  are resized with nearest neighbour. When the input was padded, only the
+  part of the output that covers the image is resized (the padding is
+  cropped, as mmseg ``BaseSegmentor.postprocess_result`` does; the
+  MMDeploy SDK's ResizeMask does not crop).
 
 The same code prepares inputs on the host (reference run, golden outputs,
 calibration) and on the device.
@@ -24,6 +32,7 @@ calibration) and on the device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,10 +54,14 @@ class Preprocess:
 
     Attributes:
         size: ``(W, H)`` target of the Resize transform, or None for no resize.
-        keep_ratio: True to fit inside ``size`` keeping the aspect ratio.
+        keep_ratio: True to fit inside ``size`` keeping the aspect ratio (mmcv ``imrescale``: the long side
+            within ``max(size)``, the short within ``min(size)``; with ``pad_size``, inside the W x H box).
         mean: per-channel mean, network channel order, 0..255 units.
         std: per-channel standard deviation, network channel order.
         to_rgb: True when the network takes RGB, False for BGR.
+        pad_divisor: pad the bottom/right so H and W are multiples of it (mmseg ``Pad(size_divisor=...)``).
+        pad_size: pad the bottom/right up to this ``(W, H)`` (letterboxing into a static input).
+        pad_value: value of the padded elements, in network-input units (after Normalize).
     """
 
     size: tuple[int, int] | None
@@ -56,6 +69,9 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     to_rgb: bool
+    pad_divisor: int | None = None
+    pad_size: tuple[int, int] | None = None
+    pad_value: float = 0.0
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """Network input ``(W, H)`` for an image of ``width`` x ``height`` pixels.
@@ -69,14 +85,43 @@ class Preprocess:
         elif not self.keep_ratio:
             return self.size
         else:
-            long_edge, short_edge = max(self.size), min(self.size)
-            scale = min(long_edge / max(width, height), short_edge / min(width, height))
+            if self.pad_size is not None:  # letterbox: fit inside the W x H box itself, whatever the orientation
+                scale = min(self.size[0] / width, self.size[1] / height)
+            else:  # mmcv imrescale: the long side within max(size), the short side within min(size)
+                long_edge, short_edge = max(self.size), min(self.size)
+                scale = min(long_edge / max(width, height), short_edge / min(width, height))
             w, h = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
-        if w * h > LIMITS.net_pixels or max(w, h) > LIMITS.net_side:
-            raise ImageError(f"a {width}x{height} image gives a {w}x{h} network input, over the runtime's limit of "
+            if self.pad_size is not None:
+                w, h = min(w, self.size[0]), min(h, self.size[1])
+        pw, ph = self.padded_size(w, h)
+        if pw * ph > LIMITS.net_pixels or max(pw, ph) > LIMITS.net_side:
+            raise ImageError(f"a {width}x{height} image gives a {pw}x{ph} network input, over the runtime's limit of "
                              f"{LIMITS.net_pixels:,} pixels ({LIMITS.net_side} per side); this archive's pipeline "
                              "does not resize: shrink the image")
         return w, h
+
+    def padded_size(self, w: int, h: int) -> tuple[int, int]:
+        """The network input ``(W, H)`` after the Pad step for a resized image of ``w`` x ``h`` pixels.
+
+        Raises:
+            ImageError: the resized image is larger than a fixed pad size.
+        """
+        if self.pad_size is not None:
+            if w > self.pad_size[0] or h > self.pad_size[1]:
+                raise ImageError(f"a {w}x{h} resized image does not fit the {self.pad_size[0]}x{self.pad_size[1]} "
+                                 "padded network input")
+            return self.pad_size
+        if self.pad_divisor:
+            d = self.pad_divisor
+            return -(-w // d) * d, -(-h // d) * d
+        return w, h
+
+    def valid_fraction(self, width: int, height: int) -> tuple[float, float]:
+        """``(rows, columns)``: the fraction of the network input (and output) that covers an image of
+        ``width`` x ``height`` pixels; ``(1.0, 1.0)`` without padding."""
+        w, h = self.target_size(width, height)
+        pw, ph = self.padded_size(w, h)
+        return h / ph, w / pw
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Resize and normalize one image (:meth:`resize` then :meth:`normalize`).
@@ -98,20 +143,26 @@ class Preprocess:
         return rgb
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """The Normalize/ImageToTensor steps: ``(h, w, 3)`` uint8 RGB → ``(1, 3, h, w)`` float32 NCHW.
+        """The Normalize/Pad/ImageToTensor steps: ``(h, w, 3)`` uint8 RGB → ``(1, 3, H, W)`` float32 NCHW.
 
         Channels are reordered to the network's order (``to_rgb``), then
-        ``(x - mean) / std`` is applied as one fused multiply-add.
+        ``(x - mean) / std`` is applied as one fused multiply-add, written
+        straight into the padded tensor (``H, W`` = :meth:`padded_size`).
         """
         h, w = rgb.shape[:2]
         chw = rgb.transpose(2, 0, 1)
         if not self.to_rgb:
             chw = chw[::-1]
         scale, bias = self._affine
-        out = np.empty((1, 3, h, w), dtype=np.float32)
-        np.multiply(chw, scale, out=out[0], dtype=np.float32)  # (x - mean) / std == x * (1/std) - mean/std
+        pw, ph = self.padded_size(w, h)
+        if (pw, ph) == (w, h):
+            out = np.empty((1, 3, h, w), dtype=np.float32)
+        else:
+            out = np.full((1, 3, ph, pw), self.pad_value, dtype=np.float32)
+        body = out[0, :, :h, :w]
+        np.multiply(chw, scale, out=body, dtype=np.float32)  # (x - mean) / std == x * (1/std) - mean/std
         if bias is not None:
-            out += bias
+            body += bias
         return out
 
     @cached_property
@@ -138,7 +189,8 @@ class Postprocess:
         return np.uint8 if self.num_classes <= 256 else np.uint16
 
     def __call__(
-        self, output: np.ndarray, height: int, width: int, *, want_scores: bool = False
+        self, output: np.ndarray, height: int, width: int, *, want_scores: bool = False,
+        valid: tuple[float, float] = (1.0, 1.0),
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Turn one network output into a label map.
 
@@ -147,46 +199,61 @@ class Postprocess:
                 labels when ``with_argmax``.
             height, width: the original image size in pixels.
             want_scores: also return the resized per-class scores.
+            valid: ``(rows, columns)`` fraction of the output that covers the
+                image (:meth:`Preprocess.valid_fraction`); the rest is padding, cropped.
 
         Returns:
             ``labels`` ``(height, width)`` uint8 (uint16 above 256 classes) and
             ``scores`` ``(C, height, width)`` float32 or None.
         """
+        output, box = _crop_valid(output, valid)
         if self.with_argmax:
             labels = output.reshape(output.shape[-2:]).astype(self.label_dtype, copy=False)
-            if labels.shape != (height, width):
-                labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+            if labels.shape != (height, width) or box is not None:
+                labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST, box=box))
             return labels, None
         scores = output[0]
         if scores.shape[0] == 2:
             # Two classes: bilinear resizing is linear, so argmax of the resized scores equals
             # the sign of the resized margin s1 - s0: one plane to resize instead of two.
             labels = np.empty((height, width), dtype=np.uint8)
-            for y, band in _bands(_plane_image(scores[1] - scores[0], width, height)):
+            for y, band in _bands(_plane_image(scores[1] - scores[0], width, height, box)):
                 np.greater(band, 0, out=labels[y:y + len(band)].view(bool))
         else:
-            labels = _argmax_images(self.plane_images(output, height, width), height, width, self.label_dtype)
+            labels = _argmax_images(self._plane_images(output, height, width, box), height, width, self.label_dtype)
         if not want_scores:
             return labels, None
-        return labels, np.stack(list(self.planes(output, height, width)))
+        return labels, np.stack(list(self._planes(self._plane_images(output, height, width, box), height, width)))
 
-    def plane_images(self, output: np.ndarray, height: int, width: int) -> Iterator[Image.Image]:
+    def plane_images(self, output: np.ndarray, height: int, width: int,
+                     valid: tuple[float, float] = (1.0, 1.0)) -> Iterator[Image.Image]:
         """The class score planes resized to the image, as Pillow ``F`` images, one at a time.
 
         Args:
             output: ``(1, C, h, w)`` float scores.
             height, width: the image size in pixels.
+            valid: ``(rows, columns)`` fraction of the output that covers the image (the rest is padding).
 
         Yields:
             C images of ``width`` x ``height`` float32 pixels, class 0 first
             (read them with :func:`image_bands` to keep memory at one plane).
         """
-        for plane in output[0]:
-            yield _plane_image(plane, width, height)
+        return self._plane_images(*_crop_valid(output, valid), height, width)
 
-    def planes(self, output: np.ndarray, height: int, width: int) -> Iterator[np.ndarray]:
+    @staticmethod
+    def _plane_images(output: np.ndarray, height: int, width: int,
+                      box: tuple[float, float, float, float] | None) -> Iterator[Image.Image]:
+        for plane in output[0]:
+            yield _plane_image(plane, width, height, box)
+
+    def planes(self, output: np.ndarray, height: int, width: int,
+               valid: tuple[float, float] = (1.0, 1.0)) -> Iterator[np.ndarray]:
         """:meth:`plane_images` as ``(height, width)`` float32 arrays."""
-        for img in self.plane_images(output, height, width):
+        return self._planes(self.plane_images(output, height, width, valid), height, width)
+
+    @staticmethod
+    def _planes(images: Iterator[Image.Image], height: int, width: int) -> Iterator[np.ndarray]:
+        for img in images:
             plane = np.empty((height, width), dtype=np.float32)
             for y, band in _bands(img):
                 plane[y:y + len(band)] = band
@@ -207,10 +274,26 @@ def _bands(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
 image_bands = _bands
 
 
-def _plane_image(plane: np.ndarray, width: int, height: int) -> Image.Image:
-    """One float32 ``(h, w)`` plane bilinearly resized (:func:`bilinear`) to ``width`` x ``height``, as an ``F`` image."""
+def _crop_valid(output: np.ndarray, valid: tuple[float, float]
+                ) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    """The part of ``output`` that covers the image: the rows/columns it reaches into, and Pillow's ``box``
+    (left, top, right, bottom in output pixels) when its edge falls inside a pixel (None when it falls on a
+    pixel edge: the crop is exact, and resampling clamps at the crop's edge as mmseg's crop-then-resize does)."""
+    if valid == (1.0, 1.0):
+        return output, None
+    oh, ow = output.shape[-2:]
+    bottom, right = oh * valid[0], ow * valid[1]
+    rows, cols = math.ceil(bottom - 1e-6), math.ceil(right - 1e-6)
+    exact = abs(bottom - rows) < 1e-6 and abs(right - cols) < 1e-6
+    return output[..., :rows, :cols], (None if exact else (0.0, 0.0, right, bottom))
+
+
+def _plane_image(plane: np.ndarray, width: int, height: int,
+                 box: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """One float32 ``(h, w)`` plane (its ``box`` part) bilinearly resized (:func:`bilinear`) to ``width`` x
+    ``height``, as an ``F`` image."""
     img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode F
-    return img if img.size == (width, height) else bilinear(img, width, height)
+    return img if img.size == (width, height) and box is None else bilinear(img, width, height, box)
 
 
 def _argmax_images(images: Iterator[Image.Image], height: int, width: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -230,7 +313,8 @@ def _argmax_images(images: Iterator[Image.Image], height: int, width: int, dtype
     return labels
 
 
-def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
+def bilinear(img: Image.Image, width: int, height: int,
+             box: tuple[float, float, float, float] | None = None) -> Image.Image:
     """Bilinear resize the way OpenCV and PyTorch do it, with Pillow.
 
     Output pixel ``(x, y)`` samples the input at
@@ -251,18 +335,26 @@ def bilinear(img: Image.Image, width: int, height: int) -> Image.Image:
         img: Pillow image, any mode Pillow's affine transform takes
             (``RGB``, ``L``, ``F``).
         width, height: output size in pixels.
+        box: ``(0, 0, right, bottom)``: resize only this top-left region of
+            ``img`` (input pixel units, may be fractional), e.g. the part of a
+            network output that covers the image when the input was padded;
+            None = the whole image.
 
     Returns:
         The resized image, same mode.
 
     Source: Pillow ``Image.transform`` (``Transform.AFFINE`` maps output pixel
-    centres to input coordinates); OpenCV ``resize`` INTER_LINEAR docs.
+    centres to input coordinates) and ``Image.resize(box=...)``; OpenCV
+    ``resize`` INTER_LINEAR docs.
     """
-    if width >= img.width and height >= img.height:
+    bw, bh = (img.width, img.height) if box is None else (box[2] - box[0], box[3] - box[1])
+    if width >= bw and height >= bh:
         # enlarging: Image.resize's filter keeps its unit support, so it is the same bilinear (within 3e-7), 4x faster
-        return img.resize((width, height), Image.Resampling.BILINEAR)
-    sx, sy = img.width / width, img.height / height
-    return img.transform((width, height), Image.Transform.AFFINE, (sx, 0, 0, 0, sy, 0), resample=Image.Resampling.BILINEAR)
+        return img.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    sx, sy = bw / width, bh / height
+    x0, y0 = (0.0, 0.0) if box is None else (box[0], box[1])
+    return img.transform((width, height), Image.Transform.AFFINE, (sx, 0, x0, 0, sy, y0),
+                         resample=Image.Resampling.BILINEAR)
 
 
 def _argmax_channels(scores: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -313,6 +405,7 @@ def parse_pipeline(pipeline: Any) -> tuple[Preprocess, Postprocess]:
 def from_spec(spec: PipelineSpec) -> tuple[Preprocess, Postprocess]:
     """The :class:`Preprocess` and :class:`Postprocess` of a validated pipeline."""
     return (
-        Preprocess(size=spec.size, keep_ratio=spec.keep_ratio, mean=spec.mean, std=spec.std, to_rgb=spec.to_rgb),
+        Preprocess(size=spec.size, keep_ratio=spec.keep_ratio, mean=spec.mean, std=spec.std, to_rgb=spec.to_rgb,
+                   pad_divisor=spec.pad_divisor, pad_size=spec.pad_size, pad_value=spec.pad_value),
         Postprocess(num_classes=spec.num_classes, with_argmax=spec.with_argmax),
     )

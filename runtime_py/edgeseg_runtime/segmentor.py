@@ -122,7 +122,10 @@ class Segmentor:
         # static-shape variants: one runner per (H, W), the first is self.runner
         self.variants: dict[tuple[int, int], Runner] = {s: r for s, r in runners.items() if s is not None}
         self.runner: Runner = next(iter(runners.values()))
-        self._pre = {s: replace(self.preprocess, size=(s[1], s[0]), keep_ratio=False) for s in self.variants}
+        pre = self.preprocess
+        # a variant stretches to its size, or letterboxes into it when the pipeline keeps the ratio into a fixed Pad
+        self._pre = {s: replace(pre, size=(s[1], s[0]), keep_ratio=pre.keep_ratio and pre.pad_size is not None,
+                                pad_size=(s[1], s[0]) if pre.pad_size is not None else None) for s in self.variants}
 
     def __enter__(self) -> Segmentor:
         with _backend_errors(self.runner.backend):
@@ -157,13 +160,28 @@ class Segmentor:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
         variant = self.variant_for(rgb.shape[0], rgb.shape[1])
-        tensor = self._pre[variant](rgb) if variant else self.preprocess(rgb)
+        tensor = self.preprocess_for(rgb.shape[0], rgb.shape[1])(rgb)
         if not fits_input(tensor.shape, [1, 3, *variant] if variant else self.input_shape):
             raise ImageError(
                 f"pre-processing gives {list(tensor.shape)} but the model takes {self.input_shape}; "
                 "the archive's pipeline.json does not fit its model"
             )
         return tensor
+
+    def preprocess_for(self, height: int, width: int) -> Preprocess:
+        """The pre-processing an image of this size gets (its static-shape variant's, if any)."""
+        variant = self.variant_for(height, width)
+        return self._pre[variant] if variant else self.preprocess
+
+    def finish(self, output: np.ndarray, height: int, width: int, *, scores: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Post-process one raw output for an image of ``height`` x ``width`` pixels (padding cropped).
+
+        Returns:
+            ``(labels, scores)`` as :class:`~edgeseg_runtime.pipeline.Postprocess` gives them.
+        """
+        valid = self.preprocess_for(height, width).valid_fraction(width, height)
+        return self.postprocess(output, height, width, want_scores=scores, valid=valid)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Run the backend on one pre-processed tensor (the variant of its H, W); returns the raw output.
@@ -199,5 +217,5 @@ class Segmentor:
             A :class:`Segmentation` at the image's size.
         """
         output = self.infer(self.prepare(rgb))
-        labels, score_maps = self.postprocess(output, rgb.shape[0], rgb.shape[1], want_scores=scores)
+        labels, score_maps = self.finish(output, rgb.shape[0], rgb.shape[1], scores=scores)
         return Segmentation(labels=labels, scores=score_maps, output=output)
