@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg_runtime.images import iter_image_paths, load_image
+from edgeseg_runtime.images import iter_image_paths
 from edgeseg_runtime.segmentor import Segmentor
 
 from ._progress import Step
@@ -179,7 +179,7 @@ def evaluate(
     maps: list[np.ndarray] = []
     indices = range(len(evalset))
     for i in step.track(indices, len(evalset), "images") if step else indices:
-        rgb = load_image(evalset.images[i])
+        rgb = reference.load(evalset.images[i])
         ref_maps.append(reference.segment(rgb).labels)
         maps.append(candidate.segment(rgb).labels)
     return score_labels(ref_maps, maps, evalset, precision=precision, classes=classes, budget=budget)

@@ -41,9 +41,10 @@ from PIL import Image
 
 import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
-from edgeseg_runtime.images import iter_image_paths, load_image, save_label_map
+from edgeseg_runtime.contract import (GOLDEN_SAMPLES, GOLDEN_STEP, Golden, GoldenSample, Model, PipelineSpec, RuntimeInfo,
+                                     TensorSpec, parse_version)
+from edgeseg_runtime.images import iter_image_paths, save_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
-from edgeseg_runtime.contract import Golden, Model, PipelineSpec, RuntimeInfo, TensorSpec, parse_version
 from edgeseg_runtime.runners import REGISTRY, runner_class
 from edgeseg_runtime.segmentor import Segmentor
 from edgeseg_runtime.verify import VerifyReport, verify_archive
@@ -61,7 +62,7 @@ from .export import SharedModel, export_shared, spec_defaults
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
-from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
+from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline, stretch_to
 from .spec import DATA, DEFAULT_SPEC, ModelSpec, load_spec
 from .targets import Target, load_target
 
@@ -195,7 +196,8 @@ def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, i
         try:
             dynamic = shareds[0] if tgt.input.dynamic else export_shared(
                 source, spec_at(spec, shapes[0]), work / "dynamic", with_argmax=with_argmax, dynamic=True)
-            check = check_dynamic_export(dynamic.path, static.path, spec, load_image(next(iter(iter_image_paths([SAMPLE_IMAGES])))))
+            photo = next(iter(iter_image_paths([SAMPLE_IMAGES])))
+            check = check_dynamic_export(dynamic.path, static.path, spec, stretch_to(spec, 1, 1).load(photo))
         except ConversionError as exc:
             check = DynamicCheck(False, probe, float("nan"), 0.0, f"the exporter refused it: {exc}")
         if tgt.input.dynamic and not check.safe:
@@ -304,6 +306,9 @@ def plan_build(
     if calib_count is not None:
         tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(update={"calib_count": calib_count})})
     model_spec = _resolve_spec(model, spec, spec_overrides)
+    if model_spec.inference.mode == "slide" and (tgt.precision == "int8" or len(tgt.input.shapes) > 1):
+        raise ConfigError("inference.mode = 'slide' builds fp32 or fp16 with one input size in this version "
+                          f"(target {tgt.name!r} asks for {'int8' if tgt.precision == 'int8' else 'several input.shapes'})")
     own = [k for k in model_spec.quantization.keep_float.get(tgt.backend, []) if k not in tgt.quantization.keep_float]
     if own and tgt.precision != "fp32":  # the model's own float choices join the profile's (model-independent) ones
         tgt = tgt.model_copy(update={"quantization": tgt.quantization.model_copy(
@@ -496,13 +501,17 @@ def golden_step(ref: Segmentor, images: Sequence[Path], model: Model, out: Path)
     palette = [list(rgb) for rgb in model.palette]
     entries = []
     for path in images:
-        rgb = load_image(path)
+        rgb = ref.load(path)
         result = ref.segment(rgb)
         stem = path.stem
-        Image.fromarray(rgb).save(gdir / f"{stem}.png", compress_level=6)
-        np.save(gdir / f"{stem}.output.npy", result.output)
+        image = save_image(rgb, gdir / f"{stem}.png")  # as read: 16-bit stays 16-bit, float goes to TIFF
+        output, sample = result.output, None
+        if output.size > GOLDEN_SAMPLES:  # a compact golden: fixed samples of a large output (GoldenSample)
+            sample = GoldenSample(tuple(int(d) for d in output.shape), GOLDEN_SAMPLES, GOLDEN_STEP)
+            output = np.ascontiguousarray(output.reshape(-1)[sample.indices()])
+        np.save(gdir / f"{stem}.output.npy", output)
         save_label_map(result.labels, gdir / f"{stem}.labels.png", palette)
-        entries.append(Golden(f"golden/{stem}.png", f"golden/{stem}.output.npy", f"golden/{stem}.labels.png"))
+        entries.append(Golden(f"golden/{image.name}", f"golden/{stem}.output.npy", f"golden/{stem}.labels.png", sample))
     return tuple(entries)
 
 
@@ -564,11 +573,11 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
     tgt, evalset = plan.target, plan.evalset
     assert evalset is not None
     classes = list(exported.spec.output.classes)
-    ref_maps = [ref.segment(load_image(p)).labels for p in evalset.images]
+    ref_maps = [ref.segment(ref.load(p)).labels for p in evalset.images]
 
     def gate(folder: Path, got: ModelFiles) -> AccuracyReport:
         with _candidate(exported, tgt, folder, got) as cand:
-            maps = [cand.segment(load_image(p)).labels for p in evalset.images]
+            maps = [cand.segment(cand.load(p)).labels for p in evalset.images]
         return score_labels(ref_maps, maps, evalset, precision=tgt.precision, classes=classes,
                             budget=tgt.quantization.budget())
 
@@ -616,7 +625,7 @@ def _search_step(plan: BuildPlan, exported: Exported, calibration: Calibration, 
         folder, got = convert_with(chosen_target, chosen_cal)
     elif tgt.backend in ("onnxruntime", "tflite"):
         step.say(f"mixed precision: ranking layers (int8: worst class {first.worst_class} IoU {first.worst_class_iou:.3f})")
-        inputs = [ref.prepare(load_image(p)) for p in evalset.images[: mp.RANK_IMAGES]]
+        inputs = [ref.prepare(ref.load(p)) for p in evalset.images[: mp.RANK_IMAGES]]
         if tgt.backend == "onnxruntime":
             with translate_errors("mixed-precision ranking (ONNX Runtime) failed"):
                 ranking = mp.rank_activations(out / files.net, inputs, exported.model.input.name)
@@ -875,7 +884,7 @@ def _not_runnable(backend: str) -> str:
 
 def _validation_pair(ref: Segmentor, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(network input, fp32 reference labels at the network's output size) for one evaluation image."""
-    tensor = ref.prepare(load_image(path))
+    tensor = ref.prepare(ref.load(path))
     return tensor, output_labels(ref.infer(tensor))
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg_runtime.archive import sha256_file
-from edgeseg_runtime.images import iter_image_paths, load_image
+from edgeseg_runtime.images import iter_image_paths
 from edgeseg_runtime.pipeline import Preprocess, fits_input, parse_pipeline
 
 from .errors import ConfigError
@@ -75,7 +75,7 @@ class CalibrationSet:
     Attributes:
         images: chosen image files, sorted.
         preprocess: the archive's pre-processing.
-        input_shape: the network input ``[1, 3, H, W]`` (str entries = dynamic axes).
+        input_shape: the network input ``[1, C, H, W]`` (str entries = dynamic axes).
         digest: sha256 hex of the pre-processing and the images' names and contents.
         requested: the count asked for (``len(images)`` may be smaller).
     """
@@ -90,12 +90,12 @@ class CalibrationSet:
         return len(self.images)
 
     def resized(self) -> Iterator[np.ndarray]:
-        """Yield each image after the Resize step: ``(h, w, 3)`` uint8 RGB."""
+        """Yield each image after the Resize step: ``(h, w, C)`` as read (``(h, w, 3)`` uint8 RGB for colour)."""
         for path in self.images:
-            yield self.preprocess.resize(load_image(path))
+            yield self.preprocess.resize(self.preprocess.load(path))
 
     def tensors(self) -> Iterator[np.ndarray]:
-        """Yield each image as the network input: ``(1, 3, H, W)`` float32 NCHW.
+        """Yield each image as the network input: ``(1, C, H, W)`` float32 NCHW.
 
         Raises:
             ImageError: an image cannot be read.
@@ -140,7 +140,7 @@ def load_calibration(
     Args:
         sources: image files/folders; None = :data:`DEFAULT_CALIBRATION`.
         pipeline: the model's ``pipeline.json`` document (its pre-processing is used).
-        input_shape: the network input shape ``[1, 3, H, W]``.
+        input_shape: the network input shape ``[1, C, H, W]``.
         count: images to use (``--calib-count``; the profile's ``calib_count`` by default).
         seed: sample seed.
         exclude: evaluation images; a calibration image with the same content
@@ -170,4 +170,8 @@ def load_calibration(
 
 
 def _preprocess_dict(pre: Preprocess) -> dict[str, Any]:
-    return {"size": pre.size, "keep_ratio": pre.keep_ratio, "mean": pre.mean, "std": pre.std, "to_rgb": pre.to_rgb}
+    doc = {"size": pre.size, "keep_ratio": pre.keep_ratio, "mean": pre.mean, "std": pre.std, "to_rgb": pre.to_rgb}
+    # the keys added since (padding, read mode) only when used: the cache keys of plain RGB models stay the same
+    extra = {"pad_divisor": pre.pad_divisor, "pad_size": pre.pad_size, "pad_value": pre.pad_value, "mode": pre.mode,
+             "min_side": pre.min_side, "max_side": pre.max_side}
+    return {**doc, **{k: v for k, v in extra.items() if v != {"pad_value": 0.0, "mode": "RGB"}.get(k)}}

@@ -78,6 +78,8 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("input", "std"): args.std,
         ("input", "keep_ratio"): True if args.keep_ratio else None,
         ("input", "size_divisor"): args.size_divisor,
+        ("input", "min_side"): args.min_side,
+        ("input", "max_side"): args.max_side,
         ("output", "kind"): args.output_kind,
         ("output", "layout"): args.output_layout,
         ("output", "classes"): args.classes.split(",") if args.classes else None,
@@ -170,6 +172,18 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print_json({"files": [str(p) for p in paths]})
     else:
         print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_spec_init(args: argparse.Namespace) -> int:
+    from .spec_draft import write_draft
+
+    out = write_draft(args.model, args.out, force=args.force)
+    if args.json:
+        print_json({"spec": str(out), "model": str(args.model)})
+    else:
+        say(f"wrote {out}: check every '# GUESS' against the model's documentation, then "
+            f"'edgeseg build --model {args.model} --spec {out} --target cpu'")
     return 0
 
 
@@ -370,6 +384,10 @@ def _add_build(sub: Any) -> None:
     g.add_argument("--std", type=_floats3, metavar="R,G,B", help="std in 0..255 units, network channel order")
     g.add_argument("--keep-ratio", action="store_true",
                    help="fit images inside the size keeping aspect (static-shape builds: letterboxed)")
+    g.add_argument("--min-side", type=int, metavar="PX",
+                   help="dynamic-shape models: keep each image's own size, scaled up so its short side is >= PX")
+    g.add_argument("--max-side", type=int, metavar="PX",
+                   help="dynamic-shape models: keep each image's own size, scaled down so its long side is <= PX")
     g.add_argument("--size-divisor", type=int, metavar="N",
                    help="pad the input's H and W to multiples of N (e.g. 32), cropped from the output")
     g.add_argument("--output-kind", choices=["logits", "probability", "labels"])
@@ -396,6 +414,20 @@ def _add_build(sub: Any) -> None:
     p.add_argument("--out", "-o", type=Path, default=Path("docs"), help="output folder (default: %(default)s)")
     json_option(p, "the files written")
     p.set_defaults(func=cmd_matrix)
+
+    p = sub.add_parser("spec", help="model specs: draft one from a model file",
+                       description="Model specs (what a model file cannot say: normalisation, colour order, classes).")
+    ss = p.add_subparsers(dest="spec_command", metavar="ACTION", required=True)
+    q = ss.add_parser("init", help="write a starting spec from an ONNX file, every guess marked",
+                      description="Read the ONNX graph and write a model spec: layout, size, channels and output kind "
+                      "from the graph ('# from the graph'), the rest guessed and marked '# GUESS' (colour order, "
+                      "mean/std, class names, a dynamic model's size). An existing file is never replaced without "
+                      "--force.")
+    q.add_argument("--model", "-m", type=Path, required=True, help="the ONNX file")
+    q.add_argument("--out", "-o", type=Path, default=Path("spec.toml"), help="spec file to write (default: %(default)s)")
+    q.add_argument("--force", action="store_true", help="replace an existing --out")
+    json_option(q, "the spec path")
+    q.set_defaults(func=cmd_spec_init)
 
     p = sub.add_parser("targets", help="list the target profiles",
                        description="List the target profiles with backend, precision and platform: your own "

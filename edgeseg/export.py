@@ -3,7 +3,8 @@
 The shared ONNX has one input and one output, named as the MMDeploy SDK
 expects ("whole" inference, MMDeploy ``configs/mmseg/segmentation_*``):
 
-* ``input``: float32 ``[N, 3, H, W]`` (NCHW), normalized as the spec says;
+* ``input``: float32 ``[N, C, H, W]`` (NCHW; C = 3 for colour, 1 for grey, the spec's channels for RAW),
+  normalized as the spec says;
 * ``output``: float32 scores ``[N, C, H, W]`` (C = number of classes), or,
   with ``with_argmax``, int64 labels ``[N, 1, H, W]``.
 
@@ -37,7 +38,8 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "spec_defaults", "OPSET"]
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "spec_defaults", "dcr_to_crd",
+           "OPSET"]
 
 #: opset used when exporting from PyTorch
 OPSET = 17
@@ -56,7 +58,7 @@ class SharedModel:
         path: the ``.onnx`` file.
         sha256: hex digest of its bytes.
         source_sha256: hex digest of the source model file ("" for an in-memory module).
-        input_shape: ``[N, 3, H, W]``; strings for dynamic dims.
+        input_shape: ``[N, C, H, W]``; strings for dynamic dims.
         output_shape: ``[N, C, H, W]`` or ``[N, 1, H, W]``.
         output_dtype: ``"float32"`` (scores) or ``"int64"`` (labels).
         opset: default-domain opset of the graph.
@@ -96,7 +98,8 @@ def _dummy_input(spec: ModelSpec) -> Any:
     if spec.input.size is None:
         raise ConfigError("a PyTorch model needs input.size = [H, W] in the model spec (or --input-size)")
     h, w = spec.input.size
-    shape = (1, 3, h, w) if spec.input.layout == "NCHW" else (1, h, w, 3)
+    c = spec.input.n_channels
+    shape = (1, c, h, w) if spec.input.layout == "NCHW" else (1, h, w, c)
     return torch.zeros(shape, dtype=torch.float32)
 
 
@@ -206,6 +209,12 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         exported = work / "from_torchscript.onnx"
         exporter = _export_torch(module, spec, exported, dynamic)
         return _stamped(onnx.load(str(exported)), exporter), digest
+    if data[4:8] == b"TFL3":  # the FlatBuffers file identifier of a TensorFlow Lite model
+        raise ConfigError(
+            f"{path}: a TensorFlow Lite model; edgeseg builds from ONNX, TorchScript or PyTorch: convert it first "
+            "with 'python -m tf2onnx.convert --tflite MODEL.tflite --output MODEL.onnx --opset 17' (tf2onnx and "
+            "TensorFlow from PyPI, in a separate venv; scripts/convert_default_model.py does this for the default model)"
+        )
     try:
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(proto)
@@ -223,8 +232,9 @@ def spec_defaults(model: str | Path) -> dict[str, Any]:
     """What a model file says about its spec, for the keys the spec leaves out.
 
     * ``name``: the file's stem, made a valid archive name (``PP-OCRv4 det.onnx`` → ``PP-OCRv4_det``);
-    * for an ONNX file, ``input.layout``: NCHW when the 4-D input has 3 channels at axis 1 only, NHWC when at
-      axis 3 only, and ``output.layout`` the same as the input's when the output is 4-D (TensorFlow models
+    * for an ONNX file, ``input.layout``: NCHW when the 4-D input has 1-4 channels at axis 1 only, NHWC when
+      at axis 3 only; ``input.color`` GRAY for one channel, RAW with ``channels`` for 2 or 4 (3 keeps the
+      spec's RGB/BGR); ``output.layout`` the same as the input's when the output is 4-D (TensorFlow models
       are NHWC throughout, PyTorch ones NCHW); absent when the graph leaves it open (the spec's default NCHW
       then applies, and is checked against the graph).
 
@@ -246,9 +256,14 @@ def spec_defaults(model: str | Path) -> dict[str, Any]:
         return out
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
-    if len(inputs) == 1 and len(dims := tensor_dims(inputs[0])) == 4 and (dims[1] == 3) != (dims[3] == 3):
-        layout = "NCHW" if dims[1] == 3 else "NHWC"
-        out["input"] = {"layout": layout}
+    def few(d: Any) -> bool:
+        return isinstance(d, int) and 1 <= d <= 4
+
+    if len(inputs) == 1 and len(dims := tensor_dims(inputs[0])) == 4 and few(dims[1]) != few(dims[3]):
+        layout = "NCHW" if few(dims[1]) else "NHWC"
+        channels = dims[1] if layout == "NCHW" else dims[3]
+        out["input"] = {"layout": layout, **({"color": "GRAY"} if channels == 1 else
+                                             {"color": "RAW", "channels": channels} if channels in (2, 4) else {})}
         if len(proto.graph.output) == 1 and len(tensor_dims(proto.graph.output[0])) == 4:
             out["output"] = {"layout": layout}
     return out
@@ -313,6 +328,7 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
         if new != old and new in taken:
             raise ConfigError(f"the model already uses the tensor name {new!r} internally; rename it before export")
     n_dim = in_dims[0]
+    dcr_to_crd(model)
     _rewrite_input(graph, g_in, spec, (n_dim, in_dims[hw_axes[0]], in_dims[hw_axes[1]]))
     graph.output.append(_rewrite_output(graph, g_out, spec, out_dims, channels, n_dim, with_argmax))
     try:
@@ -320,6 +336,81 @@ def normalize_graph(proto: onnx.ModelProto, spec: ModelSpec, *, with_argmax: boo
     except Exception as exc:
         raise ConversionError(f"the rewritten graph is invalid: {str(exc).splitlines()[0]}") from None
     return model
+
+
+def dcr_to_crd(model: onnx.ModelProto) -> int:
+    """Rewrite every ``DepthToSpace`` in DCR mode (ONNX's default, TensorFlow's) as CRD (PyTorch's
+    ``PixelShuffle``), the only mode pnnx/ncnn and onnx2torch (LiteRT, CoreML) convert, in place.
+
+    The two modes read the input channels in different orders: DCR output channel ``c`` at block
+    offset ``k`` (``k = by * b + bx``) comes from input channel ``k * C + c``, CRD from ``c * b² + k``
+    (ONNX operator docs, DepthToSpace-13). So DCR(x) = CRD(x[:, perm]) with ``perm[c * b² + k] = k * C + c``.
+    When the input comes from a Conv (or ConvTranspose) with constant weights used nowhere else, its output
+    channels are permuted in the weights and bias (no cost at run time); otherwise a constant ``Gather``
+    on the channel axis does it. The result is exact (the same numbers, reordered).
+
+    Returns:
+        How many nodes were rewritten.
+
+    Raises:
+        ConfigError: a DCR DepthToSpace whose input channel count is not known from the graph.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    shapes = {vi.name: tensor_dims(vi) for vi in (*graph.value_info, *graph.input, *graph.output)}
+    done = inserted = 0
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "DepthToSpace":
+            continue
+        mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "DCR")
+        if mode != "DCR":
+            continue
+        b = next(a.i for a in node.attribute if a.name == "blocksize")
+        src = producer.get(node.input[0])
+        weight = inits.get(src.input[1]) if src is not None and len(src.input) > 1 else None
+        channels = None
+        if weight is not None and src.op_type == "Conv":
+            channels = weight.dims[0]
+        elif weight is not None and src.op_type == "ConvTranspose":
+            channels = weight.dims[1] * next((a.i for a in src.attribute if a.name == "group"), 1)
+        dims = shapes.get(node.input[0])
+        channels = channels or (dims[1] if dims and len(dims) == 4 and isinstance(dims[1], int) else None)
+        if not channels:
+            raise ConfigError(f"DepthToSpace {node.name or node.output[0]!r} (DCR mode): its input's channel count is "
+                              "not known from the graph, so it cannot be rewritten as CRD for pnnx/onnx2torch")
+        c_out = channels // (b * b)
+        perm = np.array([k * c_out + c for c in range(c_out) for k in range(b * b)], dtype=np.int64)
+        foldable = (src is not None and src.op_type == "Conv" and weight is not None
+                    and next((a.i for a in src.attribute if a.name == "group"), 1) == 1  # a grouped conv's channels
+                    # are tied to their input group: permuting them would change what they read
+                    and uses.get(node.input[0], 0) == 1 and node.input[0] not in {o.name for o in graph.output}
+                    and all(uses.get(x, 0) == 1 for x in src.input[1:]) and all(x in inits for x in src.input[1:]))
+        if foldable:
+            for name in src.input[1:]:  # weight [C_out, ...] and bias [C_out]: permute the output channels
+                t = inits[name]
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[perm], name))
+        else:
+            gathered = f"{node.input[0]}_crd_order"
+            index = numpy_helper.from_array(perm, f"{node.name or node.output[0]}_crd_perm")
+            graph.initializer.append(index)
+            graph.node.insert(i + inserted, helper.make_node("Gather", [node.input[0], index.name], [gathered], axis=1,
+                                                         name=f"{node.name or node.output[0]}_crd_order"))
+            node.input[0] = gathered
+            inserted += 1
+        for a in node.attribute:
+            if a.name == "mode":
+                a.s = b"CRD"
+        if not any(a.name == "mode" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("mode", "CRD"))
+        done += 1
+    return done
 
 
 def _check_input(g_in: Any, spec: ModelSpec) -> tuple[list[Any], tuple[int, int]]:
@@ -333,18 +424,25 @@ def _check_input(g_in: Any, spec: ModelSpec) -> tuple[list[Any], tuple[int, int]
     if in_type != TensorProto.FLOAT:
         raise ConfigError(f"model input {g_in.name!r} is {TensorProto.DataType.Name(in_type)}; float32 is needed")
     c_axis, hw_axes = (1, (2, 3)) if spec.input.layout == "NCHW" else (3, (1, 2))
-    if in_dims[c_axis] != 3:
+    want = spec.input.n_channels
+    if in_dims[c_axis] != want:
         other = "NHWC" if spec.input.layout == "NCHW" else "NCHW"
+        if in_dims[hw_axes[1] if spec.input.layout == "NCHW" else 1] == want:
+            hint = f"is it {other}?"
+        else:
+            hint = ("set input.color = 'GRAY' (1 channel) or 'RAW' with channels = N" if spec.input.color != "RAW"
+                    else "set input.channels to the model's")
         raise ConfigError(
-            f"spec says input layout {spec.input.layout} but model input {g_in.name!r} {in_dims} has "
-            f"{in_dims[c_axis]} channels at axis {c_axis}; is it {other}?"
+            f"spec says input layout {spec.input.layout} with {want} channel{'s' * (want > 1)} ({spec.input.color}) "
+            f"but model input {g_in.name!r} {in_dims} has {in_dims[c_axis]} at axis {c_axis}; {hint}"
         )
     model_hw = [in_dims[a] for a in hw_axes]
     static = all(isinstance(d, int) and d > 0 for d in model_hw)
     if static and spec.input.size is not None and list(spec.input.size) != model_hw:
         raise ConfigError(f"spec input.size {list(spec.input.size)} but the model takes {model_hw} (H, W)")
-    if not static and spec.input.size is None and not spec.input.keep_ratio:
-        raise ConfigError("the model has dynamic H/W: set input.size = [H, W] (and keep_ratio) in the spec")
+    if not static and spec.input.size is None and not spec.input.keep_ratio and not spec.input.limits:
+        raise ConfigError("the model has dynamic H/W: set input.size = [H, W] (and keep_ratio), or input.min_side/"
+                          "max_side, in the spec")
     return in_dims, hw_axes
 
 
@@ -387,7 +485,8 @@ def _rewrite_input(graph: Any, g_in: Any, spec: ModelSpec, nhw: tuple[Any, Any, 
     if spec.input.layout == "NHWC":
         n_dim, h_dim, w_dim = nhw
         graph.input.remove(g_in)
-        graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [n_dim, 3, h_dim, w_dim]))
+        graph.input.insert(0, helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
+                                                            [n_dim, spec.input.n_channels, h_dim, w_dim]))
         graph.node.insert(0, helper.make_node("Transpose", [INPUT_NAME], [g_in.name], name="edgeseg_input_nhwc",
                                               perm=[0, 2, 3, 1]))
     elif g_in.name != INPUT_NAME:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import importlib.machinery
 import importlib.util
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -188,8 +189,12 @@ def load_mmseg(
             heads = cfg.model.get(key)
             for head in heads if isinstance(heads, list) else [heads] if heads else []:
                 head["num_classes"] = num_classes
+    import torch
+
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        # random weights are seeded (reproducible builds) without touching the caller's generator
+        with contextlib.redirect_stdout(sys.stderr), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             model = mm["init_model"](cfg, str(checkpoint) if checkpoint else None, device="cpu")
         model = mm["revert"](model).eval()
     except Exception as exc:  # mmseg raises assorted errors from its registries
@@ -208,7 +213,7 @@ def load_mmseg(
         meta["palette"] = None
     palette = [list(map(int, c)) for c in meta["palette"]] if meta.get("palette") else None
     spec = load_spec(None, {
-        "name": path.stem.split("_")[0].replace(".", "-").lower() or "mmseg",
+        "name": model_name(path.stem),
         "version": "1.0.0",
         "description": f"MMSegmentation {path.stem} ({'weights ' + Path(checkpoint).name if checkpoint else 'random weights'})",
         "license": "Apache-2.0 (MMSegmentation config)",
@@ -217,6 +222,17 @@ def load_mmseg(
         "output": {"kind": "logits", "layout": "NCHW", "classes": classes, **({"palette": palette} if palette else {})},
     })
     return WholeInference(model), spec
+
+
+def model_name(config_stem: str) -> str:
+    """The model name in an MMSegmentation config name: the ``{algorithm}_{components}`` before the training
+    settings (``{gpus}xb{batch}-{schedule}``), per mmseg's config naming convention
+    (``docs/en/user_guides/1_config.md``): ``fast_scnn_8xb4-160k_cityscapes-512x1024`` → ``fast_scnn``,
+    ``pspnet_r50-d8_4xb2-40k_cityscapes-512x1024`` → ``pspnet_r50-d8``; a name without settings stays whole."""
+    tokens = config_stem.split("_")
+    cut = next((i for i, t in enumerate(tokens) if i and re.match(r"\d+xb\d+", t)), len(tokens))
+    name = re.sub(r"[^a-z0-9_-]+", "-", "_".join(tokens[:cut]).lower()).strip("-_")
+    return name or "mmseg"
 
 
 def _num_classes(model: Any) -> int:

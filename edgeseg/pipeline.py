@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeseg_runtime.contract import PipelineSpec
 from edgeseg_runtime.pipeline import Preprocess, parse_pipeline
 
 from .errors import ConfigError
@@ -31,12 +32,12 @@ def stretch_to(spec: ModelSpec, height: int, width: int) -> Preprocess:
     """The runtime's pre-processing for ``spec``, stretching every image to ``height`` x ``width`` pixels.
 
     Returns:
-        :class:`edgeseg_runtime.pipeline.Preprocess`; calling it on an
-        ``(H, W, 3)`` uint8 RGB image gives the ``(1, 3, height, width)``
-        float32 NCHW network input.
+        :class:`edgeseg_runtime.pipeline.Preprocess`; calling it on an image
+        as its ``load`` reads it (``(H, W, 3)`` uint8 RGB for colour models)
+        gives the ``(1, C, height, width)`` float32 NCHW network input.
     """
-    return Preprocess(size=(width, height), keep_ratio=False, mean=tuple(spec.input.mean),
-                      std=tuple(spec.input.std), to_rgb=spec.input.color == "RGB")
+    return Preprocess(size=(width, height), keep_ratio=False, mean=spec.input.means(), std=spec.input.stds(),
+                      to_rgb=spec.input.color != "BGR", mode=spec.input.read_mode)
 
 
 _META_KEYS = ["filename", "ori_filename", "ori_shape", "img_shape", "pad_shape", "scale_factor", "img_norm_cfg"]
@@ -47,10 +48,13 @@ def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
 
     A keep-ratio resize into a static-shape model is letterboxed (``Pad`` to
     the fixed size); ``input.size_divisor`` on a dynamic model adds
-    ``Pad(size_divisor=...)`` after Normalize.
+    ``Pad(size_divisor=...)`` after Normalize. ``input.min_side``/``max_side``
+    on a dynamic model write a ``Resize`` with those keys and no ``size``
+    (an edgeseg extension: the MMDeploy SDK cannot read it); on a static one
+    they letterbox like ``keep_ratio``.
 
     Raises:
-        ConfigError: no input size known, or a static input that is not a multiple of ``size_divisor``.
+        ConfigError: no input size (nor min/max side) known, or a static input that is not a multiple of ``size_divisor``.
     """
     h, w = shared.input_shape[2], shared.input_shape[3]
     static = isinstance(h, int) and isinstance(w, int)
@@ -58,21 +62,42 @@ def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
     if static and divisor and (h % divisor or w % divisor):
         raise ConfigError(f"input.size_divisor = {divisor} but the model takes a fixed {h}x{w} input, not a multiple")
     size = [w, h] if static else ([spec.input.size[1], spec.input.size[0]] if spec.input.size else None)
-    if size is None:
-        raise ConfigError("the model has dynamic H/W and the spec gives no input.size")
+    limits = spec.input.limits and not static  # the image's own size within min_side/max_side
+    if size is None and not limits:
+        raise ConfigError("the model has dynamic H/W and the spec gives no input.size (or input.min_side/max_side)")
+    keep_ratio = spec.input.keep_ratio or spec.input.limits
+    slide = spec.inference.mode == "slide"
     pad: dict[str, Any] | None = None
-    if static and spec.input.keep_ratio:  # letterbox: fit inside the fixed input, pad the rest
+    if slide:
+        if shared.output_dtype != "float32":
+            raise ConfigError("inference.mode = 'slide' averages scores: build without --with-argmax")
+    elif static and keep_ratio:  # letterbox: fit inside the fixed input, pad the rest
         pad = {"type": "Pad", "size": size, "pad_val": spec.input.pad_value}
     elif divisor and divisor > 1 and not static:
         pad = {"type": "Pad", "size_divisor": divisor, "pad_val": spec.input.pad_value}
+    scale = spec.inference.scale
+    resize: list[dict[str, Any]]
+    if slide and scale is None:  # slide over the image at its own resolution
+        resize = []
+    elif limits:  # no MMDeploy SDK equivalent (its Resize needs a size): the edgeseg runtime reads these keys
+        resize = [{"type": "Resize", "keep_ratio": True,
+                   **{k: v for k, v in (("min_side", spec.input.min_side), ("max_side", spec.input.max_side)) if v}}]
+    else:
+        resize = [{"type": "Resize", "keep_ratio": keep_ratio, "size": [scale[1], scale[0]] if scale else size}]
+    mode = spec.input.read_mode
+    # mmcv's color_type for the SDK ("color": 8-bit 3 channels, "grayscale": 8-bit luma, "unchanged": as stored);
+    # "mode" is the runtime's exact read mode
+    load = {"type": "LoadImageFromFile"} if mode == "RGB" else {
+        "type": "LoadImageFromFile", "color_type": "grayscale" if mode == "L" else "unchanged",
+        "to_float32": mode == "F", "mode": mode}
     transforms: list[dict[str, Any]] = [
-        {"type": "LoadImageFromFile"},
-        {"type": "Resize", "keep_ratio": spec.input.keep_ratio, "size": size},
+        load,
+        *resize,
         {
             "type": "Normalize",
-            "mean": list(spec.input.mean),
-            "std": list(spec.input.std),
-            "to_rgb": spec.input.color == "RGB",
+            "mean": list(spec.input.means()),
+            "std": list(spec.input.stds()),
+            "to_rgb": spec.input.color != "BGR",
         },
         *([pad] if pad else []),
         {"type": "ImageToTensor", "keys": ["img"]},
@@ -109,6 +134,9 @@ def make_pipeline(spec: ModelSpec, shared: SharedModel) -> dict[str, Any]:
                     "params": {
                         "num_classes": len(spec.output.classes),
                         "with_argmax": shared.output_dtype != "float32",
+                        # mmseg test_cfg keys; the MMDeploy SDK reads neither (it has "whole" inference only)
+                        **({"mode": "slide", "crop_size": [size[1], size[0]], "stride": list(spec.inference.stride)}
+                           if slide and spec.inference.stride else {}),
                     },
                     "input": ["prep_output", "infer_output"],
                     "output": ["post_output"],
@@ -168,7 +196,11 @@ def check_pipeline(pipeline: dict[str, Any], shared: SharedModel, spec: ModelSpe
     """
     pre, post = parse_pipeline(pipeline)
     h, w = shared.input_shape[2], shared.input_shape[3]
-    if isinstance(h, int) and isinstance(w, int) and (pre.pad_size or pre.size) != (w, h):
+    slide = PipelineSpec.from_doc(pipeline).slide_crop
+    if slide is not None:
+        if isinstance(h, int) and isinstance(w, int) and slide != (h, w):
+            raise ConfigError(f"pipeline slide crop_size {list(slide)} (H, W) does not match the model input {h}x{w}")
+    elif isinstance(h, int) and isinstance(w, int) and (pre.pad_size or pre.size) != (w, h):
         raise ConfigError(f"pipeline Resize size {pre.size} (W, H) does not match the model input {w}x{h}")
     channels = shared.output_shape[1]
     if not post.with_argmax and isinstance(channels, int) and channels != post.num_classes:

@@ -8,12 +8,21 @@ A spec is a TOML file (or the same keys given as CLI flags)::
     [input]
     layout = "NHWC"            # NCHW | NHWC, as the source model takes it
     size = [256, 256]          # [H, W] pixels the network takes
-    color = "RGB"              # channel order the network takes: RGB | BGR
-    mean = [0.0, 0.0, 0.0]     # (x - mean) / std, in 0..255 pixel units (MMSegmentation convention)
-    std = [255.0, 255.0, 255.0]
+    color = "RGB"              # RGB | BGR (3 channels) | GRAY (1) | RAW (the file's own channels, see channels)
+    # channels = 4             # RAW: channels of the images (1-4: grey, grey+alpha, RGB, RGBA)
+    # dtype = "uint16"         # samples as read: uint8 | uint16 (one channel, never shifted to 8 bits) | float32
+    mean = [0.0, 0.0, 0.0]     # (x - mean) / std per channel (or one number for all), in the image's units:
+    std = [255.0, 255.0, 255.0]  # 0..255 for uint8, 0..65535 for uint16 (MMSegmentation convention)
     keep_ratio = false         # false: stretch to size; true: fit inside size (dynamic models; static: letterboxed)
+    # min_side = 736           # dynamic models, instead of size: keep the image's own size, scaled (ratio kept)
+    # max_side = 2048          #   so the short side >= min_side and the long side <= max_side (max wins)
     size_divisor = 32          # optional: pad bottom/right to multiples of it (mmseg Pad size_divisor)
     pad_value = 0.0            # value of padded elements, after mean/std (mmseg SegDataPreProcessor pads with 0)
+
+    [inference]                # optional
+    mode = "whole"             # whole | slide (overlapping windows of input.size, scores averaged)
+    # stride = [341, 341]      # slide: [H, W] step between windows
+    # scale = [1024, 2048]     # slide: resize the image first (else its own resolution)
 
     [output]
     kind = "probability"       # logits (argmax) | probability (threshold when 1 channel) | labels
@@ -38,7 +47,7 @@ from pydantic import Field, PositiveInt, model_validator
 from ._schema import Strict, load_toml, validate
 from .errors import ConfigError
 
-__all__ = ["InputSpec", "OutputSpec", "ModelSpec", "load_spec", "voc_palette", "DEFAULT_SPEC"]
+__all__ = ["InputSpec", "OutputSpec", "InferenceSpec", "ModelSpec", "load_spec", "voc_palette", "DEFAULT_SPEC"]
 
 DATA = Path(__file__).resolve().parent / "data"
 #: The embedded default model's spec (MediaPipe Selfie Segmentation).
@@ -55,15 +64,82 @@ class InputSpec(Strict):
     name: str | None = None
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     size: tuple[PositiveInt, PositiveInt] | None = None
-    color: Literal["RGB", "BGR"] = "RGB"
-    mean: tuple[Channel, Channel, Channel] = (0.0, 0.0, 0.0)
-    std: tuple[PositiveChannel, PositiveChannel, PositiveChannel] = (1.0, 1.0, 1.0)
+    color: Literal["RGB", "BGR", "GRAY", "RAW"] = Field(
+        default="RGB", description="RGB or BGR: 3 channels in that order; GRAY: one luma channel (ITU-R 601); RAW: "
+        "the image file's own channels (channels = 1-4: grey, grey+alpha, RGB, RGBA)")
+    channels: Annotated[int, Field(ge=1, le=4)] | None = Field(
+        default=None, description="channels the network takes: 3 for RGB/BGR, 1 for GRAY; required for RAW")
+    dtype: Literal["uint8", "uint16", "float32"] = Field(
+        default="uint8", description="samples as the images are read: uint8, uint16 (16-bit, one channel; never "
+        "shifted to 8 bits, 8-bit files scaled by 257) or float32 (32-bit float TIFF, one channel); mean/std "
+        "are in these units")
+    mean: Channel | tuple[Channel, ...] = Field(
+        default=0.0, description="per channel (network channel order), or one number for every channel")
+    std: PositiveChannel | tuple[PositiveChannel, ...] = Field(
+        default=1.0, description="per channel (network channel order), or one number for every channel")
     keep_ratio: bool = False
+    min_side: Annotated[int, Field(ge=1, le=16384)] | None = Field(
+        default=None, description="dynamic H/W within limits: scale the image (keeping the ratio) up so its short "
+        "side is at least this many pixels (PaddleOCR DetResizeForTest limit_type 'min'); static builds letterbox "
+        "into input.size instead")
+    max_side: Annotated[int, Field(ge=1, le=16384)] | None = Field(
+        default=None, description="dynamic H/W within limits: scale the image (keeping the ratio) down so its long "
+        "side is at most this many pixels (limit_type 'max'); wins over min_side. Either keeps the ratio, "
+        "whatever keep_ratio says")
     size_divisor: Annotated[int, Field(ge=1, le=1024)] | None = Field(
         default=None, description="pad the network input at the bottom/right so H and W are multiples of this "
         "(MMSegmentation Pad size_divisor; networks with stride-32 stages need 32)")
     pad_value: Channel = Field(default=0.0, description="value of the padded elements, in network-input units "
                                "(after mean/std), as MMSegmentation's SegDataPreProcessor pads")
+
+    @model_validator(mode="after")
+    def _channels_fit(self) -> InputSpec:
+        n = self.n_channels
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if isinstance(values, tuple) and len(values) not in (1, n):
+                raise ValueError(f"input.{key} has {len(values)} values for {n} channels (give {n}, or one for all)")
+        if self.color == "RAW" and self.channels is None:
+            raise ValueError("color = 'RAW' needs channels = N (the images' channels, 1-4)")
+        if self.color != "RAW" and self.channels not in (None, n):
+            raise ValueError(f"color = {self.color!r} has {n} channel{'s' * (n > 1)}, not {self.channels}")
+        if self.min_side and self.max_side and self.min_side > self.max_side:
+            raise ValueError(f"input.min_side {self.min_side} is larger than input.max_side {self.max_side}")
+        if self.dtype != "uint8" and n != 1:
+            raise ValueError(f"dtype = {self.dtype!r} needs one channel (GRAY, or RAW with channels = 1): Pillow "
+                             "decodes 16-bit and float images with one channel only")
+        return self
+
+    @property
+    def limits(self) -> bool:
+        """True when the image keeps its own size within ``min_side``/``max_side`` (dynamic H/W models)."""
+        return bool(self.min_side or self.max_side)
+
+    @property
+    def n_channels(self) -> int:
+        """Channels of the images and of the network input."""
+        return self.channels if self.color == "RAW" and self.channels else (1 if self.color == "GRAY" else 3)
+
+    @property
+    def read_mode(self) -> str:
+        """How the runtime reads images for this input (:data:`edgeseg_runtime.images.READ_MODES`)."""
+        n = self.n_channels
+        if n == 1:
+            return {"uint8": "L", "uint16": "I;16", "float32": "F"}[self.dtype]
+        return {2: "LA", 3: "RGB", 4: "RGBA"}[n]
+
+    def means(self) -> tuple[float, ...]:
+        """``mean`` with one value per channel."""
+        return _per_channel(self.mean, self.n_channels)
+
+    def stds(self) -> tuple[float, ...]:
+        """``std`` with one value per channel."""
+        return _per_channel(self.std, self.n_channels)
+
+
+def _per_channel(value: float | tuple[float, ...], n: int) -> tuple[float, ...]:
+    values = (float(value),) if isinstance(value, (int, float)) else tuple(value)
+    return values * n if len(values) == 1 else values
 
 
 class OutputSpec(Strict):
@@ -87,6 +163,31 @@ class OutputSpec(Strict):
         return [list(c) for c in self.palette] if self.palette else voc_palette(len(self.classes))
 
 
+class InferenceSpec(Strict):
+    """How the network covers an image: once ("whole", the default) or in overlapping windows ("slide").
+
+    Sliding-window inference is MMSegmentation's ``test_cfg = dict(mode="slide", crop_size=..., stride=...)``
+    (:mod:`edgeseg_runtime.slide`): the window is the network's input (``input.size``), scores are averaged
+    where windows overlap.
+    """
+
+    mode: Literal["whole", "slide"] = "whole"
+    stride: tuple[PositiveInt, PositiveInt] | None = Field(
+        default=None, description="[H, W] step between windows (slide), at most the window (input.size); "
+        "mmseg configs use about 2/3 of it")
+    scale: tuple[PositiveInt, PositiveInt] | None = Field(
+        default=None, description="[H, W]: resize the image to this first (slide; keep_ratio as input.keep_ratio, "
+        "mmseg's test Resize scale); none = windows over the image at its own resolution")
+
+    @model_validator(mode="after")
+    def _slide_keys(self) -> InferenceSpec:
+        if self.mode == "slide" and self.stride is None:
+            raise ValueError("mode = 'slide' needs stride = [H, W]")
+        if self.mode == "whole" and (self.stride is not None or self.scale is not None):
+            raise ValueError("stride and scale apply to mode = 'slide'")
+        return self
+
+
 class QuantizationSpec(Strict):
     """Choices about quantizing *this* model, whatever the target (a target profile stays model-independent)."""
 
@@ -107,7 +208,23 @@ class ModelSpec(Strict):
     license: str = ""
     input: InputSpec = InputSpec()
     output: OutputSpec
+    inference: InferenceSpec = InferenceSpec()
     quantization: QuantizationSpec = QuantizationSpec()
+
+    @model_validator(mode="after")
+    def _slide_fits(self) -> ModelSpec:
+        if self.inference.mode != "slide":
+            return self
+        if self.input.size_divisor:
+            raise ValueError("inference.mode = 'slide' pads its windows itself: drop input.size_divisor")
+        if self.input.limits:
+            raise ValueError("inference.mode = 'slide' runs windows of input.size: drop input.min_side/max_side "
+                             "(inference.scale resizes the image first)")
+        size, stride = self.input.size, self.inference.stride
+        if size is not None and stride is not None and (stride[0] > size[0] or stride[1] > size[1]):
+            raise ValueError(f"inference.stride {list(stride)} is larger than the window input.size {list(size)}: "
+                             "pixels between windows would have no score")
+        return self
 
 
 def voc_palette(n: int) -> list[list[int]]:

@@ -40,7 +40,6 @@ import argparse
 import bz2
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import tarfile

@@ -52,7 +52,8 @@ def test_altered_model_with_rewritten_manifest_fails_numerically(archives: dict[
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["passed"] is False
-    assert all(img["max_abs_diff"] > 1e-2 for img in report["images"])
+    # every golden image catches it on its samples of the output (the fp32 atol is 1e-4)
+    assert all(not img["passed"] and img["max_abs_diff"] > 1e-3 for img in report["images"]), report["images"]
 
 
 @pytest.mark.slow
@@ -214,3 +215,26 @@ def test_runtime_wheel_installs_from_unpacked_archive_without_touching_it(archiv
         assert proc.returncode == 1 and "not listed in the manifest" in proc.stdout, (planted, proc.stdout)
         assert "planted" not in proc.stdout + proc.stderr
         shutil.rmtree(folder / planted.split("/")[0] / planted.split("/")[1]) if planted.count("/") > 2 else path.unlink()
+
+
+def test_golden_data_is_compact_and_still_catches_a_changed_model(archives: dict[str, Path], tmp_path: Path) -> None:
+    """Golden outputs larger than GOLDEN_SAMPLES elements are stored as samples at fixed positions: the
+    archive's overhead (everything but the model and the wheels) stays within max(2 MB, 10 % of the model),
+    and a model whose outputs moved still fails the check on those samples."""
+    from edgeseg_runtime.contract import GOLDEN_SAMPLES, GOLDEN_STEP, Manifest
+
+    with tarfile.open(archives["cpu"]) as tar:
+        sizes = {m.name: m.size for m in tar.getmembers() if m.isfile()}
+        manifest = Manifest.parse(tar.extractfile("manifest.json").read())
+    for g in manifest.golden:
+        assert g.sample is not None and g.sample.count == GOLDEN_SAMPLES and g.sample.step == GOLDEN_STEP
+        assert g.sample.shape == (1, 2, 256, 256)
+        assert sizes[g.output] < GOLDEN_SAMPLES * 4 + 256  # the samples, float32, and the .npy header
+        assert len(set(g.sample.indices().tolist())) == GOLDEN_SAMPLES  # distinct positions
+    model = sum(size for name, size in sizes.items() if name.startswith("end2end"))
+    overhead = sum(size for name, size in sizes.items() if not name.startswith(("end2end", "wheels/")))
+    assert overhead <= max(2_000_000, model // 10), (overhead, model)
+    folder = _unpack(archives["cpu"], tmp_path / "x")
+    scale_weights(folder / "end2end.onnx", folder / "end2end.onnx", 0.9)  # a 10 % smaller largest initializer
+    proc = edgeseg_cli("verify", _repack(folder, tmp_path / "moved.tar.gz", update_manifest=True), "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["passed"] is False, proc.stdout

@@ -302,7 +302,6 @@ def test_conformance(name: str, archives: dict[str, Path], tmp_path: Path) -> No
     tolerance. Backends that cannot run here (CoreML off macOS, TensorRT without a GPU) are skipped, saying why.
     """
     from edgeseg_runtime.archive import Archive
-    from edgeseg_runtime.images import load_image
     from edgeseg_runtime.pipeline import output_labels
     from edgeseg_runtime.segmentor import Segmentor
     from edgeseg_runtime.verify import compare_outputs
@@ -319,8 +318,8 @@ def test_conformance(name: str, archives: dict[str, Path], tmp_path: Path) -> No
     with Archive.open(archives["cpu"]) as archive:  # cpu = fp32 ONNX Runtime: the shared ONNX and its golden outputs
         files = backend.convert(archive.root / "end2end.onnx", target, tmp_path, spec=edgeseg.DEFAULT_SPEC)
         with Segmentor(archive) as reference:
-            feeds = [(reference.prepare(load_image(archive.path(g.image))), np.load(archive.path(g.output)))
-                     for g in archive.manifest.golden]
+            tensors = [reference.prepare(reference.load(archive.path(g.image))) for g in archive.manifest.golden]
+            feeds = [(t, reference.infer(t)) for t in tensors]  # the fp32 reference's whole outputs
     model = {"net": files.net, "weights": files.weights, **files.details}
     with runner_cls(tmp_path, model, target.backend_options) as runner:
         for tensor, ref in feeds:
@@ -328,3 +327,32 @@ def test_conformance(name: str, archives: dict[str, Path], tmp_path: Path) -> No
             max_diff, _, agreement, ok = compare_outputs(out, ref, output_labels(out), output_labels(ref), tol)
             assert ok, f"{name}: max |diff| {max_diff:.3g} (atol {tol['atol']}), labels {agreement:.4f}"
     assert len(feeds) >= 3
+
+
+def test_onnxruntime_fp16_keeps_constants_beyond_fp16_in_fp32(tmp_path: Path) -> None:
+    """A BatchNormalization variance of 1e8 (PP-OCRv4's detector has 9.8e7) is inf in fp16, which zeroes the
+    output; the fp16 build keeps that node in fp32 and records it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = 4
+    consts = {"scale": np.ones(c), "bias": np.full(c, 0.5), "mean": np.zeros(c), "var": np.full(c, 1e8)}
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["r"], name="relu"),
+         helper.make_node("BatchNormalization", ["r", *consts], ["output"], name="bn")],
+        "bn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, c, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, c, 8, 8])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    src = tmp_path / "bn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(src))
+    target = edgeseg.load_target("cpu").with_precision("fp16")
+    out = tmp_path / "out"
+    out.mkdir()
+    files = get_backend(target).convert(src, target, out)
+    assert files.details["kept_float_overflow"] == ["bn"]
+    x = np.random.default_rng(0).standard_normal((1, c, 8, 8)).astype(np.float32) * 1e3
+    want = ort.InferenceSession(str(src)).run(None, {"input": x})[0]
+    got = ort.InferenceSession(str(out / files.net)).run(None, {"input": x})[0]
+    assert np.abs(want - 0.5).max() > 0.05  # the variance matters: an inf one gives 0.5 everywhere
+    np.testing.assert_allclose(got, want, atol=2e-3)

@@ -25,11 +25,20 @@ def _spec(**changes: dict) -> edgeseg.ModelSpec:
     ("overrides", "message"),
     [
         ({"output": {"classes": ["a", "b", "c"], "palette": [[0, 0, 0], [1, 1, 1], [2, 2, 2]]}}, "1-channel probability output means 2 classes; the spec lists 3"),
-        ({"input": {"layout": "NCHW"}}, r"spec says input layout NCHW but model input 'input_1' \[1, 256, 256, 3\] has 256 channels"),
+        ({"input": {"layout": "NCHW"}}, r"spec says input layout NCHW with 3 channels \(RGB\) but model input 'input_1' "
+         r"\[1, 256, 256, 3\] has 256 at axis 1; is it NHWC\?"),
+        ({"input": {"color": "GRAY", "mean": 0.0, "std": 255.0}}, r"with 1 channel \(GRAY\) but model input 'input_1' \[1, 256, 256, 3\] has 3 at "
+         r"axis 3; set input.color"),
+        ({"input": {"mean": [1, 2]}}, r"input.mean has 2 values for 3 channels"),
+        ({"input": {"color": "RAW"}}, r"color = 'RAW' needs channels"),
+        ({"input": {"dtype": "uint16"}}, r"dtype = 'uint16' needs one channel"),
         ({"input": {"size": [128, 128]}}, r"spec input.size \[128, 128\] but the model takes \[256, 256\]"),
         ({"output": {"kind": "labels"}}, "spec says output kind 'labels' but 'activation_10' is floating point"),
         ({"output": {"kind": "logits"}}, r"has 1 channels at axis 3 \(NHWC\) but the spec lists 2 classes"),
         ({"input": {"name": "image"}}, "model has no input named 'image'"),
+        ({"input": {"min_side": 900, "max_side": 800}}, "input.min_side 900 is larger than input.max_side 800"),
+        ({"input": {"min_side": 512}, "inference": {"mode": "slide", "stride": [128, 128]}},
+         "slide' runs windows of input.size: drop input.min_side"),
     ],
 )
 def test_spec_contradicting_model_is_refused(overrides, message, tmp_path: Path) -> None:  # noqa: ANN001
@@ -88,7 +97,8 @@ def test_threshold_folded_with_argmax(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "model file is empty"), (b"this is not onnx at all", "not a valid ONNX model"), (b"PK\x03\x04garbage", None)],
+    [(b"", "model file is empty"), (b"this is not onnx at all", "not a valid ONNX model"), (b"PK\x03\x04garbage", None),
+     (b"\x1c\x00\x00\x00TFL3\x14\x00", "a TensorFlow Lite model; edgeseg builds from ONNX")],
 )
 def test_bad_model_files(content: bytes, message: str | None, tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"

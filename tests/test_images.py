@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeseg import SAMPLE_IMAGES
 from edgeseg_runtime import ImageError, load_image
 from edgeseg_runtime.images import iter_image_paths, overlay, save_label_map
 
@@ -136,3 +137,54 @@ def test_large_image_decodes_in_bands(tmp_path: Path) -> None:
     grey16 = RNG.integers(0, 65536, (h, 40), dtype=np.uint16)
     Image.fromarray(grey16).save(tmp_path / "g.png")
     assert np.array_equal(load_image(tmp_path / "g.png")[..., 1], (grey16 >> 8).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- read modes other than RGB
+
+
+def test_read_modes_and_lossless_save(tmp_path: Path) -> None:
+    """Each read mode gives its channels and dtype; save_image writes what load_image reads back exactly."""
+    from edgeseg_runtime.images import READ_MODES, load_image, save_image
+
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    grey16 = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    Image.frombytes("I;16", (30, 20), grey16.astype("<u2").tobytes()).save(tmp_path / "g16.png")
+    floats = rng.standard_normal((20, 30)).astype(np.float32)
+    Image.fromarray(floats).save(tmp_path / "f.tiff")
+    for mode, (channels, dtype) in READ_MODES.items():
+        got = load_image(tmp_path / "rgba.png", mode=mode) if mode != "F" else load_image(tmp_path / "f.tiff", mode=mode)
+        assert got.shape == (20, 30, channels) and got.dtype == dtype, mode
+        again = load_image(save_image(got, tmp_path / f"again_{mode.replace(';', '')}.png"), mode=mode)
+        np.testing.assert_array_equal(again, got)
+    np.testing.assert_array_equal(load_image(tmp_path / "rgba.png", mode="RGBA"), rgba)
+    np.testing.assert_array_equal(load_image(tmp_path / "g16.png", mode="I;16")[:, :, 0], grey16)
+    np.testing.assert_array_equal(load_image(tmp_path / "g16.png", mode="L")[:, :, 0], (grey16 >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tiff", mode="F")[:, :, 0], floats)
+    for path, mode, message in ((tmp_path / "f.tiff", "L", "cannot be read as L"),
+                                (tmp_path / "f.tiff", "I;16", "float image cannot be read as 16-bit"),
+                                (tmp_path / "g16.png", "RGBA", "cannot be read as RGBA"),
+                                (tmp_path / "rgba.png", "CMYK", "read mode 'CMYK' is not one of")):
+        with pytest.raises(ImageError, match=message):
+            load_image(path, mode=mode)
+
+
+def test_grey_and_sixteen_bit_images_resize_like_opencv() -> None:
+    """One-channel 8-bit (Pillow L) and 16-bit (float32, rounded back) resizing: within one level of
+    OpenCV INTER_LINEAR (Pillow truncates 8-bit sums where OpenCV rounds; numpy rint on 16 bits)."""
+    cv2 = pytest.importorskip("cv2", reason="cv2 is not installed (extra 'dev')")
+    from edgeseg_runtime.images import load_image
+    from edgeseg_runtime.pipeline import Preprocess
+
+    grey = load_image(SAMPLE_IMAGES / "astronaut.png", mode="L")
+    wide = load_image(SAMPLE_IMAGES / "astronaut.png", mode="I;16")
+    for size in ((200, 150), (700, 600)):
+        for image, mode in ((grey, "L"), (wide, "I;16")):
+            pre = Preprocess(size=size, keep_ratio=False, mean=(0.0,), std=(1.0,), to_rgb=True, mode=mode)
+            got = pre.resize(image)
+            want = cv2.resize(image[:, :, 0], size, interpolation=cv2.INTER_LINEAR)
+            assert got.shape == (size[1], size[0], 1) and got.dtype == image.dtype
+            assert np.abs(got[:, :, 0].astype(np.int32) - want).max() <= 1, (mode, size)
+            x = pre(image)
+            assert x.shape == (1, 1, size[1], size[0])

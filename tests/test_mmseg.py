@@ -46,6 +46,29 @@ def test_spec_comes_from_the_config(bisenet) -> None:  # noqa: ANN001
     assert "random weights" in spec.description
 
 
+def test_archive_names_and_random_weights_are_reproducible() -> None:
+    """The model name is the config's {algorithm}_{components} (mmseg's naming convention), and two builds
+    without a checkpoint get the same (seeded) weights, leaving the caller's random generator alone."""
+    import torch
+
+    from edgeseg.mmseg import model_name
+
+    assert model_name("fast_scnn_8xb4-160k_cityscapes-512x1024") == "fast_scnn"
+    assert model_name("pspnet_r50-d8_4xb2-40k_cityscapes-512x1024") == "pspnet_r50-d8"
+    assert model_name("bisenetv2_fcn_4xb4-160k_cityscapes-1024x1024") == "bisenetv2_fcn"
+    assert model_name("my.config") == "my-config"
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, spec = load_mmseg("fast_scnn_8xb4-160k_cityscapes-512x1024", input_size=(128, 256))
+    assert torch.rand(1) == expected_next  # the caller's generator is where it was
+    b, _ = load_mmseg("fast_scnn_8xb4-160k_cityscapes-512x1024", input_size=(128, 256))
+    assert spec.name == "fast_scnn"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(v.float().std() > 0 for v in sa.values() if v.numel() > 1)  # random, not constant
+
+
 def test_config_names_and_paths() -> None:
     path = config_path(BISENET)
     assert path.is_file() and path.parent.name == "bisenetv2" and path.parts[-3] == "configs"
@@ -86,7 +109,7 @@ def test_build_from_config_and_checkpoint_for_intel_agrees_with_pytorch(bisenet,
     proc = edgeseg_cli("build", "--mmseg-config", config_path(BISENET), "--checkpoint", ckpt, "--input-size", "256x512",
                        "--target", "intel", "--out", tmp_path / "dist")
     assert proc.returncode == 0, proc.stderr
-    archive = next((tmp_path / "dist").glob("bisenetv2-intel-*.tar.gz"))
+    archive = next((tmp_path / "dist").glob("bisenetv2_fcn-intel-*.tar.gz"))  # the config's model name
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))
         pipeline = json.load(tar.extractfile("pipeline.json"))

@@ -185,3 +185,41 @@ def test_pad_in_pipeline_json_round_trips_and_is_checked() -> None:
                          ((resize, norm, {"type": "Pad", "size_divisor": 32, "pad_val": float("nan")}), "pad_val")):
         with pytest.raises(ArchiveError, match=message):
             parse_pipeline(doc(*bad))
+
+
+def test_score_planes_of_a_padded_output_are_the_cropped_ones() -> None:
+    """``plane_images``/``planes`` (``edgeseg run --probs``) crop the padding like the labels do."""
+    scores = RNG.standard_normal((1, 3, 40, 60)).astype(np.float32)
+    labels, stacked = Postprocess(3, False)(scores, 90, 100, want_scores=True, valid=(0.5, 0.75))
+    planes = np.stack(list(Postprocess(3, False).planes(scores, 90, 100, valid=(0.5, 0.75))))
+    np.testing.assert_array_equal(planes, stacked)
+    np.testing.assert_allclose(planes, _torch_bilinear(scores[..., :20, :45], 90, 100)[0], atol=2e-5)
+    np.testing.assert_array_equal(labels, np.argmax(planes, axis=0))
+
+
+@pytest.mark.parametrize(("sides", "image", "resized"),
+                         [((736, None), (384, 191), (1480, 736)), ((736, None), (1411, 1411), (1411, 1411)),
+                          ((736, 2048), (4000, 3000), (2048, 1536)), ((736, 1000), (100, 50), (1000, 500)),
+                          ((None, 960), (640, 480), (640, 480))])
+def test_dynamic_size_within_min_and_max_side(sides, image, resized) -> None:  # noqa: ANN001
+    """Resize without a size: the image's own size, scaled with its ratio so the short side is >= min_side and
+    the long side <= max_side, max_side winning (PaddleOCR DetResizeForTest limit_type min/max, without its
+    rounding to 32: the Pad step pads instead)."""
+    transforms = [{"type": "Resize", "keep_ratio": True, **{k: v for k, v in zip(("min_side", "max_side"), sides) if v}},
+                  {"type": "Normalize", "mean": [0, 0, 0], "std": [1, 1, 1], "to_rgb": True},
+                  {"type": "Pad", "size_divisor": 32}]
+    doc = {"pipeline": {"tasks": [
+        {"type": "Task", "module": "Transform", "transforms": transforms},
+        {"type": "Task", "module": "mmseg", "component": "ResizeMask", "params": {"num_classes": 2, "with_argmax": False}},
+    ]}}
+    pre, _ = parse_pipeline(doc)
+    assert (pre.min_side, pre.max_side, pre.size) == (*sides, None)
+    assert pre.target_size(*image) == resized
+    x = pre(np.zeros((image[1], image[0], 3), np.uint8))
+    assert x.shape == (1, 3, -(-resized[1] // 32) * 32, -(-resized[0] // 32) * 32)
+    for bad, message in (({"size": [512, 512]}, "take no size"), ({"keep_ratio": False}, "keep the ratio"),
+                         ({"min_side": 900, "max_side": 800}, "larger than max_side"), ({"min_side": 0}, "min_side")):
+        broken = {**doc, "pipeline": {"tasks": [{**doc["pipeline"]["tasks"][0], "transforms": [
+            {**transforms[0], "min_side": 736, **bad}, *transforms[1:]]}, doc["pipeline"]["tasks"][1]]}}
+        with pytest.raises(ArchiveError, match=message):
+            parse_pipeline(broken)

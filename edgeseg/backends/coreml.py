@@ -231,7 +231,10 @@ class CoreMLBackend(BaseBackend):
             return ct.TensorType(name="input", shape=tuple(shape), dtype=np.float32)
         if spec is None:
             raise ConfigError("input_type = 'image' needs the model spec's mean/std; pass spec= to convert()")
-        mean, std, color = spec.input.mean, spec.input.std, spec.input.color
+        mean, std, color = spec.input.means(), spec.input.stds(), spec.input.color
+        if spec.input.read_mode != "RGB":
+            raise ConfigError(f"input_type = 'image': CoreML image inputs are 8-bit RGB/BGR; this model reads "
+                              f"{spec.input.read_mode} images: use input_type = 'tensor'")
         if len(set(std)) != 1:
             raise ConfigError(
                 f"input_type = 'image': CoreML's ImageType takes one scale for all channels, but the spec's std is {list(std)}; "

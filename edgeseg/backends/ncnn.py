@@ -43,6 +43,7 @@ from ..errors import ConfigError, ConversionError, ToolchainError
 from ..export import tensor_dims
 from ..targets import Target
 from . import BaseBackend, Calibration, Capabilities, ModelFiles, log_errors, static_input_shape
+from .unsupported import pnnx_unsupported
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -146,7 +147,7 @@ class NcnnBackend(BaseBackend):
         # a layer type with a dot (pnnx.Expression, torch.xxx, F.xxx) is an op pnnx could not map to ncnn
         unsupported = sorted({f[0] for f in (line.split() for line in param.read_text().splitlines()[2:]) if f and "." in f[0]})
         if unsupported:
-            raise ConversionError(f"pnnx left ops ncnn has no layer for: {', '.join(unsupported)}")
+            raise ConversionError(pnnx_unsupported(model, unsupported))
         in_blob, out_blob = param_blobs(param)
         return ModelFiles(
             net=FILES[0], weights=FILES[1], files=FILES,

@@ -5,16 +5,20 @@ CoreML (``coremltools.convert`` of a ``torch.jit.trace``) and LiteRT
 onnx2torch (https://github.com/ENOT-AutoDL/onnx2torch) turns the graph into a
 ``torch.fx.GraphModule`` whose ONNX ops are small modules.
 
-Two of those modules read their shape arguments as tensors at run time
-(``OnnxReshape``: ``torch.any(shape == 0)``, ``OnnxResize``: ``scales.tolist()``).
+Four of those modules read their shape arguments as tensors at run time
+(``OnnxReshape``: ``torch.any(shape == 0)``, ``OnnxResize``: ``scales.tolist()``,
+``OnnxSlice``: ``axes.numpy()`` and slices of 0-d tensors, ``OnnxPadDynamic``:
+``pads.tolist()``).
 Under ``torch.export`` that is a data-dependent branch and the export stops
 ("Could not guard on data-dependent expression"). When such an argument is a
 constant of the graph (an initializer, as in every static-shape export),
 :func:`freeze_shape_arguments` replaces the module call with the plain
-``torch.reshape`` / ``torch.nn.functional.interpolate`` call and the values as
-Python ints/floats, which is what the module would compute. Semantics kept: ONNX
-Reshape's ``0`` copies the input's dimension (``allowzero = 0``); Resize's
-scales/sizes are given for N, C, H, W and must leave N and C alone.
+``torch.reshape`` / ``torch.nn.functional.interpolate`` / indexing call and the
+values as Python ints/floats, which is what the module would compute. Semantics
+kept: ONNX Reshape's ``0`` copies the input's dimension (``allowzero = 0``);
+Resize's scales/sizes are given for N, C, H, W and must leave N and C alone;
+Slice's negative steps flip the axis first (torch indexing has no negative
+step), as onnx2torch's own ``OnnxSlice`` does.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 from ..errors import ConversionError, ToolchainError
 from . import translate_errors
+from .unsupported import onnx2torch_unsupported
 
 __all__ = ["fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch"]
 
@@ -121,11 +126,47 @@ def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
     o2t = import_onnx2torch(extra)
     if freeze:
         model = fold_constants(model)
-    with translate_errors("onnx2torch could not convert the shared ONNX"):  # NotImplementedError / assorted errors
-        module = o2t.convert(model).eval()
+    with translate_errors("onnx2torch could not convert the shared ONNX"):  # assorted errors
+        try:
+            module = o2t.convert(model).eval()
+        except NotImplementedError as exc:  # no converter for an op (or op version): name it, its nodes, the fix
+            line = onnx2torch_unsupported(model, str(exc))
+            if line is None:
+                raise
+            raise ConversionError(line) from exc
     if freeze:
         freeze_shape_arguments(module)
     return module
+
+
+def _slices(starts: list[int], ends: list[int], axes: list[int] | None, steps: list[int] | None
+            ) -> tuple[tuple[int, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """ONNX Slice arguments as ``(axes to flip, index for the leading axes, index for the trailing axes)``
+    (onnx2torch's ``_get_slices`` on Python ints: a negative step flips the axis and slices it forwards)."""
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    by_axis, flips = {}, []
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 0:
+            flips.append(axis)
+            start, end, step = -start - 1, -end - 1, -step
+        by_axis[axis] = slice(start, end, step)
+    leading = tuple(by_axis.get(a, slice(None)) for a in range(max(axes) + 1)) if max(axes) >= 0 else ()
+    trailing = (Ellipsis, *(by_axis.get(a, slice(None)) for a in range(min(axes), 0))) if min(axes) < 0 else ()
+    return tuple(flips), leading, trailing
+
+
+def sliced(x: Any, flips: tuple[int, ...], leading: tuple[Any, ...], trailing: tuple[Any, ...]) -> Any:
+    """ONNX Slice with constant arguments (:func:`_slices`), as plain indexing ``torch.export`` traces."""
+    import torch
+
+    if flips:
+        x = torch.flip(x, dims=list(flips))
+    if leading:
+        x = x[leading]
+    if trailing:
+        x = x[trailing]
+    return x
 
 
 def _constant(gm: Any, node: Any) -> Any:
@@ -139,14 +180,17 @@ def _constant(gm: Any, node: Any) -> Any:
 
 
 def freeze_shape_arguments(gm: Any) -> int:
-    """Replace OnnxReshape/OnnxResize calls whose shape arguments are constants (see module doc), in place.
+    """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic calls whose arguments are constants (see module
+    doc), in place.
 
     Returns:
         How many calls were replaced.
     """
     import torch
+    from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch, _torch_padding_to_mode_format
     from onnx2torch.node_converters.reshape import OnnxReshape
     from onnx2torch.node_converters.resize import OnnxResize, _onnx_mode_to_torch_mode
+    from onnx2torch.node_converters.slice import OnnxSlice
 
     graph, replaced = gm.graph, 0
     for node in list(graph.nodes):
@@ -185,6 +229,27 @@ def freeze_shape_arguments(gm: Any) -> int:
             mode = _onnx_mode_to_torch_mode(module.onnx_mode, len(size or scale or ()))
             call = (torch.nn.functional.interpolate, (node.args[0],),
                     {"size": size, "scale_factor": scale, "mode": mode, "align_corners": module.align_corners})
+        elif isinstance(module, OnnxSlice):
+            args = list(node.args) + [None] * (5 - len(node.args))
+            for i, key in enumerate(("starts", "ends", "axes", "steps"), start=1):
+                args[i] = node.kwargs.get(key, args[i])
+            values = [_constant(gm, a) if a is not None else None for a in args[1:5]]
+            if any(v is None for a, v in zip(args[1:5], values) if a is not None) or values[0] is None:
+                continue
+            call = (sliced, (node.args[0], *_slices(*(None if v is None else [int(x) for x in v.tolist()]
+                                                       for v in values))), {})
+        elif isinstance(module, OnnxPadDynamic):
+            pads = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            value = node.args[2] if len(node.args) > 2 else node.kwargs.get("constant_value", 0.0)
+            if value is not None and not isinstance(value, (int, float)):
+                value = _constant(gm, value)
+                value = None if value is None else float(value.reshape(-1)[0]) if value.numel() else 0.0
+            if pads is None or value is None:
+                continue
+            torch_pads = _torch_padding_to_mode_format(_onnx_padding_to_torch([int(v) for v in pads.tolist()]),
+                                                       module.mode)
+            call = (torch.nn.functional.pad, (node.args[0], tuple(torch_pads)),
+                    {"mode": module.mode, **({"value": float(value)} if module.mode == "constant" else {})})
         if call is None:
             continue
         with graph.inserting_after(node):

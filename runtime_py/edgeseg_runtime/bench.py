@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .images import load_image, save_label_map
+from .images import save_label_map
 from .segmentor import Segmentor
 
 __all__ = ["BenchResult", "bench", "format_result"]
@@ -70,18 +70,18 @@ def bench(segmentor: Segmentor, image: Path, *, runs: int = 50, warmup: int = 5)
     """
     clock = time.perf_counter_ns
     t = clock()
-    rgb = load_image(image)
+    rgb = segmentor.load(image)
     decode = clock() - t
     height, width = rgb.shape[:2]
     fixed = segmentor.prepare(rgb)
     samples: dict[str, list[int]] = {k: [] for k in ("bare", "pre", "infer", "post", "e2e", "decode", "encode")}
     for i in range(warmup + max(1, runs)):
         t0 = clock()
-        segmentor.infer(fixed)
+        segmentor.forward(fixed)
         t1 = clock()
         tensor = segmentor.prepare(rgb)
         t2 = clock()
-        output = segmentor.infer(tensor)
+        output = segmentor.forward(tensor)
         t3 = clock()
         labels, _ = segmentor.finish(output, height, width)
         t4 = clock()
@@ -90,7 +90,7 @@ def bench(segmentor: Segmentor, image: Path, *, runs: int = 50, warmup: int = 5)
                 samples[key].append(value)
     for _ in range(min(5, max(1, runs))):
         t = clock()
-        load_image(image)
+        segmentor.load(image)
         samples["decode"].append(clock() - t)
         t = clock()
         save_label_map(labels, io.BytesIO(), segmentor.palette)

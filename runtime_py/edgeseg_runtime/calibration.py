@@ -27,7 +27,7 @@ def load_compact(path: Path, preprocess: Preprocess) -> Iterator[np.ndarray]:
         preprocess: the archive's pre-processing (its ``normalize`` is applied).
 
     Yields:
-        ``(1, 3, h, w)`` float32 NCHW tensors, in the stored order.
+        ``(1, C, h, w)`` float32 NCHW tensors, in the stored order.
 
     Raises:
         ArchiveError: the file is missing or not a calibration file.

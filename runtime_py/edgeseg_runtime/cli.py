@@ -429,7 +429,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _output_folder(out)
         for p in paths:
             try:
-                rgb = load_image(p, max_pixels=args.max_pixels)
+                rgb = seg.load(p, max_pixels=args.max_pixels)
                 result = seg.segment(rgb)
             except ImageError as exc:
                 failed += 1
@@ -453,8 +453,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                     from PIL import Image
 
                     target = next(dests)
-                    with _atomic(target) as tmp:  # blended into the decoded photo itself: one image less
-                        Image.fromarray(overlay(rgb, result.labels, seg.palette, copy=False)).save(tmp, format="PNG")
+                    # blended into the decoded photo itself (one image less); a grey or 16-bit model's image is
+                    # read again in colour for display
+                    photo = rgb if seg.preprocess.mode == "RGB" else load_image(p, max_pixels=args.max_pixels)
+                    with _atomic(target) as tmp:
+                        Image.fromarray(overlay(photo, result.labels, seg.palette, copy=False)).save(tmp, format="PNG")
                     written["overlay"] = str(target)
             except OSError as exc:
                 raise EdgesegError(

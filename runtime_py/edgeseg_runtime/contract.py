@@ -494,17 +494,52 @@ class Backend:
     details: Mapping[str, Any]
 
 
+#: golden outputs larger than this many elements are stored as this many samples (:class:`GoldenSample`)
+GOLDEN_SAMPLES = 16384
+#: the sampling step: Knuth's multiplicative-hash prime (2^32 / golden ratio), coprime with any output size
+#: below it, so the samples are distinct and spread over every class plane and row
+GOLDEN_STEP = 2654435761
+
+
+@dataclass(frozen=True)
+class GoldenSample:
+    """How a golden output was sampled: element ``(i * step) mod N`` of the flattened ``shape`` (N elements),
+    for ``i`` in ``0 .. count - 1``, in that order. Integer arithmetic only: the same on every numpy."""
+
+    shape: Tuple[int, ...]
+    count: int
+    step: int
+
+    def indices(self) -> Any:
+        """The flat indices, ``(count,)`` int64."""
+        import numpy as np
+
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return np.arange(self.count, dtype=np.int64) * self.step % n
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "count": self.count, "step": self.step}
+
+
 @dataclass(frozen=True)
 class Golden:
-    """One golden image: the input photo, the fp32 reference output (``.npy``) and label map (``.png``)."""
+    """One golden image: the input image, the fp32 reference output (``.npy``) and label map (``.png``).
+
+    ``sample`` None: the ``.npy`` holds the whole output; else it holds the ``(count,)`` samples of it
+    (:class:`GoldenSample`; archives stay small whatever the output size).
+    """
 
     image: str
     output: str
     labels: str
+    sample: Optional[GoldenSample] = None
 
-    def to_doc(self) -> dict[str, str]:
+    def to_doc(self) -> dict[str, Any]:
         """The manifest's JSON form of one ``golden`` entry."""
-        return {"image": self.image, "output": self.output, "labels": self.labels}
+        doc: dict[str, Any] = {"image": self.image, "output": self.output, "labels": self.labels}
+        if self.sample is not None:
+            doc["sample"] = self.sample.to_doc()
+        return doc
 
 
 @dataclass(frozen=True)
@@ -772,7 +807,18 @@ def _golden(d: _Doc, files: Mapping[str, FileEntry]) -> tuple[Golden, ...]:
     out = []
     for i, raw in enumerate(d.list("golden", 1000)):
         g = _Doc(raw, f"golden[{i}]", d.source)
-        out.append(Golden(image=_listed(g, "image", files), output=_listed(g, "output", files), labels=_listed(g, "labels", files)))
+        sample = None
+        sdoc = g.obj("sample", optional=True)
+        if sdoc is not None:
+            shape = sdoc.list("shape", 8)
+            dims = tuple(_int(v, 1, LIMITS.net_pixels * LIMITS.classes, lambda m: sdoc.error("shape", m)) for v in shape)
+            total = math.prod(dims)
+            sample = GoldenSample(shape=dims, count=sdoc.int("count", 1, min(total, 1 << 24)),
+                                  step=sdoc.int("step", 1, 1 << 32))
+            if math.gcd(sample.step, total) != 1:
+                raise sdoc.error("step", "must be coprime with the output's size (distinct samples)")
+        out.append(Golden(image=_listed(g, "image", files), output=_listed(g, "output", files),
+                          labels=_listed(g, "labels", files), sample=sample))
     return tuple(out)
 
 
@@ -793,31 +839,49 @@ class PipelineSpec:
     Attributes:
         size: ``(W, H)`` of the ``Resize`` transform in pixels, or None (no resize).
         keep_ratio: True to fit inside ``size`` keeping the aspect ratio.
-        mean, std: ``Normalize`` per channel in network channel order, 0..255 units; ``std`` non-zero.
-        to_rgb: True when the network takes RGB (False: BGR).
+        mean, std: ``Normalize`` per channel in network channel order, in the image's units (0..255 for
+            8-bit, 0..65535 for 16-bit); ``std`` non-zero; as many as the read mode has channels.
+        to_rgb: True when the network takes RGB (False: BGR); read for 3-channel ``RGB`` images only.
         num_classes: ``ResizeMask`` class count C.
         with_argmax: True when the network outputs labels.
         pad_divisor: ``Pad`` ``size_divisor``: H and W padded up to multiples of it (None: no Pad).
         pad_size: ``Pad`` ``size`` ``(W, H)``: padded up to exactly this (None: no fixed-size Pad).
         pad_value: ``Pad`` ``pad_val`` in network-input units (the Pad comes after Normalize).
+        image_mode: how images are read (``LoadImageFromFile`` ``mode``, one of
+            :data:`edgeseg_runtime.images.READ_MODES`; without it ``color_type`` ``grayscale`` is ``L`` and
+            anything else ``RGB``, as in archives before it).
+        slide_crop, slide_stride: ``(H, W)`` window and step of sliding-window inference (``ResizeMask``
+            ``params`` ``"mode": "slide"``, ``crop_size``, ``stride``: MMSegmentation's ``test_cfg``); None:
+            "whole" inference.
+        min_side, max_side: ``Resize`` without ``size`` (edgeseg's extension for dynamic H/W models; the
+            MMDeploy SDK has no equivalent): the image keeps its own size, scaled keeping the ratio so its short
+            side is at least ``min_side`` and its long side at most ``max_side`` (``max_side`` wins), as
+            PaddleOCR's ``DetResizeForTest`` ``limit_type`` min/max.
     """
 
     size: Optional[Tuple[int, int]]
     keep_ratio: bool
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
     to_rgb: bool
     num_classes: int
     with_argmax: bool
+    image_mode: str = "RGB"
     pad_divisor: Optional[int] = None
     pad_size: Optional[Tuple[int, int]] = None
     pad_value: float = 0.0
+    slide_crop: Optional[Tuple[int, int]] = None
+    slide_stride: Optional[Tuple[int, int]] = None
+    min_side: Optional[int] = None
+    max_side: Optional[int] = None
 
     def static_input(self) -> Optional[Tuple[int, int]]:
         """The ``(W, H)`` network input this pipeline makes from every image, or None when it depends on the image."""
+        if self.slide_crop is not None:
+            return self.slide_crop[1], self.slide_crop[0]
         if self.pad_size is not None:
             return self.pad_size
-        if self.size is None or self.keep_ratio:
+        if self.size is None or self.keep_ratio:  # no Resize, keep-ratio, or min/max sides: the image decides
             return None
         d = self.pad_divisor or 1
         return -(-self.size[0] // d) * d, -(-self.size[1] // d) * d
@@ -857,20 +921,38 @@ class PipelineSpec:
             raise pipe.error("tasks", "needs a Transform task and a ResizeMask post-processing task")
         size: tuple[int, int] | None = None
         keep_ratio, to_rgb, normalized = False, True, False
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        image_mode = "RGB"
+        mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+        std: tuple[float, ...] = (1.0, 1.0, 1.0)
         pad_divisor: int | None = None
         pad_size: tuple[int, int] | None = None
         pad_value = 0.0
+        min_side: int | None = None
+        max_side: int | None = None
         tdoc = _Doc(tasks[transform], f"pipeline.tasks[{transform}]", source)
         for i, raw in enumerate(tdoc.list("transforms", 64)):
             step = _Doc(raw, f"{tdoc.path}.transforms[{i}]", source)
             kind = step.str("type", max_len=64)
-            if kind == "Resize":
-                size = _wh(step, "size")
+            if kind == "LoadImageFromFile":
+                if step.has("mode"):
+                    image_mode = step.str("mode", choices=tuple(READ_MODE_CHANNELS))
+                elif step.str("color_type", default="color", max_len=16) == "grayscale":
+                    image_mode = "L"
+            elif kind == "Resize":
                 keep_ratio = step.bool("keep_ratio", default=False)
+                if step.has("min_side") or step.has("max_side"):  # edgeseg's dynamic H/W within limits
+                    if step.has("size") or not keep_ratio:
+                        raise step.error("min_side", "min_side/max_side keep the ratio and take no size")
+                    min_side = step.int("min_side", 1, LIMITS.net_side) if step.has("min_side") else None
+                    max_side = step.int("max_side", 1, LIMITS.net_side) if step.has("max_side") else None
+                    if min_side and max_side and min_side > max_side:
+                        raise step.error("min_side", f"{min_side} is larger than max_side {max_side}")
+                else:
+                    size = _wh(step, "size")
             elif kind == "Normalize":
-                mean = _three(step, "mean", -1e6, 1e6)
-                std = _three(step, "std", 1e-6, 1e6)
+                channels = READ_MODE_CHANNELS[image_mode]
+                mean = _numbers(step, "mean", channels, -1e6, 1e6)
+                std = _numbers(step, "std", channels, 1e-6, 1e6)
                 to_rgb = step.bool("to_rgb", default=False)
                 normalized = True
             elif kind == "Pad":
@@ -888,9 +970,25 @@ class PipelineSpec:
                 pad_value = _float(raw_val, -1e6, 1e6, lambda m: step.error("pad_val", m))
         pdoc = _Doc(tasks[post], f"pipeline.tasks[{post}]", source).obj("params")
         assert pdoc is not None
-        return cls(size=size, keep_ratio=keep_ratio, mean=mean, std=std, to_rgb=to_rgb,
-                   num_classes=pdoc.int("num_classes", 1, LIMITS.classes), with_argmax=pdoc.bool("with_argmax"),
-                   pad_divisor=pad_divisor, pad_size=pad_size, pad_value=pad_value)
+        with_argmax = pdoc.bool("with_argmax")
+        crop = stride = None
+        mode = pdoc.str("mode", default="whole", choices=("whole", "slide"))
+        if mode == "slide":
+            crop, stride = _wh(pdoc, "crop_size"), _wh(pdoc, "stride")  # [H, W] here, as mmseg's test_cfg
+            if stride[0] > crop[0] or stride[1] > crop[1]:
+                raise pdoc.error("stride", "a stride larger than the crop leaves pixels no window covers")
+            if with_argmax:
+                raise pdoc.error("mode", "slide inference averages scores; the model outputs labels (with_argmax)")
+            if pad_divisor is not None or pad_size is not None:
+                raise pdoc.error("mode", "slide inference pads its windows itself; drop the Pad transform")
+            if min_side or max_side:
+                raise pdoc.error("mode", "slide inference runs fixed windows; drop Resize min_side/max_side")
+        if len(mean) != READ_MODE_CHANNELS[image_mode]:  # no Normalize: identity for the mode's channels
+            mean, std = (0.0,) * READ_MODE_CHANNELS[image_mode], (1.0,) * READ_MODE_CHANNELS[image_mode]
+        return cls(size=size, keep_ratio=keep_ratio, mean=mean, std=std, to_rgb=to_rgb, image_mode=image_mode,
+                   num_classes=pdoc.int("num_classes", 1, LIMITS.classes), with_argmax=with_argmax,
+                   pad_divisor=pad_divisor, pad_size=pad_size, pad_value=pad_value, slide_crop=crop, slide_stride=stride,
+                   min_side=min_side, max_side=max_side)
 
     def check_model(self, model: Model, source: str = PIPELINE_NAME) -> None:
         """Refuse a pipeline that cannot feed ``model`` or read its output (checked when an archive is opened).
@@ -908,7 +1006,7 @@ class PipelineSpec:
                                f"outputs {model.output.kind}")
         hw = model.input.static_hw
         if hw is not None and not model.variants and self.static_input() != (hw[1], hw[0]):
-            got = "no Resize" if self.size is None else f"Resize to {self.size[0]}x{self.size[1]}" + (
+            got = ("Resize within sides" if self.min_side or self.max_side else "no Resize") if self.size is None else f"Resize to {self.size[0]}x{self.size[1]}" + (
                 " keeping the ratio" if self.keep_ratio else "")
             if self.pad_size or self.pad_divisor:
                 got += f", Pad to {'x'.join(map(str, self.pad_size)) if self.pad_size else f'/{self.pad_divisor}'}"
@@ -920,7 +1018,7 @@ class PipelineSpec:
 
 
 def _wh(step: _Doc, key: str) -> tuple[int, int]:
-    """A ``[W, H]`` size within the runtime's network limits."""
+    """A two-number size (``[W, H]``, or ``[H, W]`` where the schema says so) within the runtime's network limits."""
     wh = step.list(key, 2)
     if len(wh) != 2:
         raise step.error(key, "expected [W, H]")
@@ -930,12 +1028,16 @@ def _wh(step: _Doc, key: str) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _three(step: _Doc, key: str, lo: float, hi: float) -> tuple[float, float, float]:
-    """Three finite numbers in [lo, hi] (one per channel)."""
-    values = step.list(key, 3)
-    if len(values) != 3:
-        raise step.error(key, f"expected 3 numbers (one per channel), got {len(values)}")
-    return tuple(_float(v, lo, hi, lambda m: step.error(key, m)) for v in values)  # type: ignore[return-value]
+#: channels of each image read mode (:data:`edgeseg_runtime.images.READ_MODES`; this module imports no Pillow)
+READ_MODE_CHANNELS = {"RGB": 3, "L": 1, "LA": 2, "RGBA": 4, "I;16": 1, "F": 1}
+
+
+def _numbers(step: _Doc, key: str, n: int, lo: float, hi: float) -> tuple[float, ...]:
+    """``n`` finite numbers in [lo, hi] (one per channel)."""
+    values = step.list(key, 16)
+    if len(values) != n:
+        raise step.error(key, f"expected {n} numbers (one per channel of the image), got {len(values)}")
+    return tuple(_float(v, lo, hi, lambda m: step.error(key, m)) for v in values)
 
 
 # ---------------------------------------------------------------------------------------------- device side

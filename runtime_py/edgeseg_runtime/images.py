@@ -1,16 +1,25 @@
 """Reading input images and writing label maps, with Pillow.
 
-Images are returned as ``(H, W, 3)`` uint8 RGB arrays in display orientation
-(the EXIF orientation tag is applied). Conversions made on load:
+Images are returned as ``(H, W, C)`` arrays in display orientation (the EXIF
+orientation tag is applied), in one of the read modes a model's pipeline
+asks for (:data:`READ_MODES`, Pillow's mode names):
 
-===========================  ===============================================
-Pillow mode                  what happens
-===========================  ===============================================
-RGB                          used as is
-L, 1, P, LA, PA, RGBA, CMYK  converted to RGB (alpha is dropped, not blended)
-I;16 / I;16B / I;16L / I     16-bit grey scaled to 8 bits (value >> 8), then RGB
-F (32-bit float) and others  refused with :class:`ImageError`
-===========================  ===============================================
+=========  =====================  ==============================================================
+mode       array                  from other files
+=========  =====================  ==============================================================
+``RGB``    ``(H, W, 3)`` uint8    L, 1, P, LA, PA, RGBA, CMYK converted (alpha dropped, not
+                                  blended); 16-bit grey scaled to 8 bits (value >> 8)
+``L``      ``(H, W, 1)`` uint8    colour converted to luma (ITU-R 601-2, Pillow ``L``); 16-bit >> 8
+``LA``     ``(H, W, 2)`` uint8    converted by Pillow (opaque alpha where the file has none)
+``RGBA``   ``(H, W, 4)`` uint8    converted by Pillow (opaque alpha where the file has none)
+``I;16``   ``(H, W, 1)`` uint16   16-bit grey as stored, never shifted to 8 bits (32-bit integer
+                                  files within 0..65535 too); 8-bit files scaled by 257
+                                  (0..255 → 0..65535, the same brightness), colour via luma
+``F``      ``(H, W, 1)`` float32  32-bit float TIFFs as stored; integer files as their values
+=========  =====================  ==============================================================
+
+Other Pillow modes, and 32-bit integer files outside 0..65535, are refused
+with :class:`ImageError`.
 """
 
 from __future__ import annotations
@@ -23,10 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .contract import READ_MODE_CHANNELS
 from .errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "READ_MODES",
+    "save_image",
     "FORMATS",
     "IMAGE_SUFFIXES",
     "load_label_map",
@@ -54,20 +66,26 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif"}
 )
 
-_CONVERTIBLE = frozenset({"L", "1", "P", "LA", "PA", "La", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+_CONVERTIBLE = frozenset({"L", "1", "P", "LA", "PA", "La", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGB"})
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
+#: read mode -> (channels, numpy dtype) of the arrays :func:`load_image` returns
+READ_MODES = {mode: (channels, {"I;16": "uint16", "F": "float32"}.get(mode, "uint8"))
+              for mode, channels in READ_MODE_CHANNELS.items()}
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image file into an RGB array.
+
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB") -> np.ndarray:
+    """Decode an image file into an array (module doc for the modes and conversions).
 
     Args:
         path: any file Pillow can decode (PNG, JPEG, BMP, TIFF, WebP, ...).
         max_pixels: refuse images with more than this many pixels, checked
             from the header before decoding.
+        mode: read mode, one of :data:`READ_MODES` (a model's pipeline says which).
 
     Returns:
-        ``(H, W, 3)`` uint8 C-contiguous array, RGB, EXIF orientation applied.
+        ``(H, W, C)`` C-contiguous array of the mode's channels and dtype
+        (``RGB``: ``(H, W, 3)`` uint8), EXIF orientation applied.
 
     Raises:
         ImageError: missing file, not an image, truncated or corrupt data,
@@ -89,7 +107,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                         f"{max_pixels / 1e6:.1f} MP (decompression-bomb guard); raise --max-pixels if you trust it"
                     )
                 img.load()
-                rgb = _to_rgb_array(img, path)
+                rgb = _to_rgb_array(img, path) if mode == "RGB" else _to_array(img, path, mode)
                 orientation = img.getexif().get(_ORIENTATION, 1)
             return _orient(rgb, orientation)
     except ImageError:
@@ -128,6 +146,61 @@ def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
                 raise ImageError(f"{path}: 32-bit integer image with values outside 0..65535; convert it to 8-bit RGB")
             out[y:y + BAND_ROWS] = (grey.astype(np.uint32) >> 8).astype(np.uint8)[:, :, None]
     return out
+
+
+def _to_array(img: Image.Image, path: Path, mode: str) -> np.ndarray:
+    """The decoded image in a read mode other than RGB (module doc), as ``(H, W, C)``."""
+    if mode not in READ_MODES:
+        raise ImageError(f"{path}: read mode {mode!r} is not one of {', '.join(READ_MODES)}")
+    src = img.mode
+    if src not in _CONVERTIBLE and src not in _SIXTEEN_BIT and src != "F":
+        raise ImageError(f"{path}: pixel format {src!r} is not supported")
+    if mode in ("L", "LA", "RGBA"):
+        if src in _SIXTEEN_BIT or src == "F":
+            if mode != "L" or src == "F":
+                raise ImageError(f"{path}: a {src} (one channel, more than 8 bits) image cannot be read as {mode}")
+            wide = _checked_ints(np.asarray(img), path).astype(np.uint32)
+            return np.ascontiguousarray((wide >> 8).astype(np.uint8))[:, :, None]
+        arr = np.asarray(img if src == mode else img.convert(mode))
+        return np.ascontiguousarray(arr.reshape(arr.shape[0], arr.shape[1], -1))
+    if src == "F":
+        values = np.asarray(img, dtype=np.float32)
+    elif src in _SIXTEEN_BIT:
+        values = _checked_ints(np.asarray(img), path)
+    else:  # 8-bit: colour to luma first; to 16 bits by 257 (the same brightness)
+        values = np.asarray(img if src == "L" else img.convert("L")).astype(np.uint16) * (257 if mode == "I;16" else 1)
+    if mode == "I;16":
+        if values.dtype.kind == "f":
+            raise ImageError(f"{path}: a 32-bit float image cannot be read as 16-bit integers")
+        return np.ascontiguousarray(values.astype(np.uint16))[:, :, None]
+    return np.ascontiguousarray(values.astype(np.float32))[:, :, None]
+
+
+def _checked_ints(values: np.ndarray, path: Path) -> np.ndarray:
+    if values.dtype.kind in "iu" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageError(f"{path}: 32-bit integer image with values outside 0..65535")
+    return values
+
+
+def save_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write an array that :func:`load_image` gave back losslessly, so that reading it in the same mode
+    returns the same array: PNG for uint8 (1-4 channels) and one-channel uint16, TIFF for float32.
+
+    Returns:
+        The file written: ``path`` with the suffix the format needs (``.png`` or ``.tiff``).
+    """
+    path = Path(path)
+    arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    if arr.dtype == np.float32:
+        path = path.with_suffix(".tiff")
+        Image.fromarray(arr).save(path, format="TIFF")  # 2-D float32: mode F
+    else:
+        path = path.with_suffix(".png")
+        img = Image.fromarray(arr)
+        if arr.dtype == np.uint16:  # Pillow's fromarray gives I;16 for native-endian 2-D uint16
+            img = Image.frombytes("I;16", (arr.shape[1], arr.shape[0]), arr.astype("<u2").tobytes())
+        img.save(path, format="PNG", compress_level=6)
+    return path
 
 
 #: EXIF tag 0x0112 and the numpy view that shows each orientation upright (as Pillow's ``exif_transpose``)

@@ -40,7 +40,7 @@ import numpy as np
 
 from .archive import Archive, sha256_file
 from .errors import EdgesegError, ImageError
-from .images import load_image, save_label_map
+from .images import save_label_map
 from .runners import runner_class
 from .segmentor import Segmentor
 
@@ -135,7 +135,7 @@ def measure(
         kept_pixels, keeping = 0, True
         for path in images:
             t = clock()
-            rgb = load_image(path)
+            rgb = seg.load(path)
             result = seg.segment(rgb)
             seconds = (clock() - t) / 1e9
             save_label_map(result.labels, out / f"{path.stem}.png", seg.palette)
@@ -158,7 +158,7 @@ def measure(
             t1 = clock()
             tensor = seg.prepare(rgb)
             t2 = clock()
-            output = seg.infer(tensor)
+            output = seg.forward(tensor)
             t3 = clock()
             seg.finish(output, rgb.shape[0], rgb.shape[1])
             t4 = clock()

@@ -8,7 +8,10 @@ and applies them with numpy and Pillow:
 
 * ``Resize``: ``size`` is ``[W, H]``; ``keep_ratio = false`` stretches to it,
   ``keep_ratio = true`` rescales so the image fits inside it (mmcv
-  ``imrescale`` rule). Resizing is bilinear with half-pixel centres and no
+  ``imrescale`` rule). Without ``size``, ``min_side``/``max_side`` (edgeseg's
+  extension for dynamic-shape models) keep the image's own size, scaled with
+  its ratio so the short side is at least ``min_side`` and the long side at
+  most ``max_side``. Resizing is bilinear with half-pixel centres and no
   anti-aliasing, as ``cv2.resize(..., INTER_LINEAR)`` does in mmcv's
   ``imresize`` and in the SDK (see :func:`bilinear`).
 * ``Normalize``: ``(x - mean) / std`` per channel, in 0..255 pixel units;
@@ -36,6 +39,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,7 @@ from PIL import Image
 
 from .contract import LIMITS, PipelineSpec
 from .errors import ImageError
+from .images import DEFAULT_MAX_PIXELS, READ_MODES, load_image
 
 __all__ = ["Preprocess", "Postprocess", "parse_pipeline", "from_spec", "output_labels", "fits_input", "bilinear",
            "image_bands"]
@@ -56,22 +61,52 @@ class Preprocess:
         size: ``(W, H)`` target of the Resize transform, or None for no resize.
         keep_ratio: True to fit inside ``size`` keeping the aspect ratio (mmcv ``imrescale``: the long side
             within ``max(size)``, the short within ``min(size)``; with ``pad_size``, inside the W x H box).
-        mean: per-channel mean, network channel order, 0..255 units.
+        mean: per-channel mean, network channel order, in the image's units (0..255 for 8-bit images,
+            0..65535 for 16-bit ones).
         std: per-channel standard deviation, network channel order.
-        to_rgb: True when the network takes RGB, False for BGR.
+        to_rgb: True when the network takes RGB, False for BGR (3-channel ``RGB`` images only).
+        mode: how images are read (:data:`edgeseg_runtime.images.READ_MODES`): ``RGB``, ``L`` (grey),
+            ``LA``, ``RGBA``, ``I;16`` (16-bit grey), ``F`` (float grey).
         pad_divisor: pad the bottom/right so H and W are multiples of it (mmseg ``Pad(size_divisor=...)``).
         pad_size: pad the bottom/right up to this ``(W, H)`` (letterboxing into a static input).
         pad_value: value of the padded elements, in network-input units (after Normalize).
+        min_side, max_side: with ``size`` None, scale the image keeping its ratio so its short side is at
+            least ``min_side`` and its long side at most ``max_side`` pixels (``max_side`` wins; PaddleOCR
+            ``DetResizeForTest`` limit_type min/max); sides rounded to the nearest pixel.
     """
 
     size: tuple[int, int] | None
     keep_ratio: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     to_rgb: bool
     pad_divisor: int | None = None
     pad_size: tuple[int, int] | None = None
     pad_value: float = 0.0
+    mode: str = "RGB"
+    min_side: int | None = None
+    max_side: int | None = None
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images and of the network input."""
+        return READ_MODES[self.mode][0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype images are read as (uint8, uint16 or float32)."""
+        return np.dtype(READ_MODES[self.mode][1])
+
+    def load(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Read an image file the way this pipeline takes it (:func:`~edgeseg_runtime.images.load_image`).
+
+        Returns:
+            ``(H, W, C)`` array of :attr:`dtype`.
+
+        Raises:
+            ImageError: see :func:`~edgeseg_runtime.images.load_image`.
+        """
+        return load_image(path, max_pixels=max_pixels, mode=self.mode)
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """Network input ``(W, H)`` for an image of ``width`` x ``height`` pixels.
@@ -82,6 +117,13 @@ class Preprocess:
         """
         if self.size is None:
             w, h = width, height
+            scale = 1.0
+            if self.min_side and min(w, h) < self.min_side:
+                scale = self.min_side / min(w, h)
+            if self.max_side and max(w, h) * scale > self.max_side:
+                scale = self.max_side / max(w, h)
+            if scale != 1.0:
+                w, h = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
         elif not self.keep_ratio:
             return self.size
         else:
@@ -127,38 +169,53 @@ class Preprocess:
         """Resize and normalize one image (:meth:`resize` then :meth:`normalize`).
 
         Args:
-            rgb: ``(H, W, 3)`` uint8 RGB image.
+            rgb: ``(H, W, C)`` image as :meth:`load` reads it (``RGB``: ``(H, W, 3)`` uint8).
 
         Returns:
-            ``(1, 3, h, w)`` float32 C-contiguous NCHW tensor.
+            ``(1, C, h, w)`` float32 C-contiguous NCHW tensor.
         """
         return self.normalize(self.resize(rgb))
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
-        """The Resize step alone: ``(H, W, 3)`` uint8 RGB → ``(h, w, 3)`` uint8 RGB at the network size."""
+        """The Resize step alone: ``(H, W, C)`` → ``(h, w, C)`` of the same dtype at the network size.
+
+        8-bit images resize through Pillow's ``RGB``/``L`` modes (:func:`bilinear`); 16-bit and float ones
+        one channel at a time in float32 (mode ``F``), 16-bit rounded back to the nearest integer, as
+        OpenCV's ``resize`` rounds ``CV_16U``.
+        """
         height, width = rgb.shape[:2]
         w, h = self.target_size(width, height)
-        if (w, h) != (width, height):
-            rgb = np.asarray(bilinear(Image.fromarray(rgb), w, h))
-        return rgb
+        if (w, h) == (width, height):
+            return rgb
+        if rgb.dtype == np.uint8 and rgb.shape[2] == 3:
+            return np.asarray(bilinear(Image.fromarray(rgb), w, h))
+        out = np.empty((h, w, rgb.shape[2]), dtype=rgb.dtype)
+        for c in range(rgb.shape[2]):
+            plane = rgb[:, :, c]
+            if rgb.dtype == np.uint8:
+                out[:, :, c] = np.asarray(bilinear(Image.fromarray(np.ascontiguousarray(plane)), w, h))
+                continue
+            resized = np.asarray(bilinear(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)), w, h))
+            out[:, :, c] = np.clip(np.rint(resized), 0, 65535) if rgb.dtype == np.uint16 else resized
+        return out
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """The Normalize/Pad/ImageToTensor steps: ``(h, w, 3)`` uint8 RGB → ``(1, 3, H, W)`` float32 NCHW.
+        """The Normalize/Pad/ImageToTensor steps: ``(h, w, C)`` → ``(1, C, H, W)`` float32 NCHW.
 
-        Channels are reordered to the network's order (``to_rgb``), then
-        ``(x - mean) / std`` is applied as one fused multiply-add, written
+        Channels are reordered to the network's order (``to_rgb``, RGB images),
+        then ``(x - mean) / std`` is applied as one fused multiply-add, written
         straight into the padded tensor (``H, W`` = :meth:`padded_size`).
         """
-        h, w = rgb.shape[:2]
+        h, w, c = rgb.shape
         chw = rgb.transpose(2, 0, 1)
-        if not self.to_rgb:
+        if not self.to_rgb and self.mode == "RGB":
             chw = chw[::-1]
         scale, bias = self._affine
         pw, ph = self.padded_size(w, h)
         if (pw, ph) == (w, h):
-            out = np.empty((1, 3, h, w), dtype=np.float32)
+            out = np.empty((1, c, h, w), dtype=np.float32)
         else:
-            out = np.full((1, 3, ph, pw), self.pad_value, dtype=np.float32)
+            out = np.full((1, c, ph, pw), self.pad_value, dtype=np.float32)
         body = out[0, :, :h, :w]
         np.multiply(chw, scale, out=body, dtype=np.float32)  # (x - mean) / std == x * (1/std) - mean/std
         if bias is not None:
@@ -167,9 +224,9 @@ class Preprocess:
 
     @cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray | None]:
-        scale = (1.0 / np.asarray(self.std, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
+        scale = (1.0 / np.asarray(self.std, dtype=np.float64)).astype(np.float32).reshape(-1, 1, 1)
         bias = (-np.asarray(self.mean, dtype=np.float64) / np.asarray(self.std, dtype=np.float64)).astype(np.float32)
-        return scale, (bias.reshape(3, 1, 1) if bias.any() else None)
+        return scale, (bias.reshape(-1, 1, 1) if bias.any() else None)
 
 
 @dataclass(frozen=True)
@@ -238,7 +295,8 @@ class Postprocess:
             C images of ``width`` x ``height`` float32 pixels, class 0 first
             (read them with :func:`image_bands` to keep memory at one plane).
         """
-        return self._plane_images(*_crop_valid(output, valid), height, width)
+        cropped, box = _crop_valid(output, valid)
+        return self._plane_images(cropped, height, width, box)
 
     @staticmethod
     def _plane_images(output: np.ndarray, height: int, width: int,
@@ -406,6 +464,7 @@ def from_spec(spec: PipelineSpec) -> tuple[Preprocess, Postprocess]:
     """The :class:`Preprocess` and :class:`Postprocess` of a validated pipeline."""
     return (
         Preprocess(size=spec.size, keep_ratio=spec.keep_ratio, mean=spec.mean, std=spec.std, to_rgb=spec.to_rgb,
-                   pad_divisor=spec.pad_divisor, pad_size=spec.pad_size, pad_value=spec.pad_value),
+                   pad_divisor=spec.pad_divisor, pad_size=spec.pad_size, pad_value=spec.pad_value,
+                   mode=spec.image_mode, min_side=spec.min_side, max_side=spec.max_side),
         Postprocess(num_classes=spec.num_classes, with_argmax=spec.with_argmax),
     )

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from .archive import Archive
 from .contract import Model, PipelineSpec
 from .errors import ArchiveError, EdgesegError, ImageError, ToolchainError
+from .images import DEFAULT_MAX_PIXELS
 from .pipeline import Postprocess, Preprocess, fits_input, from_spec
 from .runners import Runner, open_runner
 
@@ -55,7 +57,8 @@ class Segmentation:
     Attributes:
         labels: ``(H, W)`` uint8 (uint16 above 256 classes) class ids at the image's size.
         scores: ``(C, H, W)`` float32 per-class scores at the image's size, when asked for.
-        output: the raw network output, ``(1, C, h, w)`` float32 or ``(1, 1, h, w)`` int.
+        output: the raw network output, ``(1, C, h, w)`` float32 or ``(1, 1, h, w)`` int (sliding-window
+            inference: the overlap-averaged scores at the resized image's size).
     """
 
     labels: np.ndarray
@@ -126,6 +129,9 @@ class Segmentor:
         # a variant stretches to its size, or letterboxes into it when the pipeline keeps the ratio into a fixed Pad
         self._pre = {s: replace(pre, size=(s[1], s[0]), keep_ratio=pre.keep_ratio and pre.pad_size is not None,
                                 pad_size=(s[1], s[0]) if pre.pad_size is not None else None) for s in self.variants}
+        #: sliding-window inference: ``((H, W) window, (H, W) stride)``, None for "whole"
+        self.slide: tuple[tuple[int, int], tuple[int, int]] | None = (
+            (pipeline.slide_crop, pipeline.slide_stride) if pipeline.slide_crop and pipeline.slide_stride else None)
 
     def __enter__(self) -> Segmentor:
         with _backend_errors(self.runner.backend):
@@ -144,24 +150,41 @@ class Segmentor:
         """The static-shape variant an image of this size runs at (None: the archive has no variants)."""
         return nearest_variant(list(self.variants), height, width) if self.variants else None
 
+    def load(self, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Read an image file as this archive's pipeline takes it (:meth:`Preprocess.load
+        <edgeseg_runtime.pipeline.Preprocess.load>`: ``(H, W, 3)`` uint8 RGB for colour models).
+
+        Raises:
+            ImageError: see :func:`~edgeseg_runtime.images.load_image`.
+        """
+        return self.preprocess.load(path, max_pixels=max_pixels)
+
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """Pre-process one image into the network input.
 
         Args:
-            rgb: ``(H, W, 3)`` uint8 RGB image.
+            rgb: ``(H, W, C)`` image as :meth:`load` gives it (colour models: ``(H, W, 3)`` uint8 RGB;
+                a one-channel model also takes ``(H, W)``).
 
         Returns:
-            ``(1, 3, h, w)`` float32 tensor.
+            ``(1, C, h, w)`` float32 tensor (with sliding-window inference, the whole image: larger than
+            the network's window).
 
         Raises:
-            ImageError: not an ``(H, W, 3)`` uint8 array, or the network input
+            ImageError: not an array of the pipeline's channels and dtype, or the network input
                 size cannot be met (static model, other size).
         """
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+        pre = self.preprocess
+        if rgb.ndim == 2 and pre.channels == 1:
+            rgb = rgb[:, :, None]
+        if rgb.ndim != 3 or rgb.shape[2] != pre.channels or rgb.dtype != pre.dtype:
+            what = "RGB image" if pre.mode == "RGB" else f"{pre.mode} image"
+            raise ImageError(f"expected an (H, W, {pre.channels}) {pre.dtype} {what}, got {rgb.dtype} {rgb.shape}")
         variant = self.variant_for(rgb.shape[0], rgb.shape[1])
         tensor = self.preprocess_for(rgb.shape[0], rgb.shape[1])(rgb)
-        if not fits_input(tensor.shape, [1, 3, *variant] if variant else self.input_shape):
+        if self.slide is not None:
+            return tensor  # windows of the network's size are cut from it (forward)
+        if not fits_input(tensor.shape, [1, pre.channels, *variant] if variant else self.input_shape):
             raise ImageError(
                 f"pre-processing gives {list(tensor.shape)} but the model takes {self.input_shape}; "
                 "the archive's pipeline.json does not fit its model"
@@ -183,8 +206,21 @@ class Segmentor:
         valid = self.preprocess_for(height, width).valid_fraction(width, height)
         return self.postprocess(output, height, width, want_scores=scores, valid=valid)
 
+    def forward(self, tensor: np.ndarray) -> np.ndarray:
+        """The network over one pre-processed image: one :meth:`infer` ("whole" inference), or the
+        overlap-averaged windows of :func:`~edgeseg_runtime.slide.slide_inference` ("slide").
+
+        Returns:
+            ``(1, C, h, w)`` scores or ``(1, 1, h, w)`` labels; with "slide", scores at the tensor's size.
+        """
+        if self.slide is None:
+            return self.infer(tensor)
+        from .slide import slide_inference
+
+        return slide_inference(tensor, self.slide[0], self.slide[1], self.infer, self.preprocess.pad_value)
+
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the backend on one pre-processed tensor (the variant of its H, W); returns the raw output.
+        """Run the backend on one network input (the variant of its H, W); returns the raw output.
 
         Raises:
             ToolchainError: the backend failed, or its output is not the manifest's
@@ -210,12 +246,12 @@ class Segmentor:
         """Segment one image.
 
         Args:
-            rgb: ``(H, W, 3)`` uint8 RGB image (see :func:`~edgeseg_runtime.images.load_image`).
+            rgb: ``(H, W, C)`` image as :meth:`load` reads it (colour models: ``(H, W, 3)`` uint8 RGB).
             scores: also return per-class scores resized to the image.
 
         Returns:
             A :class:`Segmentation` at the image's size.
         """
-        output = self.infer(self.prepare(rgb))
+        output = self.forward(self.prepare(rgb))
         labels, score_maps = self.finish(output, rgb.shape[0], rgb.shape[1], scores=scores)
         return Segmentation(labels=labels, scores=score_maps, output=output)

@@ -1,8 +1,9 @@
 """Golden check: re-run the archive's golden images and compare with the fp32 reference.
 
 For each golden image the archive holds the fp32 ONNX Runtime output made at
-build time (``*.output.npy``) and its label map (``*.labels.png``). An image
-passes when
+build time (``*.output.npy``: the whole output, or :data:`~edgeseg_runtime.contract.GOLDEN_SAMPLES`
+samples of it at fixed positions when it is larger, :class:`~edgeseg_runtime.contract.GoldenSample`)
+and its label map at the image's size (``*.labels.png``). An image passes when
 
 * raw outputs agree element-wise, ``|out - ref| <= atol * R + rtol * |ref|``
   (the ``numpy.allclose`` rule with ``atol`` relative to the output's range
@@ -34,7 +35,7 @@ import numpy as np
 
 from .archive import Archive
 from .errors import ArchiveError
-from .images import load_image, load_label_map
+from .images import load_label_map
 from .segmentor import Segmentor
 
 __all__ = ["Agreement", "ImageCheck", "VerifyReport", "compare_arrays", "compare_outputs", "verify_archive", "load_npy",
@@ -331,11 +332,17 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, labe
     if not m.golden:
         raise ArchiveError(f"{archive.source}: the manifest lists no golden images; nothing to verify")
     for entry in m.golden:
-        result = segmentor.segment(load_image(archive.path(entry.image)))
+        result = segmentor.segment(segmentor.load(archive.path(entry.image)))
         reference = load_npy(archive.path(entry.output), m.files[entry.output].size + 4096)
         reference_labels = load_label_map(archive.path(entry.labels))
+        output = result.output
+        if entry.sample is not None:  # the archive holds samples of the reference: compare the same elements
+            if tuple(output.shape) != entry.sample.shape or reference.shape != (entry.sample.count,):
+                output = np.full((1,), np.inf, dtype=np.float32)  # a shape mismatch: fails below, as inf
+            else:
+                output = output.reshape(-1)[entry.sample.indices()]
         max_diff, mean_diff, agreement, ok = compare_outputs(
-            result.output, reference, result.labels, reference_labels, tol, m.target.precision
+            output, reference, result.labels, reference_labels, tol, m.target.precision
         )
         report.images.append(ImageCheck(entry.image, max_diff, mean_diff, agreement, ok))
         if result.labels.shape == reference_labels.shape:
