@@ -58,7 +58,7 @@ from .cache import QuantCache, cache_key
 from .calibration import CalibrationSet, load_calibration
 from .datasets import Dataset
 from .errors import ArchiveError, ConfigError, ConversionError, EdgesegError, ToolchainError, VerifyError
-from .export import SharedModel, export_shared, spec_defaults
+from .export import SharedModel, export_shared, source_kind, spec_defaults
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
@@ -175,7 +175,7 @@ def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, i
         ConfigError: a static ONNX asked for other sizes.
         ConversionError: a dynamic export (``input.dynamic``) that is wrong at a second size.
     """
-    from_torch = not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".onnx"
+    from_torch = source_kind(source) == "torch"
     if not shapes:
         shareds = [export_shared(source, spec, work / "export", with_argmax=with_argmax, dynamic=tgt.input.dynamic,
                                  static=static)]

@@ -27,16 +27,9 @@ from typing import Any
 from edgeseg_runtime.archive import sha256_file
 
 from .backends import ModelFiles
+from .cache_dir import cache_root
 
 __all__ = ["cache_root", "cache_key", "QuantCache"]
-
-
-def cache_root() -> Path:
-    """The edgeseg cache folder (see module doc); not created here."""
-    if os.environ.get("EDGESEG_CACHE_DIR"):
-        return Path(os.environ["EDGESEG_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgeseg"
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -174,7 +174,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     """Read the source model as an ONNX graph.
 
     Args:
-        model: an ``.onnx`` file, a TorchScript file (``torch.jit.save``), or an
+        model: an ``.onnx`` file, a TorchScript file (``torch.jit.save``), a TensorFlow Lite file (converted
+            with tf2onnx and checked against LiteRT: :mod:`edgeseg.tflite_import`), or an
             ``nn.Module`` / ``ScriptModule`` object.
         spec: its model spec (input size and layout are needed for PyTorch).
         work: scratch folder.
@@ -184,9 +185,9 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         ``(graph, sha256 of the source file or "")``.
 
     Raises:
-        ConfigError: file missing, empty, or neither ONNX nor TorchScript.
-        ConversionError: the PyTorch export failed.
-        ToolchainError: torch needed but not installed.
+        ConfigError: file missing, empty, or neither ONNX, TorchScript nor TensorFlow Lite.
+        ConversionError: the PyTorch export or the TFLite conversion failed.
+        ToolchainError: torch needed but not installed; the TFLite converter venv cannot be made.
     """
     onnx = _onnx()
     if not isinstance(model, (str, Path)):
@@ -209,23 +210,41 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         exported = work / "from_torchscript.onnx"
         exporter = _export_torch(module, spec, exported, dynamic)
         return _stamped(onnx.load(str(exported)), exporter), digest
-    if data[4:8] == b"TFL3":  # the FlatBuffers file identifier of a TensorFlow Lite model
-        raise ConfigError(
-            f"{path}: a TensorFlow Lite model; edgeseg builds from ONNX, TorchScript or PyTorch: convert it first "
-            "with 'python -m tf2onnx.convert --tflite MODEL.tflite --output MODEL.onnx --opset 17' (tf2onnx and "
-            "TensorFlow from PyPI, in a separate venv; scripts/convert_default_model.py does this for the default model)"
-        )
+    if data[4:8] == TFLITE_ID:
+        from .tflite_import import tflite_to_onnx
+
+        return tflite_to_onnx(path, work), digest
     try:
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as exc:  # protobuf DecodeError, ValidationError
-        raise ConfigError(
-            f"{path}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "give an .onnx file, a TorchScript file, or an nn.Module from Python"
-        ) from None
+        raise _not_onnx(path, exc) from None
     if not proto.graph.node:
         raise ConfigError(f"{path}: ONNX file has an empty graph")
     return proto, digest
+
+
+#: the FlatBuffers file identifier of a TensorFlow Lite model (bytes 4-8 of the file; TFLite schema)
+TFLITE_ID = b"TFL3"
+
+
+def source_kind(model: str | Path | Any) -> str:
+    """``"torch"`` (an ``nn.Module``, or a zip file: TorchScript), ``"tflite"`` or ``"onnx"``, from the file's
+    first bytes (not its name); a missing file is ``"onnx"`` (reported when it is read)."""
+    if not isinstance(model, (str, Path)):
+        return "torch"
+    try:
+        with Path(model).open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return "onnx"
+    return "torch" if head[:4] == _ZIP_MAGIC else "tflite" if head[4:8] == TFLITE_ID else "onnx"
+
+
+def _not_onnx(path: Path, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"{path}: not a valid ONNX model ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
+        "give an .onnx, TorchScript or .tflite file, or an nn.Module from Python")
 
 
 def spec_defaults(model: str | Path) -> dict[str, Any]:
@@ -239,21 +258,27 @@ def spec_defaults(model: str | Path) -> dict[str, Any]:
       then applies, and is checked against the graph).
 
     Raises:
-        ConfigError: the file does not exist.
+        ConfigError: the file does not exist, is empty, or is an ``.onnx`` file that does not parse (said
+            before a missing spec is).
     """
     import re
 
     path = Path(model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path}: model file is empty")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).lstrip("._-")[:64] or "model"
     out: dict[str, Any] = {"name": name}
-    if path.suffix.lower() != ".onnx":
+    kind = source_kind(path)
+    if kind == "tflite":  # TFLite's convolutions are NHWC only: so are its segmentation models' input and output
+        return {**out, "input": {"layout": "NHWC"}, "output": {"layout": "NHWC"}}
+    if kind != "onnx" or path.suffix.lower() != ".onnx":
         return out
     try:
         proto = _onnx().load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001  an unreadable file is load_source's to report, in its words
-        return out
+    except Exception as exc:  # noqa: BLE001  protobuf DecodeError and friends: one line
+        raise _not_onnx(path, exc) from None
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     def few(d: Any) -> bool:

@@ -8,11 +8,12 @@ against the model's own documentation before a build. The draft is a valid spec:
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .export import spec_defaults, tensor_dims
+from .export import source_kind, spec_defaults, tensor_dims
 from .spec import load_spec
 
 __all__ = ["draft_spec", "write_draft"]
@@ -27,7 +28,7 @@ def draft_spec(model: str | Path) -> str:
     """A model spec TOML for an ONNX file, every guess marked.
 
     Args:
-        model: an ``.onnx`` file.
+        model: an ``.onnx`` file, or a ``.tflite`` file (drafted from the ONNX it converts to).
 
     Returns:
         TOML text that :func:`edgeseg.spec.load_spec` accepts.
@@ -39,10 +40,16 @@ def draft_spec(model: str | Path) -> str:
 
     path = Path(model)
     facts = spec_defaults(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001  onnx raises DecodeError and friends: one line
-        raise ConfigError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0][:120]})") from None
+    if source_kind(path) == "tflite":  # drafted from the graph it converts to (NHWC, as TFLite's)
+        from .tflite_import import tflite_to_onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgeseg-spec-") as tmp:
+            proto = tflite_to_onnx(path, Path(tmp))
+    else:
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001  onnx raises DecodeError and friends: one line
+            raise ConfigError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0][:120]})") from None
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(proto.graph.output) != 1:

@@ -55,8 +55,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Calibration cache in a fresh folder: tests never read or fill the user's ~/.cache/edgeseg."""
+    """Calibration cache in a fresh folder: tests never read or fill the user's ~/.cache/edgeseg. Converter
+    venvs (the TFLite importer's, 2 min and 1.3 GB to make) are kept between runs in ~/.cache/edgeseg-tests/tools
+    (``EDGESEG_TOOLS_DIR`` to put them elsewhere), named by a hash of their recipe."""
     os.environ["EDGESEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeseg-cache"))
+    os.environ.setdefault("EDGESEG_TOOLS_DIR", str(Path.home() / ".cache" / "edgeseg-tests" / "tools"))
 
 
 @pytest.fixture(scope="session")

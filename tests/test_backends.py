@@ -24,7 +24,7 @@ from edgeseg_runtime.runners import BACKEND_NAMES, REGISTRY, BaseRunner, Option,
 HOST = Path(edgeseg.__file__).parent
 RUNTIME = Path(edgeseg_runtime.__file__).parent
 #: host modules in edgeseg/backends that are helpers, not backends
-HOST_HELPERS = {"__init__", "onnx_torch"}
+HOST_HELPERS = {"__init__", "onnx_torch", "unsupported"}
 #: capabilities and optional runner/backend attributes: read as attributes, never with getattr(x, "name", default)
 CAPABILITY_NAMES = {*Capabilities.__dataclass_fields__, "capabilities", "system_requirement", "constraints", "plan",
                     "OPTIONS", "quant_options", "requirement"}

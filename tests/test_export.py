@@ -98,17 +98,20 @@ def test_threshold_folded_with_argmax(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "model file is empty"), (b"this is not onnx at all", "not a valid ONNX model"), (b"PK\x03\x04garbage", None),
-     (b"\x1c\x00\x00\x00TFL3\x14\x00", "a TensorFlow Lite model; edgeseg builds from ONNX")],
+     (b"\x1c\x00\x00\x00TFL3\x14\x00", "not a valid TensorFlow Lite model (truncated: 10 bytes")],
 )
 def test_bad_model_files(content: bytes, message: str | None, tmp_path: Path) -> None:
-    path = tmp_path / "m.onnx"
-    path.write_bytes(content)
-    proc = edgeseg_cli("build", "--target", "cpu", "--model", path, "--spec", edgeseg.DEFAULT_SPEC, "--out", tmp_path / "d")
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1, proc.stderr  # one line
-    if message:
-        assert message in proc.stderr
-    assert not (tmp_path / "d").exists()
+    """Said in one line, with a spec or without one (the file is read before a missing spec is reported)."""
+    for suffix in (".onnx", ".tflite"):
+        path = tmp_path / f"m{suffix}"
+        path.write_bytes(content)
+        for spec in (["--spec", edgeseg.DEFAULT_SPEC], []):
+            proc = edgeseg_cli("build", "--target", "cpu", "--model", path, *spec, "--out", tmp_path / "d")
+            assert proc.returncode == 2
+            assert proc.stderr.count("\n") == 1, proc.stderr  # one line
+            if message and (spec or (suffix == ".onnx" and b"TFL3" not in content)):  # else: "a spec is needed"
+                assert message in proc.stderr, (suffix, spec, proc.stderr)
+            assert not (tmp_path / "d").exists()
 
 
 def test_missing_model_and_spec(tmp_path: Path) -> None:

@@ -145,3 +145,25 @@ def test_onnx2torch_failure_names_the_op_version_nodes_and_fix() -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     got = onnx_to_torch(model(17), "tflite")(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, x + x.mean(axis=(2, 3), keepdims=True), atol=1e-6)
+
+
+def test_an_onnx_op_pnnx_passes_through_is_named(tmp_path: Path) -> None:
+    """pnnx copies an ONNX op it cannot read (ConvTranspose with auto_pad) into the ncnn param under its ONNX
+    name; ncnn has no such layer: the build stops with the op and node named, not at load time on a device."""
+    pytest.importorskip("pnnx", reason="pnnx is not installed (extra 'ncnn')")
+    import onnx
+    from conftest import edgeseg_cli
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 2, 2, 2)).astype(np.float32), "w")
+    up = helper.make_node("ConvTranspose", ["input", "w"], ["up"], name="decoder/up", strides=[2, 2],
+                          auto_pad="SAME_UPPER")
+    pool = helper.make_node("AveragePool", ["up"], ["logits"], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([up, pool], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 32, 32])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "m.onnx")
+    proc = edgeseg_cli("build", "-t", "arm", "-p", "fp32", "-m", tmp_path / "m.onnx", "--output-kind", "logits",
+                       "--classes", "a,b", "-o", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "pnnx left ops ncnn has no layer for: ConvTranspose (ONNX ConvTranspose 'decoder/up')"), proc.stderr

@@ -144,8 +144,15 @@ class NcnnBackend(BaseBackend):
             errors = log_errors(log) or log.splitlines()
             raise ConversionError(f"pnnx could not convert {onnx_path.name} (exit {proc.returncode}): "
                                   f"{tool_lines(chr(10).join(errors[-3:]), keep=3) or 'no output'}")
-        # a layer type with a dot (pnnx.Expression, torch.xxx, F.xxx) is an op pnnx could not map to ncnn
-        unsupported = sorted({f[0] for f in (line.split() for line in param.read_text().splitlines()[2:]) if f and "." in f[0]})
+        # a layer type with a dot (pnnx.Expression, torch.xxx, F.xxx) is an op pnnx could not map to ncnn; one
+        # without a dot that ncnn does not know is an ONNX op pnnx passed through (ConvTranspose with auto_pad)
+        try:
+            from ncnn import layer_to_index
+        except ImportError:  # pnnx without the ncnn module: the dotted names only
+            def layer_to_index(_name: str) -> int:
+                return 0
+        types = {f[0] for f in (line.split() for line in param.read_text().splitlines()[2:]) if f}
+        unsupported = sorted(t for t in types if "." in t or layer_to_index(t) < 0)
         if unsupported:
             raise ConversionError(pnnx_unsupported(model, unsupported))
         in_blob, out_blob = param_blobs(param)

@@ -70,7 +70,7 @@ def pnnx_unsupported(model: Any, left: list[str]) -> str:
     """
     parts, types = [], []
     for op in left:
-        onnx_types = PNNX_TO_ONNX.get(op, ())
+        onnx_types = PNNX_TO_ONNX.get(op, () if "." in op else (op,))  # no dot: the ONNX op itself, passed through
         nodes = nodes_of(model, onnx_types)
         types += [t for t in onnx_types if any(n.startswith(t + " ") for n in nodes)]
         parts.append(f"{op} (ONNX {'; '.join(nodes)})" if nodes else op)
