@@ -80,7 +80,7 @@ def converter_python(report: Callable[[str], None] | None = None) -> Path:
         return python
     home.parent.mkdir(parents=True, exist_ok=True)
     (report or logging.getLogger(__name__).info)(
-        f"making the TFLite converter venv once (tf2onnx + TensorFlow from PyPI, ~2 min) in {home}")
+        f"making the TFLite converter venv once (tf2onnx + TensorFlow from PyPI, 1-2 min, 1.3 GB) in {home}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
     try:
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True, timeout=300)
@@ -97,6 +97,9 @@ def converter_python(report: Callable[[str], None] | None = None) -> Path:
                 raise
     except subprocess.TimeoutExpired:
         raise ToolchainError("making the TFLite converter venv took too long (pip timed out)") from None
+    except subprocess.CalledProcessError as exc:
+        raise ToolchainError(f"could not make the TFLite converter venv with {sys.executable} -m venv "
+                             f"(exit {exc.returncode})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return python
@@ -125,8 +128,8 @@ def tflite_to_onnx(path: Path, work: Path, report: Callable[[str], None] | None 
     data = path.read_bytes()
     root = int.from_bytes(data[:4], "little") if len(data) >= 8 else 0
     if len(data) < 32 or not 8 <= root <= len(data) - 4:  # FlatBuffers: the root table's offset, inside the file
-        raise ConfigError(f"{path}: not a valid TensorFlow Lite model (truncated: {len(data)} bytes, root table at "
-                          f"{root})")
+        raise ConfigError(f"{path}: not a valid TensorFlow Lite model (truncated: {len(data)} bytes, root table "
+                          f"offset {root})")
     python = converter_python(report)
     raw, check = work / "from_tflite.onnx", work / "tflite_check.npz"
     try:
