@@ -43,7 +43,7 @@ import edgeseg_runtime
 from edgeseg_runtime.archive import SCHEMA_VERSION, Archive
 from edgeseg_runtime.contract import (GOLDEN_SAMPLES, GOLDEN_STEP, Golden, GoldenSample, Model, PipelineSpec, RuntimeInfo,
                                      TensorSpec, parse_version)
-from edgeseg_runtime.images import iter_image_paths, save_image, save_label_map
+from edgeseg_runtime.images import iter_image_paths, load_image, save_image, save_label_map
 from edgeseg_runtime.pipeline import output_labels
 from edgeseg_runtime.runners import REGISTRY, runner_class
 from edgeseg_runtime.segmentor import Segmentor
@@ -62,7 +62,7 @@ from .export import SharedModel, export_shared, source_kind, spec_defaults
 from .variants import DynamicCheck, check_dynamic_export, probe_shape, spec_at, variant_dir
 from .signing import default_sign_key, load_private_key, sign_stage
 from .wheels import fetch_wheels
-from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline, stretch_to
+from .pipeline import check_pipeline, make_detail, make_deploy, make_pipeline
 from .spec import DATA, DEFAULT_SPEC, ModelSpec, load_spec
 from .targets import Target, load_target
 
@@ -197,7 +197,7 @@ def _export(source: Any, spec: ModelSpec, tgt: Target, shapes: list[tuple[int, i
             dynamic = shareds[0] if tgt.input.dynamic else export_shared(
                 source, spec_at(spec, shapes[0]), work / "dynamic", with_argmax=with_argmax, dynamic=True)
             photo = next(iter(iter_image_paths([SAMPLE_IMAGES])))
-            check = check_dynamic_export(dynamic.path, static.path, spec, stretch_to(spec, 1, 1).load(photo))
+            check = check_dynamic_export(dynamic.path, static.path, spec, load_image(photo, mode=spec.input.read_mode))
         except ConversionError as exc:
             check = DynamicCheck(False, probe, float("nan"), 0.0, f"the exporter refused it: {exc}")
         if tgt.input.dynamic and not check.safe:

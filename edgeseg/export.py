@@ -201,7 +201,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise ConfigError(f"{path}: model file is empty")
-    if data[:4] == _ZIP_MAGIC:
+    kind = _kind(data)
+    if kind == "torch":
         torch = _torch()
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -210,7 +211,7 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         exported = work / "from_torchscript.onnx"
         exporter = _export_torch(module, spec, exported, dynamic)
         return _stamped(onnx.load(str(exported)), exporter), digest
-    if data[4:8] == TFLITE_ID:
+    if kind == "tflite":
         from .tflite_import import tflite_to_onnx
 
         return tflite_to_onnx(path, work), digest
@@ -235,9 +236,13 @@ def source_kind(model: str | Path | Any) -> str:
         return "torch"
     try:
         with Path(model).open("rb") as f:
-            head = f.read(8)
+            return _kind(f.read(8))
     except OSError:
         return "onnx"
+
+
+def _kind(head: bytes) -> str:
+    """A model file's kind from its first bytes: a zip (TorchScript), a TFLite FlatBuffer, else ONNX."""
     return "torch" if head[:4] == _ZIP_MAGIC else "tflite" if head[4:8] == TFLITE_ID else "onnx"
 
 
@@ -394,17 +399,16 @@ def dcr_to_crd(model: onnx.ModelProto) -> int:
     for i, node in enumerate(list(graph.node)):
         if node.op_type != "DepthToSpace":
             continue
-        mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "DCR")
-        if mode != "DCR":
+        if _attr(node, "mode", b"DCR") != b"DCR":
             continue
-        b = next(a.i for a in node.attribute if a.name == "blocksize")
+        b = _attr(node, "blocksize")
         src = producer.get(node.input[0])
         weight = inits.get(src.input[1]) if src is not None and len(src.input) > 1 else None
         channels = None
         if weight is not None and src.op_type == "Conv":
             channels = weight.dims[0]
         elif weight is not None and src.op_type == "ConvTranspose":
-            channels = weight.dims[1] * next((a.i for a in src.attribute if a.name == "group"), 1)
+            channels = weight.dims[1] * _attr(src, "group", 1)
         dims = shapes.get(node.input[0])
         channels = channels or (dims[1] if dims and len(dims) == 4 and isinstance(dims[1], int) else None)
         if not channels:
@@ -413,7 +417,7 @@ def dcr_to_crd(model: onnx.ModelProto) -> int:
         c_out = channels // (b * b)
         perm = np.array([k * c_out + c for c in range(c_out) for k in range(b * b)], dtype=np.int64)
         foldable = (src is not None and src.op_type == "Conv" and weight is not None
-                    and next((a.i for a in src.attribute if a.name == "group"), 1) == 1  # a grouped conv's channels
+                    and _attr(src, "group", 1) == 1  # a grouped conv's channels
                     # are tied to their input group: permuting them would change what they read
                     and uses.get(node.input[0], 0) == 1 and node.input[0] not in {o.name for o in graph.output}
                     and all(uses.get(x, 0) == 1 for x in src.input[1:]) and all(x in inits for x in src.input[1:]))
@@ -429,13 +433,19 @@ def dcr_to_crd(model: onnx.ModelProto) -> int:
                                                          name=f"{node.name or node.output[0]}_crd_order"))
             node.input[0] = gathered
             inserted += 1
-        for a in node.attribute:
-            if a.name == "mode":
-                a.s = b"CRD"
-        if not any(a.name == "mode" for a in node.attribute):
-            node.attribute.append(helper.make_attribute("mode", "CRD"))
+        for a in [a for a in node.attribute if a.name == "mode"]:
+            node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute("mode", "CRD"))
         done += 1
     return done
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    """An ONNX node attribute's value (``onnx.helper.get_attribute_value``), or ``default`` when it is absent."""
+    from onnx import helper
+
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else helper.get_attribute_value(found)
 
 
 def _check_input(g_in: Any, spec: ModelSpec) -> tuple[list[Any], tuple[int, int]]:

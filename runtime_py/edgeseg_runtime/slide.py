@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .pipeline import bilinear, image_bands
+from .pipeline import Postprocess
 
 __all__ = ["windows", "slide_inference"]
 
@@ -70,8 +70,8 @@ def slide_inference(tensor: np.ndarray, crop: tuple[int, int], stride: tuple[int
             padded[:, :, :h, :w] = window
             window = padded
         scores = np.asarray(infer(np.ascontiguousarray(window)), dtype=np.float32)[0]
-        if scores.shape[1:] != tuple(crop):
-            scores = np.stack([_resized(plane, crop[0], crop[1]) for plane in scores])
+        if scores.shape[1:] != tuple(crop):  # bilinear, one plane at a time (mmseg's resize)
+            scores = np.stack(list(Postprocess(scores.shape[0], False).planes(scores[None], crop[0], crop[1])))
         if total is None:
             total = np.zeros((scores.shape[0], height, width), dtype=np.float32)
         total[:, y1:y2, x1:x2] += scores[:, :h, :w]
@@ -80,13 +80,3 @@ def slide_inference(tensor: np.ndarray, crop: tuple[int, int], stride: tuple[int
     total /= count
     return total[None]
 
-
-def _resized(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One float32 plane bilinearly resized (:func:`~edgeseg_runtime.pipeline.bilinear`, mmseg's ``resize``)."""
-    from PIL import Image
-
-    img = bilinear(Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32)), width, height)
-    out = np.empty((height, width), dtype=np.float32)
-    for y, band in image_bands(img):
-        out[y:y + len(band)] = band
-    return out
