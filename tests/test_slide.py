@@ -74,6 +74,25 @@ def test_scores_are_overlap_averaged_and_small_images_padded() -> None:
     np.testing.assert_allclose(small[0, 1], -x[0, 0, :50, :70], atol=1e-6)
 
 
+def test_a_smaller_output_is_resized_bilinearly_to_the_window() -> None:
+    """A network whose output is half its input's resolution (2x2 mean pooling): each window's scores are
+    resized bilinearly (half-pixel centres) back to the window, which is exact for a linear ramp away from the
+    window edges (there edge clamping is off by at most half a pixel's slope)."""
+    slope = 1e-3
+    yy, xx = np.mgrid[0:300, 0:420].astype(np.float32)
+    x = np.broadcast_to(slope * (yy + 2 * xx), (1, 3, 300, 420)).astype(np.float32)
+
+    def pooled(t: np.ndarray) -> np.ndarray:
+        n, _, h, w = t.shape
+        half = t[:, :1].reshape(n, 1, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+        return np.concatenate([half, -half], axis=1)
+
+    out = slide_inference(x, (128, 160), (100, 120), pooled)
+    err = np.abs(out[0, 0] - x[0, 0])
+    assert out.shape == (1, 2, 300, 420) and float(np.median(err)) < 1e-5, float(np.median(err))
+    assert float(err.max()) <= 1.5 * slope * 1.01, float(err.max())  # half a pixel of the 3*slope-per-pixel ramp
+
+
 def _slide_spec(tmp_path: Path, **inference: object) -> Path:
     text = edgeseg.DEFAULT_SPEC.read_text().replace('name = "selfie_segmentation"', 'name = "selfie_slide"')
     body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {"mode": "slide", "stride": list(STRIDE), **inference}.items())
