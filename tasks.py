@@ -8,7 +8,7 @@
     invoke deploy --archive A.tar.gz --group lab
     invoke export --archive A.tar.gz --device-type raspberrypi4 [--sign-key mender.key]   # a Mender artifact
     invoke compare --images DIR [--masks DIR] [--max-drop 1 --max-gain 0.5]   # cpu vs intel report
-    invoke bench                           # runtime overhead; fp16/int8 vs fp32 latency and accuracy
+    invoke bench                           # runtime overhead; fp16/int8 vs fp32; vs the MMDeploy SDK; run throughput
     invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 
@@ -194,10 +194,15 @@ def test(c, fast=False, k=None):  # noqa: ANN001, ANN201
 
 @task(auto_shortflags=False, help={"runs": "timed iterations per case", "targets": "comma-separated targets"})
 def bench(c, runs=200, targets="cpu,intel"):  # noqa: ANN001, ANN201
-    """Runtime overhead vs bare inference, fp16/int8 vs fp32, then ncnn/LiteRT vs ONNX Runtime (benchmarks/)."""
+    """Runtime overhead vs bare inference, fp16/int8 vs fp32, ncnn/LiteRT vs ONNX Runtime, edgeseg vs the MMDeploy SDK,
+    'edgeseg run' throughput vs a baseline commit (benchmarks/)."""
     c.run(f"'{sys.executable}' benchmarks/bench_runtime.py --runs {int(runs)} --targets {targets}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_quantization.py --runs {max(10, int(runs) // 4)}", pty=False)
     c.run(f"'{sys.executable}' benchmarks/bench_arm.py --runs {int(runs)}", pty=False, warn=True)  # needs [ncnn,tflite]
+    # needs [mmseg] and PyPI once (the MMDeploy SDK's venv, shared with tests/test_mmdeploy_sdk.py)
+    c.run(f"'{sys.executable}' benchmarks/bench_sdk.py --runs {max(10, int(runs) // 5)}", pty=False, warn=True)
+    c.run(f"'{sys.executable}' benchmarks/bench_run.py", pty=False, warn=True)  # edgeseg run vs the c7195f3 runtime
+    c.run(f"'{sys.executable}' benchmarks/bench_stream.py", pty=False, warn=True)  # needs the runtime's [video] (PyAV)
 
 
 @task(auto_shortflags=False, help={"full": "every seed architecture x every backend x fp32,fp16 (else 5 small models, ONNX Runtime fp32)",

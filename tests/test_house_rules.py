@@ -15,7 +15,7 @@ BACKEND_OF_RUNNER = {"onnxruntime.py": {"onnxruntime"}, "openvino.py": {"openvin
                      "coreml.py": {"coremltools"}}
 #: the on-device installer checks Ed25519 signatures with cryptography (imported only there, lazily);
 #: the TensorRT engine builder takes CUDA memory from cuda-python
-EXTRA_OF_MODULE = {"signing.py": {"cryptography"}, "engine.py": {"cuda"}}
+EXTRA_OF_MODULE = {"signing.py": {"cryptography"}, "engine.py": {"cuda"}, "stream.py": {"av"}}
 
 
 def test_runtime_imports_only_stdlib_numpy_pillow_and_its_backend() -> None:

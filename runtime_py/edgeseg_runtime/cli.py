@@ -150,7 +150,9 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
         "run", help="segment images with an archive",
         description="Segment images. For each IMAGE writes OUT/<stem>.png: a single-channel PNG of class ids "
         "at the image's size, with the class palette attached. Prints one line per image (with --json: one JSON "
-        "object per image, JSON Lines). Exit 1 when some images could not be segmented (the others are written).",
+        "object per image, JSON Lines). Exit 1 when some images could not be segmented (the others are written). "
+        "A video file (.mp4 .mkv .avi .mov .webm .m4v) or a camera (/dev/videoN) is segmented frame by frame into "
+        "OUT/<stem>_mask.mkv (needs the runtime's 'video' extra, PyAV). Decoding, inference and writing overlap.",
     )
     _archive_arg(p)
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
@@ -159,6 +161,16 @@ def build_parser(prog: str = "edgeseg") -> tuple[argparse.ArgumentParser, Any]:
     p.add_argument("--probs", action="store_true", help="also write OUT/<stem>_scores.npy: (C, H, W) float32 class scores")
     p.add_argument("--max-pixels", type=_count(1, 1 << 34), default=_DEFAULT_MAX_PIXELS,
                    help="refuse larger images (default %(default)s; peak memory grows ~13 bytes per pixel)")
+    p.add_argument("--frames", action="store_true",
+                   help="videos: also write OUT/<stem>/frame_NNNNNN.png label maps (see docs/streams.md)")
+    p.add_argument("--mask-video", action=argparse.BooleanOptionalAction, default=True,
+                   help="videos: write OUT/<stem>_mask.mkv, the class colours, lossless (default: on)")
+    p.add_argument("--max-frames", type=_count(1, 1 << 40), default=None, metavar="N",
+                   help="videos: stop after N frames (a camera runs until Ctrl-C)")
+    p.add_argument("--threads", type=_count(0, 1024), default=None, metavar="N",
+                   help="backend CPU threads (0 = the backend's choice, one per core; default: the profile's). With "
+                   "several images the backend's idle threads do not busy-wait, leaving the cores to decoding and "
+                   "writing, which overlap with inference")
     json_option(p, "one object per image, one per line (image, label_map, overlay, scores, width, height, "
                 "classes; or image and error)")
     p.set_defaults(func=cmd_run)
@@ -331,22 +343,47 @@ def _jsonable(value: Any) -> Any:
 
 
 def _class_stats(labels: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Coverage and bounding box of each non-background class present (memory: one mask, not its coordinates)."""
+    """Coverage and bounding box of each non-background class present.
+
+    Pixel counts from one histogram. Boxes: with up to :data:`FEW_PRESENT` classes present, from one mask
+    per class; with more (a 19-class street scene), from two histograms whatever their number, of
+    (row, class) and (class, column) pairs: a class's box spans the first and last row and column where
+    it occurs. Memory: a band of rows at a time.
+    """
     import numpy as np
 
+    height, width = labels.shape
+    count = max(len(classes), int(labels.max()) + 1)
+    totals = np.zeros(count, dtype=np.int64)
+    for y in range(0, height, 256):  # bincount widens to int64: a band at a time, not the whole map
+        totals += np.bincount(labels[y:y + 256].ravel(), minlength=count)
+    present = [int(c) for c in np.flatnonzero(totals) if c != 0]
+    if len(present) <= FEW_PRESENT or count * (height + width) > (1 << 24):
+        boxes = {}
+        for c in present:
+            mask = labels == c
+            boxes[c] = (np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0)))
+    else:
+        per_row = np.zeros((height, count), dtype=np.int64)
+        per_col = np.zeros((count, width), dtype=np.int64)
+        columns = np.arange(width, dtype=np.int32)
+        for y in range(0, height, 256):
+            band = labels[y:y + 256].astype(np.int32)
+            rows = np.arange(y, y + len(band), dtype=np.int32)[:, None]
+            per_row += np.bincount((rows * count + band).ravel(), minlength=height * count).reshape(height, count)
+            per_col += np.bincount((band * width + columns).ravel(), minlength=count * width).reshape(count, width)
+        boxes = {c: (np.flatnonzero(per_row[:, c]), np.flatnonzero(per_col[c])) for c in present}
     stats = []
-    counts = np.zeros(max(len(classes), int(labels.max()) + 1), dtype=np.int64)
-    for y in range(0, labels.shape[0], 256):  # bincount widens to int64: a band at a time, not the whole map
-        counts += np.bincount(labels[y:y + 256].ravel(), minlength=len(counts))
-    for c in np.flatnonzero(counts):
-        if c == 0:
-            continue
-        mask = labels == c
-        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        stats.append({"id": int(c), "name": classes[c] if c < len(classes) else str(c),
-                      "fraction": round(float(counts[c] / labels.size), 6),
+    for c in present:
+        ys, xs = boxes[c]
+        stats.append({"id": c, "name": classes[c] if c < len(classes) else str(c),
+                      "fraction": round(float(totals[c] / labels.size), 6),
                       "box": [int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])]})
     return stats
+
+
+#: up to this many classes present, ``edgeseg run``'s summary finds boxes with one mask per class
+FEW_PRESENT = 3
 
 
 def _describe(stats: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> str:
@@ -414,39 +451,56 @@ def _atomic(dest: Path) -> Iterator[Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .archive import Archive
     from .images import iter_image_paths, load_image, overlay, save_label_map, save_scores
+    from .pipelining import pipelined
     from .segmentor import Segmentor
+    from .stream import is_stream, run_stream
 
     need_archive(args.archive)
-    paths = list(iter_image_paths(args.images))
+    # videos and cameras are streams (a /dev/videoN exists and would otherwise be taken for an image)
+    streams = [p for p in args.images if is_stream(p)]
+    paths = list(iter_image_paths([p for p in args.images if not is_stream(p)]))
+    if streams and args.probs:
+        raise EdgesegError("--probs: videos get no score files; run the videos without --probs")
     suffixes = [".png"] + (["_overlay.png"] if args.overlay else []) + (["_scores.npy"] if args.probs else [])
     out = args.out
     plan = plan_outputs(paths, out, suffixes)
     failed = 0
     start = time.perf_counter()
-    with Archive.open(args.archive) as archive, Segmentor(archive) as seg:
+    # several images: the backend's idle threads must not busy-wait, the decoding and writing stages need the cores
+    several = len(paths) + 2 * len(streams) > 1
+    with Archive.open(args.archive) as archive, Segmentor(archive, threads=args.threads, spin=False if several else None) as seg:
         if args.probs and seg.postprocess.with_argmax:
             raise EdgesegError("--probs: this archive's model has argmax folded in and outputs no scores")
         _output_folder(out)
-        for p in paths:
-            try:
-                rgb = seg.load(p, max_pixels=args.max_pixels)
-                result = seg.segment(rgb)
-            except ImageError as exc:
+        for video in streams:
+            stats = run_stream(seg, video, out, mask_video=args.mask_video, labels_png=args.frames,
+                               overlay=args.overlay, max_frames=args.max_frames, report=say)
+            if args.json:
+                print_json(stats.to_dict(), indent=None)
+            else:
+                print(stats.summary(), flush=True)
+        if not paths:
+            return 0
+        # decoding the next image and inferring this one overlap with writing the previous one's results
+        for item in pipelined(seg, paths, lambda path: seg.load(path, max_pixels=args.max_pixels)):
+            p = item.source
+            if item.error is not None:
                 failed += 1
-                _log().error(f"skipped: {exc}")
+                _log().error(f"skipped: {item.error}")
                 if args.json:
-                    print_json({"image": str(p), "error": str(exc)}, indent=None)
+                    print_json({"image": str(p), "error": str(item.error)}, indent=None)
                 continue
+            labels, rgb = item.labels, item.image
             dests = iter(plan[p])
             dest = next(dests)
             written: dict[str, str | None] = {"overlay": None, "scores": None}
+            h, w = labels.shape
             try:
                 with _atomic(dest) as tmp:
-                    save_label_map(result.labels, tmp, seg.palette)
+                    save_label_map(labels, tmp, seg.palette, compress_level=3)
                 if args.probs:
-                    h, w = result.labels.shape
                     with _atomic(plan[p][-1]) as tmp:
-                        save_scores(seg.postprocess.plane_images(result.output, h, w, seg.preprocess_for(h, w).valid_fraction(w, h)),
+                        save_scores(seg.postprocess.planes(item.output, h, w, seg.preprocess_for(h, w).valid_fraction(w, h)),
                                     len(seg.classes), h, w, tmp)
                     written["scores"] = str(plan[p][-1])
                 if args.overlay:
@@ -457,22 +511,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                     # read again in colour for display
                     photo = rgb if seg.preprocess.mode == "RGB" else load_image(p, max_pixels=args.max_pixels)
                     with _atomic(target) as tmp:
-                        Image.fromarray(overlay(photo, result.labels, seg.palette, copy=False)).save(tmp, format="PNG")
+                        Image.fromarray(overlay(photo, labels, seg.palette, copy=False)).save(tmp, format="PNG")
                     written["overlay"] = str(target)
             except OSError as exc:
                 raise EdgesegError(
                     f"cannot write results for {p.name} into {out} ({exc.strerror or exc}); "
                     "free space or choose another --out (results written so far are kept)"
                 ) from None
-            h, w = result.labels.shape
-            stats = _class_stats(result.labels, seg.classes)
+            stats = _class_stats(labels, seg.classes)
             if args.json:
                 print_json({"image": str(p), "label_map": str(dest), **written, "width": w, "height": h,
                             "classes": stats}, indent=None)
             else:
                 print(f"{p} -> {dest}  {w}x{h}  {_describe(stats, seg.classes)}", flush=True)
     done = len(paths) - failed
-    summary = f"{done}/{len(paths)} images segmented in {time.perf_counter() - start:.2f} s -> {out}"
+    seconds = time.perf_counter() - start
+    summary = f"{done}/{len(paths)} images segmented in {seconds:.2f} s ({done / max(seconds, 1e-9):.1f} images/s) -> {out}"
     if args.json:
         say(summary)
     else:

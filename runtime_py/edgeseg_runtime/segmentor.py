@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +16,7 @@ from .contract import Model, PipelineSpec
 from .errors import ArchiveError, EdgesegError, ImageError, ToolchainError
 from .images import DEFAULT_MAX_PIXELS
 from .pipeline import Postprocess, Preprocess, fits_input, from_spec
-from .runners import Runner, open_runner
+from .runners import Runner, open_runner, runner_class
 
 __all__ = ["Segmentor", "Segmentation", "nearest_variant"]
 
@@ -77,16 +77,28 @@ class Segmentor:
     Args:
         archive: an opened :class:`~edgeseg_runtime.archive.Archive`.
         options: backend options overriding the target profile's.
+        threads: CPU threads for the backend (its :attr:`~edgeseg_runtime.runners.BaseRunner.THREADS` option;
+            None: the profile's; ignored by backends without a thread setting).
+        spin: False stops the backend's idle threads from busy-waiting between runs
+            (:attr:`~edgeseg_runtime.runners.BaseRunner.NO_SPIN`), for :meth:`segment_stream` and other
+            pipelined use, where the other stages need the cores; None: the backend's default.
 
     Raises:
         ArchiveError: the manifest's backend section does not fit its runner.
         ToolchainError: the backend library is missing (and no fallback is named).
     """
 
-    def __init__(self, archive: Archive, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, archive: Archive, options: Mapping[str, Any] | None = None, *,
+                 threads: int | None = None, spin: bool | None = None) -> None:
         m = archive.manifest
         merged = {**m.target.backend_options, **dict(options or {})}
         backend = m.backend
+        if threads is not None or spin is False:
+            cls = runner_class(backend.name)
+            if threads is not None and cls.THREADS:
+                merged[cls.THREADS] = int(threads)
+            if spin is False and cls.NO_SPIN:
+                merged[cls.NO_SPIN[0]] = cls.NO_SPIN[1]
         runners: dict[tuple[int, int] | None, Runner] = {}
         with _backend_errors(backend.name):
             runner = open_runner(archive.root, backend.details, merged)
@@ -255,3 +267,28 @@ class Segmentor:
         output = self.forward(self.prepare(rgb))
         labels, score_maps = self.finish(output, rgb.shape[0], rgb.shape[1], scores=scores)
         return Segmentation(labels=labels, scores=score_maps, output=output)
+
+    def segment_stream(self, images: Iterable[np.ndarray], *, scores: bool = False, depth: int = 2
+                       ) -> Iterator[Segmentation]:
+        """Segment a stream of images with pre-processing, inference and post-processing overlapped
+        (:func:`~edgeseg_runtime.pipelining.pipelined`): the results of :meth:`segment`, in order, faster.
+
+        Args:
+            images: ``(H, W, C)`` images as :meth:`load` reads them (consumed in a worker thread, so a
+                generator that decodes files or video frames overlaps with inference too).
+            scores: also return per-class scores resized to each image.
+            depth: images waiting between two stages.
+
+        Yields:
+            One :class:`Segmentation` per image.
+
+        Raises:
+            ImageError: an image does not fit the model (the stream stops there).
+            ToolchainError: the backend failed.
+        """
+        from .pipelining import pipelined
+
+        for item in pipelined(self, images, lambda image: image, scores=scores, depth=depth):
+            if item.error is not None:
+                raise item.error
+            yield Segmentation(labels=item.labels, scores=item.scores, output=item.output)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
@@ -173,6 +173,11 @@ class BaseRunner:
     constraints: ClassVar[tuple[str, ...]] = ()
     #: accepted ``[backend_options]`` keys
     OPTIONS: ClassVar[dict[str, Option]] = {}
+    #: the option in :attr:`OPTIONS` that sets the backend's CPU threads (``edgeseg run --threads``); None: none
+    THREADS: ClassVar[Optional[str]] = None
+    #: ``(option, value)`` that stops the backend's idle worker threads from busy-waiting between runs, so
+    #: that a pipelined run's decoding and writing get the cores (``Segmentor(spin=False)``); None: none
+    NO_SPIN: ClassVar[Optional[tuple[str, Any]]] = None
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
         self.root = Path(root)

@@ -41,8 +41,11 @@ class NcnnRunner(BaseRunner):
 
     backend = "ncnn"
     requirement = "ncnn>=1.0.20240410"
+    THREADS: ClassVar[str] = "num_threads"
+    NO_SPIN: ClassVar[tuple[str, Any]] = ("openmp_blocktime", 0)
     OPTIONS: ClassVar[dict[str, Option]] = {
         "num_threads": Option(int, 0, 1024, default=0, doc="0 = ncnn's choice (one per big core)"),
+        "openmp_blocktime": Option(int, 0, 400, default=None, doc="ms an idle OpenMP thread spins (ncnn's default: 20)"),
         **{key: Option(bool, doc=doc) for key, doc in _BOOL_OPTIONS.items()},
     }
 
@@ -67,6 +70,8 @@ class NcnnRunner(BaseRunner):
                 setattr(net.opt, key, bool(self.options[key]))
         if self.options["num_threads"] > 0:
             net.opt.num_threads = int(self.options["num_threads"])
+        if self.options["openmp_blocktime"] is not None:
+            net.opt.openmp_blocktime = int(self.options["openmp_blocktime"])
         if net.load_param(str(self.param)) != 0 or net.load_model(str(self.bin)) != 0:
             net.clear()
             raise ToolchainError(f"ncnn cannot load {self.param.name}/{self.bin.name}; is the archive complete?")

@@ -35,9 +35,13 @@ class OnnxRuntimeRunner(BaseRunner):
 
     backend = "onnxruntime"
     requirement = "onnxruntime>=1.17"
+    THREADS: ClassVar[str] = "intra_op_num_threads"
+    NO_SPIN: ClassVar[tuple[str, Any]] = ("allow_spinning", False)
     OPTIONS: ClassVar[dict[str, Option]] = {
         "intra_op_num_threads": Option(int, 0, 1024, default=0, doc="threads; 0 = ONNX Runtime's choice (one per core)"),
         "providers": Option(list, items=str, default=("CPUExecutionProvider",), doc="execution providers, in order"),
+        "allow_spinning": Option(bool, default=True,
+                                 doc="idle intra-op threads busy-wait for the next op (session.intra_op.allow_spinning)"),
     }
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
@@ -53,6 +57,7 @@ class OnnxRuntimeRunner(BaseRunner):
         ort = _import()
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options["intra_op_num_threads"])
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["allow_spinning"] else "0")
         so.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=list(self.options["providers"]))

@@ -27,6 +27,7 @@ class OpenVINORunner(BaseRunner):
 
     backend = "openvino"
     requirement = "openvino>=2024.0"
+    THREADS: ClassVar[str] = "num_threads"
     OPTIONS: ClassVar[dict[str, Option]] = {
         "device": Option(str, default="CPU", doc="OpenVINO device (CPU, GPU, ...)"),
         "inference_precision": Option(str, choices=("f32", "f16", "bf16", "auto"),

@@ -50,6 +50,7 @@ class TFLiteRunner(BaseRunner):
 
     backend = "tflite"
     requirement = "ai-edge-litert>=1.2"
+    THREADS: ClassVar[str] = "num_threads"
     OPTIONS: ClassVar[dict[str, Option]] = {"num_threads": Option(int, 0, 1024, default=0, doc="0 = the interpreter's choice")}
 
     def __init__(self, root: Path, model: Mapping[str, Any], options: Mapping[str, Any]) -> None:
