@@ -149,7 +149,8 @@ def test_declared_options_validate_and_supply_defaults() -> None:
     assert resolve({}, ort.quant_options) == {"weight_type": "int8", "activation_type": "uint8", "reduce_range": False}
     cpu = edgeseg.load_target("cpu")
     assert ort().quantization_options(cpu)["reduce_range"] is True  # the profile's value over the one default
-    assert ort().backend_options(cpu) == {"intra_op_num_threads": 0, "providers": ["CPUExecutionProvider"]}
+    assert ort().backend_options(cpu) == {"intra_op_num_threads": 0, "providers": ["CPUExecutionProvider"],
+                                          "allow_spinning": True}
     jetson = edgeseg.load_target("jetson")
     trt = backend_class("tensorrt")().backend_options(jetson)
     assert (trt["workspace_mb"], trt["dla_core"], trt["min_shape"], trt["engine_cache"]) == (1024, -1, None, None)
