@@ -102,7 +102,7 @@ def test_invalid_values(tmp_path: Path, change, message) -> None:  # noqa: ANN00
 
 
 def test_backend_options_checked_against_runner(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"backend_options\.device: unknown option \(known: intra_op_num_threads"):
+    with pytest.raises(ConfigError, match=r"backend_options\.device: unknown option \(known: allow_spinning, intra_op_num_threads"):
         load_target(_write(tmp_path, tail='[backend_options]\ndevice = "GPU"'))
     with pytest.raises(ConfigError, match=r"backend_options\.intra_op_num_threads: expected int"):
         load_target(_write(tmp_path, tail='[backend_options]\nintra_op_num_threads = "two"'))

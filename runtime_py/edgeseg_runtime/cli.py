@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -481,7 +482,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(stats.summary(), flush=True)
         if not paths:
             return 0
-        # decoding the next image and inferring this one overlap with writing the previous one's results
+        # decoding the next image and inferring this one overlap with writing the previous one's results;
+        # decoder warnings ("Corrupt EXIF data") are not errors: load_image silences them with catch_warnings,
+        # which is not thread-safe, so with two decoders at once they are silenced for the process
+        warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
         for item in pipelined(seg, paths, lambda path: seg.load(path, max_pixels=args.max_pixels)):
             p = item.source
             if item.error is not None:
