@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
+
+pytest.importorskip("hypothesis", reason="hypothesis is not installed (extra 'dev')")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from edgeseg import SAMPLE_IMAGES
 from edgeseg_runtime import Archive, Segmentor, load_image

@@ -63,6 +63,10 @@ SHRINK_FULL_PATH = 1
 #: scores (C x h x w) per band of output rows analysed in a thread of its own, at most MAX_BANDS bands
 BAND_WORK = 1 << 21
 MAX_BANDS = 4
+#: output pixels per band at most (the boundary pixels' taps and weights take ~100 bytes each)
+BAND_PIXELS = 1 << 18
+#: output rows per step of the full path's vertical pass (bounds its temporaries)
+RESIZE_ROWS = 128
 
 
 class Taps:
@@ -138,8 +142,11 @@ def _resize(plane: np.ndarray, ty: Taps, tx: Taps) -> np.ndarray:
         across += _pick(plane, tx.i1, 1) * tx.w1
     if ty.identity:
         return np.array(across, dtype=np.float32)  # a copy: never the caller's array
-    out = _pick(across, ty.i0, 0) * ty.w0[:, None]
-    out += _pick(across, ty.i1, 0) * ty.w1[:, None]
+    out = np.empty((len(ty.i0), across.shape[1]), dtype=np.float32)
+    for y in range(0, len(ty.i0), RESIZE_ROWS):  # temporaries of a band of rows, not of the whole plane
+        rows = slice(y, y + RESIZE_ROWS)
+        np.multiply(_pick(across, ty.i0[rows], 0), ty.w0[rows, None], out=out[rows])
+        out[rows] += _pick(across, ty.i1[rows], 0) * ty.w1[rows, None]
     return out
 
 
@@ -229,11 +236,13 @@ def resized_argmax(scores: np.ndarray, height: int, width: int, dtype: type[np.u
         return np.zeros((height, width), dtype=dtype)
     if height * width <= SHRINK_FULL_PATH * rows * cols:  # little or no enlarging: the full path is cheaper
         return argmax_first(resize_scores(scores, height, width, extent), dtype)
-    bands = min(os.cpu_count() or 1, MAX_BANDS, max(1, (c_count * rows * cols) // BAND_WORK), height)
+    threads = min(os.cpu_count() or 1, MAX_BANDS, max(1, (c_count * rows * cols) // BAND_WORK))
+    bands = min(height, max(threads, -(-height * width // BAND_PIXELS)))
     if bands == 1:
         return _cell_argmax(scores, ty, tx, dtype)
-    # bands of output rows in threads (numpy releases the GIL): each reads the input rows its taps reach,
-    # its cells' lower neighbours included, so every pixel sees the same cell and values as in one piece
+    # bands of output rows, `threads` at a time (numpy releases the GIL), their temporaries bounded by
+    # BAND_PIXELS: each reads the input rows its taps reach, its cells' lower neighbours included, so every
+    # pixel sees the same cell and values as in one piece
     labels = np.empty((height, width), dtype=dtype)
     edges = np.linspace(0, height, bands + 1).astype(int)
 
@@ -242,7 +251,7 @@ def resized_argmax(scores: np.ndarray, height: int, width: int, dtype: type[np.u
         sub = Taps(ty.i0[y0:y1] - r0, ty.i1[y0:y1] - r0, ty.w0[y0:y1], ty.w1[y0:y1], ty.identity)
         labels[y0:y1] = _cell_argmax(scores[:, r0:r1 + 1], sub, tx, dtype)
 
-    with ThreadPoolExecutor(max_workers=bands, thread_name_prefix="edgeseg-resize") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgeseg-resize") as pool:
         for done in [pool.submit(band, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]:
             done.result()
     return labels
