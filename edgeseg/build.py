@@ -709,11 +709,14 @@ def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], 
             shutil.copyfile(src, stage / f"MODEL_{extra}")
     copy_runtime(stage / "runtime", edgeseg_runtime.__version__, runtime_reqs)
     wheels: tuple[str, ...] = ()
+    cross_build: list[dict[str, Any]] = []
     if tgt.platform.offline:
         with steps.step("offline wheels for the device") as step:
-            paths = fetch_wheels(runtime_reqs, tgt, stage / "wheels")
+            params = [stage / files.net] if tgt.backend == "ncnn" else None
+            paths, cross_build = fetch_wheels(runtime_reqs, tgt, stage / "wheels", params, step.say)
             wheels = tuple(w.name for w in paths)
-            step.detail = f"{len(paths)} wheels, {sum(w.stat().st_size for w in paths) / 1e6:.1f} MB"
+            step.detail = (f"{len(paths)} wheels, {sum(w.stat().st_size for w in paths) / 1e6:.1f} MB"
+                           + (f", {len(cross_build)} made here" if cross_build else ""))
     draft = {
         "schema_version": SCHEMA_VERSION,
         "release": {"version": plan.version},
@@ -723,6 +726,7 @@ def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], 
         "golden": [g.to_doc() for g in golden],
         "runtime": RuntimeInfo(edgeseg_runtime.__version__, tuple(runtime_reqs), wheels).to_doc(),
         "toolchain": _toolchain(plan),
+        **({"cross_build": cross_build} if cross_build else {}),
         "provenance": _provenance(plan, exported),
         **({"quantization": {"device_calibration": calibrated.device_calibration}}
            if calibrated is not None and calibrated.device_calibration is not None else {}),
@@ -830,7 +834,7 @@ def _requirements(tgt: Target) -> tuple[str, list[str]]:
 
     A backend the device's system provides (TensorRT from JetPack) is named but not pip-installed.
     """
-    base = ["numpy>=1.24", "pillow>=10.0"]
+    base = ["numpy>=1.24", "pillow>=9.4"]  # runtime_py/pyproject.toml: Debian 12's numpy 1.24.2 and Pillow 9.4.0
     if tgt.backend not in REGISTRY:
         return tgt.backend, [*base, tgt.backend]
     runner = runner_class(tgt.backend)

@@ -187,6 +187,24 @@ def cmd_spec_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toolchain_build(args: argparse.Namespace) -> int:
+    from .crossbuild import build, ncnn_layers_of
+
+    layers = None
+    if args.layers:
+        layers = [n.strip() for n in args.layers.split(",") if n.strip()]
+    elif args.param:
+        layers = ncnn_layers_of(args.param)
+    built = build(args.toolchain, args.what, layers, report=say, jobs=args.jobs)
+    if args.json:
+        print_json([{**b.info, "path": str(b.wheel), "cached": b.cached} for b in built])
+    else:
+        for b in built:
+            how = "cached" if b.cached else f"{b.info['how']} in {b.info['seconds']:.0f} s"
+            say(f"{b.wheel}  ({b.wheel.stat().st_size / 1e6:.1f} MB, {how}; from {b.info['source']})")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from .errors import EdgesegError
     from .targets import list_targets, load_target
@@ -428,6 +446,27 @@ def _add_build(sub: Any) -> None:
     q.add_argument("--force", action="store_true", help="replace an existing --out")
     json_option(q, "the spec path")
     q.set_defaults(func=cmd_spec_init)
+
+    p = sub.add_parser("toolchain", help="device wheels PyPI does not have: compile or repack them here",
+                       description="Toolchain profiles (toolchains/*.toml) for platforms PyPI does not serve "
+                       "(32-bit ARM): make their device wheels on this host.")
+    ts = p.add_subparsers(dest="toolchain_command", metavar="ACTION", required=True)
+    q = ts.add_parser("build", help="compile ncnn / repack Debian's numpy and Pillow for a toolchain",
+                      description="Make the device wheels a toolchain profile names: ncnn compiled from its PyPI "
+                      "sdist with the profile's cross compiler (apt-get install crossbuild-essential-armhf), numpy "
+                      "and Pillow repacked from Debian's packages for the device's architecture. Results are cached "
+                      "(~/.cache/edgeseg/crossbuild) by source sha256, toolchain file, compiler version and layer "
+                      "set: a second run compiles nothing. Builds of a --target whose toolchain needs this do it "
+                      "themselves (compiling only the model's ncnn layers).")
+    q.add_argument("what", metavar="WHAT", help="ncnn, numpy, pillow or all")
+    q.add_argument("--toolchain", "-t", required=True, help="toolchain name (e.g. linux-armhf-py311) or .toml path")
+    layers = q.add_mutually_exclusive_group()
+    layers.add_argument("--layers", help="ncnn: compile only these layer types, comma-separated (plus what they "
+                        "create internally); default all")
+    layers.add_argument("--param", type=Path, nargs="+", help="ncnn: compile only the layers these .param files use")
+    q.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: the CPUs)")
+    json_option(q, "one object per wheel: path, how it was made, source and sha256, compiler, flags, seconds")
+    q.set_defaults(func=cmd_toolchain_build)
 
     p = sub.add_parser("targets", help="list the target profiles",
                        description="List the target profiles with backend, precision and platform: your own "

@@ -12,6 +12,24 @@ compilers for it::
     pip_platforms = ["manylinux_2_36_x86_64", ..., "manylinux2014_x86_64"]   # every tag, pip does not widen them
     cc = ""                                                                  # optional cross compiler
 
+A platform PyPI does not serve (32-bit ARM) also says how to make its wheels
+(:mod:`edgeseg.crossbuild`): the cross compiler (``cc``, ``cxx``, ``flags``,
+``multiarch``, ``cmake_toolchain``), the Debian release whose packages give
+numpy and Pillow (``[debian]``), and the sources compiled here (``[[source]]``,
+each a PyPI sdist pinned by URL and sha256)::
+
+    cc = "arm-linux-gnueabihf-gcc"
+    flags = "-march=armv7-a -mfloat-abi=hard -mfpu=neon"
+    cmake_toolchain = "linux-armhf-py311.cmake"        # next to this file
+    [debian]
+    suite = "bookworm"
+    arch = "armhf"
+    packages = { numpy = "python3-numpy", pillow = "python3-pil" }
+    [[source]]
+    name = "ncnn"
+    url = "https://files.pythonhosted.org/.../ncnn-1.0.20261020.tar.gz"
+    sha256 = "ad8cdd63..."
+
 Source of the tag rules: PEP 600 (manylinux_x_y), pip ``download --platform``.
 """
 
@@ -25,7 +43,26 @@ from pydantic import Field
 from ._profiles import find_profile
 from ._schema import Strict, load_toml, validate
 
-__all__ = ["Toolchain", "load_toolchain"]
+__all__ = ["DebianPackages", "Source", "Toolchain", "load_toolchain"]
+
+
+class DebianPackages(Strict):
+    """Debian packages that give the device's Python distributions (:func:`edgeseg.crossbuild.debian_wheels`)."""
+
+    suite: str = "bookworm"
+    arch: str  # Debian's architecture name (armhf, arm64)
+    mirror: str = "http://deb.debian.org/debian"
+    packages: dict[str, str] = Field(default_factory=dict)  # distribution -> Debian package
+
+
+class Source(Strict):
+    """A PyPI sdist compiled for the device (:func:`edgeseg.crossbuild.build_source`)."""
+
+    name: Literal["ncnn"]
+    version: str
+    url: str = Field(pattern=r"^https://files\.pythonhosted\.org/")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    cmake_args: list[str] = Field(default_factory=list)
 
 
 class Toolchain(Strict):
@@ -41,6 +78,17 @@ class Toolchain(Strict):
     pip_platforms: list[str] = Field(min_length=1)
     cc: str = ""
     cxx: str = ""
+    flags: str = ""  # C/C++ flags for every compiled file (ISA, float ABI)
+    multiarch: str = ""  # Debian multiarch triplet (arm-linux-gnueabihf)
+    cmake_toolchain: str = ""  # CMake toolchain file, relative to this TOML
+    debian: DebianPackages | None = None
+    source: list[Source] = Field(default_factory=list)
+    path: Path | None = Field(default=None, exclude=True)  # the TOML it was read from (set by load_toolchain)
+
+    @property
+    def cross(self) -> bool:
+        """True when the device's wheels are (partly) made here rather than downloaded."""
+        return bool(self.source or self.debian)
 
 
 def load_toolchain(name_or_path: str | Path) -> Toolchain:
@@ -50,4 +98,5 @@ def load_toolchain(name_or_path: str | Path) -> Toolchain:
         ConfigError: unknown name, invalid TOML, unknown key or bad value.
     """
     path = find_profile(name_or_path, "toolchains", "toolchain")
-    return validate(Toolchain, load_toml(path, "toolchain"), str(path))
+    tc = validate(Toolchain, load_toml(path, "toolchain"), str(path))
+    return tc.model_copy(update={"path": path})

@@ -1,4 +1,7 @@
-"""An emulated aarch64 device: a debootstrapped Debian 12 arm64 root run under qemu-user (DESIGN.md §8).
+"""Emulated ARM devices: debootstrapped Debian 12 arm64 and armhf roots run under qemu-user (DESIGN.md §8).
+
+``arch="armhf"`` gives the 32-bit one (``qemu-arm-static``; ``uname -m`` says
+``armv7l``), built from :data:`ARMHF_RECIPE` the same way (6-15 min cold).
 
 The root is built once by :func:`arm64_rootfs` from :data:`RECIPE` with
 ``debootstrap --arch=arm64`` (every arm64 binary runs through the kernel's
@@ -21,6 +24,7 @@ cached root somewhere else than ``~/.cache/edgeseg-tests``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -42,40 +46,47 @@ RECIPE = {
     "include": ["python3", "python3-pip", "python3-cryptography", "python3-cffi-backend", "openssh-server", "openssh-sftp-server"],
 }
 QEMU = "qemu-aarch64-static"
+#: the 32-bit ARM device: the same Debian 12 root for armhf
+ARMHF_RECIPE = {**RECIPE, "arch": "armhf"}
+RECIPES = {"arm64": RECIPE, "armhf": ARMHF_RECIPE}
+#: Debian architecture -> (qemu-user binary, its binfmt_misc entry)
+EMULATORS = {"arm64": (QEMU, "qemu-aarch64"), "armhf": ("qemu-arm-static", "qemu-arm")}
 
 
-def recipe_digest() -> str:
-    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+def recipe_digest(arch: str = "arm64") -> str:
+    return hashlib.sha256(json.dumps(RECIPES[arch], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGESEG_ARM64_CACHE", Path.home() / ".cache" / "edgeseg-tests"))
 
 
-def can_emulate() -> str:
-    """Why this host cannot run an arm64 root ("" when it can)."""
-    missing = [tool for tool in (QEMU, "debootstrap", "zstd") if shutil.which(tool) is None]
+def can_emulate(arch: str = "arm64") -> str:
+    """Why this host cannot run an ``arch`` root ("" when it can)."""
+    qemu, binfmt = EMULATORS[arch]
+    missing = [tool for tool in (qemu, "debootstrap", "zstd") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not found (apt-get install qemu-user-static binfmt-support debootstrap zstd)"
     if os.geteuid() != 0:
-        return "an arm64 device needs root (debootstrap, chroot, namespaces)"
-    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+        return f"an {arch} device needs root (debootstrap, chroot, namespaces)"
+    entry = Path(f"/proc/sys/fs/binfmt_misc/{binfmt}")
     if not entry.is_file():
         if not Path("/proc/sys/fs/binfmt_misc/register").exists():
             subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], capture_output=True)
-        subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True)
+        subprocess.run(["update-binfmts", "--enable", binfmt], capture_output=True)
     if not entry.is_file() or "enabled" not in entry.read_text():
-        return "binfmt_misc has no enabled qemu-aarch64 entry (update-binfmts --enable qemu-aarch64)"
+        return f"binfmt_misc has no enabled {binfmt} entry (update-binfmts --enable {binfmt})"
     return ""
 
 
-def build_rootfs(dest: Path) -> Path:
-    """Build the cache tarball of :data:`RECIPE` at ``dest`` (``.tar.zst``); 3.5-11 min."""
+def build_rootfs(dest: Path, arch: str = "arm64") -> Path:
+    """Build the cache tarball of ``RECIPES[arch]`` at ``dest`` (``.tar.zst``); 3.5-15 min."""
+    recipe = RECIPES[arch]
     work = dest.with_suffix(".build")
     shutil.rmtree(work, ignore_errors=True)
     argv = [
-        "debootstrap", f"--arch={RECIPE['arch']}", f"--variant={RECIPE['variant']}",
-        f"--include={','.join(RECIPE['include'])}", RECIPE["suite"], str(work), RECIPE["mirror"],
+        "debootstrap", f"--arch={recipe['arch']}", f"--variant={recipe['variant']}",
+        f"--include={','.join(recipe['include'])}", recipe["suite"], str(work), recipe["mirror"],
     ]
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -92,15 +103,25 @@ def build_rootfs(dest: Path) -> Path:
     _run("tar", "-C", str(work), "--numeric-owner", "-I", "zstd -T0 -3", "-cf", str(tmp), ".")
     os.replace(tmp, dest)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"arm64 root built in {time.monotonic() - t0:.0f} s: {dest} ({dest.stat().st_size / 1e6:.0f} MB)")
+    print(f"{arch} root built in {time.monotonic() - t0:.0f} s: {dest} ({dest.stat().st_size / 1e6:.0f} MB)")
     return dest
 
 
-def arm64_rootfs(into: Path) -> Path:
-    """Unpack the cached arm64 root into ``into`` (building the cache first when it is missing)."""
-    cached = cache_dir() / f"debian-{RECIPE['suite']}-{RECIPE['arch']}-{recipe_digest()}.tar.zst"
-    if not cached.is_file():
-        build_rootfs(cached)
+def arm64_rootfs(into: Path, arch: str = "arm64", unpack: bool = True) -> Path:
+    """Unpack the cached ``arch`` root into ``into`` (building the cache first when it is missing).
+
+    The build holds ``<cache>.lock`` (``flock``): a second caller, e.g. the suite's background
+    prewarm (``tests/prewarm.py``), waits for it and then unpacks what it made.
+    """
+    recipe = RECIPES[arch]
+    cached = cache_dir() / f"debian-{recipe['suite']}-{recipe['arch']}-{recipe_digest(arch)}.tar.zst"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.with_name(cached.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cached.is_file():
+            build_rootfs(cached, arch)
+    if not unpack:
+        return into
     into.mkdir(parents=True, exist_ok=True)
     _run("tar", "-C", str(into), "--numeric-owner", "-I", "zstd -T0", "-xf", str(cached))
     return into

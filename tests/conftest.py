@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import edgeseg
+import prewarm
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_MASKS = DATA / "reference_masks"
@@ -35,12 +36,21 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed (pip
 ALWAYS_ALLOWED_SKIPS = ("GPU", "TensorRT", "tensorrt", "macOS", "is installed here", "nested core-only run")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The emulated-device tests run last, and what they need that is not cached (Debian roots, armhf wheels)
+    is made meanwhile by a background process (``tests/prewarm.py``) on the core pytest leaves idle."""
+    late = [item for item in items if item.path.name in prewarm.NEEDS]
+    items[:] = [item for item in items if item.path.name not in prewarm.NEEDS] + late
+    prewarm.start({item.path.name for item in late})
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``EDGESEG_REQUIRE_ALL=1`` (CI, the README's test command) a skip for a missing extra or service fails the run.
 
     Without it (a developer with a subset of the extras) such tests skip,
-    each with the reason naming what is missing.
+    each with the reason naming what is missing. The background prewarm (if any) is stopped first.
     """
+    prewarm.stop()
     if not os.environ.get("EDGESEG_REQUIRE_ALL"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -57,9 +67,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Calibration cache in a fresh folder: tests never read or fill the user's ~/.cache/edgeseg. Converter
     venvs (the TFLite importer's, 2 min and 1.3 GB to make) are kept between runs in ~/.cache/edgeseg-tests/tools
-    (``EDGESEG_TOOLS_DIR`` to put them elsewhere), named by a hash of their recipe."""
+    (``EDGESEG_TOOLS_DIR`` to put them elsewhere), named by a hash of their recipe; so are cross-built device
+    wheels (``EDGESEG_CROSSBUILD_DIR``, ~/.cache/edgeseg-tests/crossbuild: ncnn for armhf compiles for minutes)."""
     os.environ["EDGESEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeseg-cache"))
     os.environ.setdefault("EDGESEG_TOOLS_DIR", str(Path.home() / ".cache" / "edgeseg-tests" / "tools"))
+    os.environ.setdefault("EDGESEG_CROSSBUILD_DIR", str(prewarm.CROSSBUILD_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ on the Pythons its targets' devices have, not only on the host's 3.11.7:
 * pyenv's **3.9** (the runtime's ``requires-python``) and **3.10** (JetPack 6),
   each in a venv from PyPI with :data:`REQUIREMENTS`: 3.9 gets the newest
   releases that still support it, 3.10 the runtime's declared floors
-  (``numpy>=1.24``, ``pillow>=10.0``, ``onnxruntime>=1.17``);
+  (``numpy>=1.24``, ``pillow>=9.4``, ``onnxruntime>=1.17``);
 * the emulated Debian 12 arm64 root's ``/usr/bin/python3`` (**3.11.2**, under
   qemu-user, tests/arm64.py), with the ``arm`` archive's own aarch64 wheels
   (numpy, Pillow, ncnn) and pytest's pure-Python wheels, installed by the
@@ -45,8 +45,8 @@ RUNTIME_TESTS = REPO / "tests" / "runtime"
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     # newest releases with cp39 wheels (numpy 2.1, Pillow 12, onnxruntime 1.20 dropped 3.9)
     "3.9": ("numpy==2.0.2", "pillow==11.3.0", "onnxruntime==1.19.2", "pytest==8.4.2"),
-    # JetPack 6's Python with the runtime's declared floors (runtime_py/pyproject.toml)
-    "3.10": ("numpy==1.24.4", "pillow==10.0.0", "onnxruntime==1.17.3", "pytest==8.4.2"),
+    # JetPack 6's Python with the runtime's declared floors (runtime_py/pyproject.toml; Pillow 9.4 is Debian 12's)
+    "3.10": ("numpy==1.24.4", "pillow==9.4.0", "onnxruntime==1.17.3", "pytest==8.4.2"),
 }
 #: what the emulated arm64 root gets besides the archive's own wheels (pure-Python wheels, downloaded here)
 ARM64_PYTEST = ("pytest==8.4.2",)
@@ -243,16 +243,16 @@ def arm64_wheel_lines(archive: Path) -> list[str]:
     return sorted(f"{rel} {meta['sha256']}" for rel, meta in doc["files"].items() if rel.startswith("wheels/"))
 
 
-def arm64_site(rootfs: Path, archive: Path, workdir: Path) -> Env:
-    """A ``--target`` folder with the archive's wheels (numpy, Pillow, ncnn) and pytest, installed by the arm64
-    root's own pip with ``--no-index`` (cached: bound into the root at ``ARM64_WORK/site``)."""
+def arm64_site(rootfs: Path, archive: Path, workdir: Path, arch: str = "arm64") -> Env:
+    """A ``--target`` folder with the archive's wheels (numpy, Pillow, ncnn) and pytest, installed by the
+    ``arch`` root's own pip with ``--no-index`` (cached: bound into the root at ``ARM64_WORK/site``)."""
     t0 = time.monotonic()
     version, machine = interpreter(chroot_argv(rootfs, [ARM64_PYTHON], {}))
     from edgeseg_runtime.archive import Archive
 
     with Archive.open(archive) as opened:
         requirements = list(opened.manifest.runtime.requirements)
-        lines = [f"platform aarch64 cp311 {ARM64_PYTHON} pip --no-index --target", *ARM64_PYTEST, *requirements,
+        lines = [f"platform {machine} cp311 {ARM64_PYTHON} pip --no-index --target", *ARM64_PYTEST, *requirements,
                  *arm64_wheel_lines(archive)]
         slot, cached = _cache_slot(version, lines)
         site = slot / "site"
@@ -270,7 +270,7 @@ def arm64_site(rootfs: Path, archive: Path, workdir: Path) -> Env:
             _run(chroot_argv(rootfs, pip, {}, {wheels: f"{ARM64_WORK}/wheels", site: f"{ARM64_WORK}/site"}),
                  timeout=PIP_TIMEOUT)
             (slot / ".complete").write_text("ok\n")
-    return Env(f"arm64 root {version} (qemu)", version, machine, [ARM64_PYTHON], cached=cached,
+    return Env(f"{arch} root {version} (qemu)", version, machine, [ARM64_PYTHON], cached=cached,
                setup_s=time.monotonic() - t0, site=site)
 
 

@@ -17,9 +17,10 @@ ROOT = Path(__file__).parents[1]
 
 #: every sub-command that reports something, and so takes --json
 REPORTING = {"run", "verify", "info", "bench", "measure", "build", "compare", "targets", "matrix", "deploy", "status",
-             "rollback", "recover", "devices list", "devices provision", "keys new", "export mender", "spec init"}
+             "rollback", "recover", "devices list", "devices provision", "keys new", "export mender", "spec init",
+             "toolchain build"}
 #: the others: groups of sub-commands, an interactive one, the completion script
-NOT_REPORTING = {"keys", "devices", "devices trust", "completion", "export", "spec"}
+NOT_REPORTING = {"keys", "devices", "devices trust", "completion", "export", "spec", "toolchain"}
 ARCHIVE_COMMANDS = ("run", "verify", "info", "bench", "measure", "deploy", "compare", "export mender")
 SOURCE_PATH = re.compile(r"[\w/.-]+\.py\b")
 

@@ -65,18 +65,23 @@ def test_runtime_tests_on_the_host_python(cpu_archive: Path, photos_dir: Path, t
     _check(env.name, outcome, env.setup_s, env.cached, least=40)
 
 
-def test_runtime_tests_on_debian12_arm64_python(photos_dir: Path, tmp_path: Path) -> None:
-    why = can_emulate()
+@pytest.mark.parametrize(("arch", "target", "machine"), [("arm64", "arm", "aarch64"), ("armhf", "armhf", "armv7l")])
+def test_runtime_tests_on_debian12_arm_pythons(arch: str, target: str, machine: str, photos_dir: Path,
+                                               tmp_path: Path) -> None:
+    """armhf: a 32-bit numpy (intp = int32) with Debian's own numpy 1.24.2 and Pillow 9.4.0 (the archive's wheels)."""
+    why = can_emulate(arch)
     if why:
-        pytest.skip(f"the aarch64 root cannot run here: {why}")  # CI sets EDGESEG_REQUIRE_ALL: a failure there
+        pytest.skip(f"the {arch} root cannot run here: {why}")  # CI sets EDGESEG_REQUIRE_ALL: a failure there
     try:
-        import pnnx  # noqa: F401  the arm target converts with pnnx (pip install 'edgeseg[ncnn]')
+        import pnnx  # noqa: F401  the arm targets convert with pnnx (pip install 'edgeseg[ncnn]')
     except ImportError:
-        pytest.skip("pnnx is not installed (extra 'ncnn'): the arm archive needs it on the host")
-    archive = edgeseg.build(target="arm", out_dir=tmp_path / "dist", report=lambda _l: None).archive
-    rootfs = arm64_rootfs(tmp_path / "rootfs")
-    env = pythons.arm64_site(rootfs, archive, tmp_path)
-    assert env.version.startswith("3.11.") and env.machine == "aarch64", (env.version, env.machine)
+        pytest.skip("pnnx is not installed (extra 'ncnn'): the arm archives need it on the host")
+    if arch == "armhf":
+        pytest.importorskip("auditwheel", reason="auditwheel is not installed (extra 'cross'): the armhf wheels need it")
+    archive = edgeseg.build(target=target, out_dir=tmp_path / "dist", report=lambda _l: None).archive
+    rootfs = arm64_rootfs(tmp_path / "rootfs", arch=arch)
+    env = pythons.arm64_site(rootfs, archive, tmp_path, arch=arch)
+    assert env.version.startswith("3.11.") and env.machine == machine, (env.version, env.machine)
     outcome = pythons.run_runtime_tests_arm64(env, rootfs, archive, photos_dir)
     assert f"platform linux -- Python {env.version}, " in outcome.output, outcome.output[-3000:]
     _check(env.name, outcome, env.setup_s, env.cached, least=25)

@@ -70,7 +70,7 @@ except edgeseg.ToolchainError as exc:
 
 HOST = Path(__file__).parents[1] / "edgeseg"
 #: manifest sections read as raw JSON through Manifest's Mapping (report-only: no typed attribute)
-REPORT_ONLY = {"quantization", "provenance", "toolchain", "build_check"}
+REPORT_ONLY = {"quantization", "provenance", "toolchain", "build_check", "cross_build"}
 
 
 def _is_manifest(node: ast.AST, bound: set[str]) -> bool:

@@ -146,5 +146,5 @@ def test_toolchain_named_by_a_profile_must_exist_and_agree(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"platform\.arch = 'aarch64' but toolchain 'linux-x86_64-py311' says 'x86_64'"):
         load_target(p)
     p.write_text(p.read_text().replace('toolchain = "linux-x86_64-py311"', 'toolchain = "riscv"'))
-    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-aarch64-jetpack6-py310, linux-aarch64-py311, linux-x86_64-py311, macos-arm64-py311"):
+    with pytest.raises(ConfigError, match="unknown toolchain 'riscv'; available: linux-aarch64-jetpack6-py310, linux-aarch64-py311, linux-armhf-py311, linux-x86_64-py311, macos-arm64-py311"):
         load_target(p)

@@ -594,6 +594,24 @@ def _text(doc: Any, *keys: str, default: str = "n/a") -> str:
     return default if doc is None else " ".join(str(doc).split())[:300]
 
 
+def _cross_build_lines(builds: Any) -> list[str]:
+    """``info`` lines for wheels made by the build host (cross-compiled or repacked; manifest ``cross_build``)."""
+    if not isinstance(builds, list):
+        return []
+    lines = []
+    for b in builds:
+        if not isinstance(b, dict):
+            continue
+        if b.get("how") == "compiled":
+            layers = b.get("layers")
+            n = f"{len(layers)} layers" if isinstance(layers, list) else "all layers"
+            lines.append(f"compiled    {_text(b, 'what')} from {_text(b, 'source')} (sha256 {_text(b, 'sha256')[:16]}) "
+                         f"with {_text(b, 'compiler')}, flags {_text(b, 'flags')}, {n}, {_text(b, 'seconds')} s")
+        else:
+            lines.append(f"repacked    {_text(b, 'what')} from {_text(b, 'source')} (sha256 {_text(b, 'sha256')[:16]})")
+    return lines
+
+
 def _quantization_lines(q: Any) -> list[str]:
     """``info`` lines for an fp16/int8 archive: calibration set and the accuracy gate's verdict."""
     if not isinstance(q, dict) or not q:
@@ -678,6 +696,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"runtime     edgeseg_runtime {m.runtime.version}; requires {', '.join(m.runtime.requirements)}",
         "toolchain   " + (", ".join(f"{k} {_text(v)}" for k, v in sorted(m.doc["toolchain"].items()))
                           if isinstance(m.doc.get("toolchain"), dict) else "n/a"),
+        *_cross_build_lines(m.doc.get("cross_build")),
         "files",
     ]
     for rel, meta in sorted(m.files.items()):

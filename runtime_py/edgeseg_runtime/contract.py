@@ -568,7 +568,7 @@ class Manifest(Mapping):  # type: ignore[type-arg]
     The typed attributes are what the runtime, the installer and the host
     read. The object is also a read-only :class:`~collections.abc.Mapping`
     over the validated document, for the host's report-only sections
-    (``provenance``, ``toolchain``, ``quantization``, ``build_check``).
+    (``provenance``, ``toolchain``, ``quantization``, ``build_check``, ``cross_build``).
 
     Build one with :meth:`parse` (bytes) or :meth:`from_doc` (a parsed object).
     """

@@ -349,6 +349,8 @@ def verify_archive(archive: Archive, segmentor: Segmentor | None = None, *, labe
             ref_flat = reference_labels.reshape(-1).astype(np.int64)
             got_flat = result.labels.reshape(-1).astype(np.int64)
             inside = (ref_flat >= 0) & (ref_flat < n) & (got_flat >= 0) & (got_flat < n)
-            cm += np.bincount(ref_flat[inside] * n + got_flat[inside], minlength=n * n).reshape(n, n)
+            # bincount takes intp: int32 on a 32-bit device (armv7l), where int64 indices are refused
+            cell = (ref_flat[inside] * n + got_flat[inside]).astype(np.intp)
+            cm += np.bincount(cell, minlength=n * n).reshape(n, n)
     report.worst_class, report.worst_class_iou = worst_class(cm, list(m.model.classes))
     return report
