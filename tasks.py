@@ -10,6 +10,7 @@
     invoke compare --images DIR [--masks DIR] [--max-drop 1 --max-gain 0.5]   # cpu vs intel report
     invoke bench                           # runtime overhead; fp16/int8 vs fp32; vs the MMDeploy SDK; run throughput
     invoke matrix [--full]                 # MMSegmentation models x backends, measured -> docs/support-matrix.md
+    invoke toolchain --what ncnn --toolchain linux-armhf-py311   # armhf device wheels, compiled/repacked here
     invoke convert-default-model           # re-create the embedded ONNX from mediapipe==0.10.14
 
 Every task option is a flag (``--target T``), none positional: invoke gives a
@@ -121,6 +122,25 @@ def deploy(c, target=None, archive=None, device=None, group=None, inventory="dev
             raise _fail(exc) from None
     _cli("deploy", archive, inventory=inventory, device=device, group=group, waves=waves,
          max_failure_rate=max_failure_rate)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "what": "ncnn, numpy, pillow or all (required)",
+        "toolchain": "toolchain profile, e.g. linux-armhf-py311 (required)",
+        "layers": "ncnn: only these layer types, comma-separated (default all)",
+        "param": "ncnn: only the layers this .param file uses",
+        "jobs": "parallel compile jobs (default: the CPUs)",
+    },
+)
+def toolchain(c, what=None, toolchain=None, layers=None, param=None, jobs=None):  # noqa: ANN001, ANN201
+    """Device wheels PyPI lacks (armhf): 'edgeseg toolchain build WHAT --toolchain T' (cached)."""
+    if what is None:
+        raise _missing("toolchain", "--what ncnn|numpy|pillow|all")
+    if toolchain is None:
+        raise _missing("toolchain", "--toolchain NAME")
+    _cli("toolchain", "build", what, toolchain=toolchain, layers=layers, param=param, jobs=jobs)
 
 
 @task(

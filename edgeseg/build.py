@@ -712,7 +712,7 @@ def stage_step(plan: BuildPlan, exported: Exported, golden: tuple[Golden, ...], 
     cross_build: list[dict[str, Any]] = []
     if tgt.platform.offline:
         with steps.step("offline wheels for the device") as step:
-            params = [stage / files.net] if tgt.backend == "ncnn" else None
+            params = sorted(stage.rglob("*.param")) if tgt.backend == "ncnn" else None  # static variants' too
             paths, cross_build = fetch_wheels(runtime_reqs, tgt, stage / "wheels", params, step.say)
             wheels = tuple(w.name for w in paths)
             step.detail = (f"{len(paths)} wheels, {sum(w.stat().st_size for w in paths) / 1e6:.1f} MB"

@@ -63,7 +63,11 @@ Report = Callable[[str], None]
 #: zip entries of every wheel made here carry this time (1980-01-01, the zip epoch): same inputs, same bytes
 SOURCE_DATE_EPOCH = "315532800"
 #: part of every cache key: bump when how a wheel is made here changes (the layer closure, the packing)
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
+#: package lists older than this are fetched again (a Debian point release replaces packages: their wheels
+#: are then repacked, the cache key being the exact versions); a snapshot.debian.org mirror pins them instead
+LISTS_MAX_AGE = 24 * 3600
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class Built:
     Attributes:
         wheel: the ``.whl`` file (in the cache).
         info: its ``build.json``: ``wheel``, ``how`` ("compiled" | "repacked"), ``source``, ``sha256``,
-            ``compiler``, ``flags``, ``cmake_args``, ``layers``, ``seconds`` (wall time of the making).
+            ``compiler``, ``flags``, ``cmake_args``, ``ncnn_options`` (the ISA paths ncnn's CMake chose,
+            e.g. ``NCNN_VFPV4``), ``layers``, ``seconds`` (wall time of the making).
         cached: True when it was found in the cache (nothing compiled or downloaded).
     """
 
@@ -98,7 +103,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None, env: dict[str, str
     except FileNotFoundError:
         raise ToolchainError(f"{what}: {argv[0]} not found") from None
     if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])[-700:]
+        tail = " | ".join(f"{proc.stdout.strip()}\n{proc.stderr.strip()}".strip().splitlines()[-6:])[-700:]
         raise ToolchainError(f"{what} failed (exit {proc.returncode}): {tail}")
     return proc.stdout
 
@@ -182,7 +187,9 @@ class Apt:
         for sub in ("state/lists/partial", "cache/archives/partial", "etc/sources.list.d"):
             (r / sub).mkdir(parents=True, exist_ok=True)
         (r / "state" / "status").touch()
-        (r / "etc" / "sources.list").write_text(f"deb {self.deb.mirror} {self.deb.suite} main\n")
+        # Debian's archive keyring checks the release signature (on Ubuntu: apt-get install debian-archive-keyring)
+        signed = " [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" if DEBIAN_KEYRING.is_file() else ""
+        (r / "etc" / "sources.list").write_text(f"deb{signed} {self.deb.mirror} {self.deb.suite} main\n")
         self.conf.write_text(
             f'APT::Architecture "{self.deb.arch}";\nAPT::Architectures {{ "{self.deb.arch}"; }};\n'
             f'Dir::State "{r}/state";\nDir::State::status "{r}/state/status";\nDir::Cache "{r}/cache";\n'
@@ -190,9 +197,12 @@ class Apt:
             'Acquire::Languages "none";\nAPT::Install-Recommends "false";\nDebug::NoLocking "true";\n'
             'APT::Sandbox::User "root";\n'
         )
-        if not any((r / "state" / "lists").glob("*_Packages*")):
-            report(f"apt-get update ({self.deb.suite} {self.deb.arch})")
-            _run(["apt-get", "update", "-qq"], f"apt-get update for {self.deb.arch}", env=self._env())
+        stamp = r / "state" / "updated"
+        with _locked(stamp):  # apt's own locking is off (a private state): one update at a time
+            if not stamp.is_file() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE:
+                report(f"apt-get update ({self.deb.suite} {self.deb.arch})")
+                _run(["apt-get", "update", "-qq"], f"apt-get update for {self.deb.arch}", env=self._env())
+                stamp.touch()
 
     def closure(self, packages: Iterable[str]) -> list[tuple[str, str]]:
         """(package, version) of ``packages`` and everything they depend on (no recommends), from an empty system."""
@@ -203,8 +213,9 @@ class Apt:
     def download(self, packages: list[tuple[str, str]], dest: Path) -> list[Path]:
         """``apt-get download name=version ...`` into ``dest``; the ``.deb`` files (checked by apt's hashes)."""
         dest.mkdir(parents=True, exist_ok=True)
-        _run(["apt-get", "download", "-qq", *(f"{n}={v}" for n, v in packages)], "apt-get download",
-             cwd=dest, env=self._env())
+        with _locked(dest):  # a second build waits rather than reading a half-written .deb
+            _run(["apt-get", "download", "-qq", *(f"{n}={v}" for n, v in packages)], "apt-get download",
+                 cwd=dest, env=self._env())
         return sorted(dest.glob("*.deb"))
 
 
@@ -466,11 +477,17 @@ def build_source(tc: Toolchain, src: Source, layers: Iterable[str] | None = None
                 return hit
             t0 = time.monotonic()
             include = _python_headers(tc, tmp, report)
+            # the temporary folder's name kept out of the binary (__FILE__ in ncnn's messages): same key, same bytes
+            reproducible = f"{tc.flags} -ffile-prefix-map={tmp}=/build"
             argv = ["cmake", "-G", "Ninja", "-S", str(source), "-B", str(tmp / "build"),
                     f"-DCMAKE_TOOLCHAIN_FILE={cmake_file}", f"-DPython_EXECUTABLE={_host_python(tc)}",
-                    f"-DPython_INCLUDE_DIR={include}", *recipe]
+                    f"-DPython_INCLUDE_DIR={include}", *recipe, f"-DCMAKE_C_FLAGS={reproducible}",
+                    f"-DCMAKE_CXX_FLAGS={reproducible}"]
             report(f"configuring {src.name} {src.version} for {tc.name} ({compiler})")
             _run(argv, "cmake configure")
+            # the ISA paths ncnn chose for this compiler and these flags (NEON, VFPv4 fp16 conversions, OpenMP)
+            chosen = dict(re.findall(r"^(NCNN_(?:ARM\w*|VFPV4\w*|OPENMP|VULKAN|INT8|BF16)):BOOL=(\w+)$",
+                                     (tmp / "build" / "CMakeCache.txt").read_text(), flags=re.M))
             n = len(compiled) if compiled is not None else "all"
             report(f"compiling {src.name} with {tc.cxx} {tc.flags} ({n} layers; minutes)")
             _run(["cmake", "--build", str(tmp / "build"), "-j", str(jobs or os.cpu_count() or 1)], "compiling ncnn")
@@ -489,7 +506,7 @@ def build_source(tc: Toolchain, src: Source, layers: Iterable[str] | None = None
             return _store(folder, wheel, {
                 "how": "compiled", "what": f"ncnn {src.version}", "source": src.url.rsplit("/", 1)[-1],
                 "sha256": src.sha256, "compiler": compiler, "flags": tc.flags,
-                "cmake_toolchain": tc.cmake_toolchain, "cmake_args": list(src.cmake_args),
+                "cmake_toolchain": tc.cmake_toolchain, "cmake_args": list(src.cmake_args), "ncnn_options": chosen,
                 "layers": compiled if compiled is not None else "all",
                 "seconds": round(time.monotonic() - t0, 1),
             })

@@ -169,3 +169,24 @@ class Arm64Device(SshDevice):
         )
         self._boot(["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
                     "sh", "-c", script], timeout=60)
+
+
+def start_device(work: Path, arch: str, name: str, target: str, timeout: float) -> Arm64Device:
+    """Boot an emulated ``arch`` device in ``work`` with what a deployment test needs next to it.
+
+    Writes ``work/devices.toml`` (device ``name`` for ``target``, the client key, a trusted signing key,
+    ``known_hosts``); the signing key's private file is ``device.sign_key``. Close the device when done.
+    """
+    from edgeseg.signing import new_keypair
+    from sshd import ssh_keygen
+
+    client = ssh_keygen(work / "client")
+    dev = Arm64Device(work / "dev", Path(f"{client}.pub"), arm64_rootfs(work / "rootfs", arch=arch))
+    keys = new_keypair(work / "sign")
+    (work / "known_hosts").write_text(dev.known_hosts_line())
+    (work / "devices.toml").write_text(
+        f'known_hosts = "known_hosts"\n[defaults]\nkey = "{client}"\ntrusted_keys = ["{keys.public}"]\n'
+        f"timeout = {timeout}\n" + dev.toml(name, target=target)
+    )
+    dev.sign_key = keys.private  # type: ignore[attr-defined]
+    return dev

@@ -37,20 +37,23 @@ ALWAYS_ALLOWED_SKIPS = ("GPU", "TensorRT", "tensorrt", "macOS", "is installed he
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The emulated-device tests run last, and what they need that is not cached (Debian roots, armhf wheels)
+    """The emulated-device tests run last: what they need that is not cached (Debian roots, armhf wheels)
     is made meanwhile by a background process (``tests/prewarm.py``) on the core pytest leaves idle."""
     late = [item for item in items if item.path.name in prewarm.NEEDS]
     items[:] = [item for item in items if item.path.name not in prewarm.NEEDS] + late
-    prewarm.start({item.path.name for item in late})
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background prewarm for the tests that will run (after -k/-m deselection)."""
+    prewarm.start({item.path.name for item in session.items if item.path.name in prewarm.NEEDS})
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``EDGESEG_REQUIRE_ALL=1`` (CI, the README's test command) a skip for a missing extra or service fails the run.
 
     Without it (a developer with a subset of the extras) such tests skip,
-    each with the reason naming what is missing. The background prewarm (if any) is stopped first.
+    each with the reason naming what is missing.
     """
-    prewarm.stop()
     if not os.environ.get("EDGESEG_REQUIRE_ALL"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

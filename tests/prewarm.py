@@ -8,9 +8,10 @@ collected tests need one that is not cached, :func:`start` runs this file as a
 to the end of the run, so by then the caches are usually made. Each cache is
 built under a ``flock`` (:func:`arm64.arm64_rootfs`, :mod:`edgeseg.crossbuild`):
 a test that needs one before it is done waits for the background build instead
-of making a second one, and if the background process failed or was stopped,
-the test builds it itself and reports the error. :func:`stop` ends the process
-(and what it started) at the end of the session.
+of making a second one, and if the background process failed, the test builds
+it itself and reports the error. The process is not stopped when the session
+ends (a debootstrap killed half-way can leave its mounts behind): it finishes
+what it started, then exits, and the next session finds the caches made.
 
 Its output goes to ``<cache>/prewarm.log``.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -65,18 +65,6 @@ def start(test_files: set[str]) -> None:
                              stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
-def stop() -> None:
-    """End the background process group (a half-made cache is never used: each is renamed into place)."""
-    global _proc
-    if _proc is not None and _proc.poll() is None:
-        os.killpg(_proc.pid, signal.SIGTERM)
-        try:
-            _proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(_proc.pid, signal.SIGKILL)
-    _proc = None
-
-
 def _make(name: str) -> None:
     from arm64 import arm64_rootfs
 
@@ -91,10 +79,10 @@ def _make(name: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     for item in sys.argv[1:]:
         print(f"prewarm: {item}", flush=True)
         try:
             _make(item)
         except Exception as exc:  # noqa: BLE001 (the test that needs it builds it again and fails there)
             print(f"prewarm: {item} failed: {exc}", flush=True)
+    shutil.rmtree(os.environ["EDGESEG_CACHE_DIR"], ignore_errors=True)  # the private cache start() made

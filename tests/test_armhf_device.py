@@ -24,13 +24,11 @@ import pytest
 from PIL import Image
 
 import edgeseg
-from arm64 import Arm64Device, arm64_rootfs, can_emulate
+from arm64 import Arm64Device, can_emulate, start_device
 from edgeseg.deploy import deploy_device, load_inventory, provision_device
 from edgeseg.deploy.ssh import DeviceLink
-from edgeseg.signing import new_keypair
 from edgeseg.toolchains import load_toolchain
 from edgeseg_runtime import Archive, Segmentor, load_image
-from sshd import ssh_keygen
 
 pytestmark = [pytest.mark.device, pytest.mark.slow]
 pytest.importorskip("pnnx", reason="pnnx is not installed (extra 'ncnn')")
@@ -46,16 +44,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Arm64Devi
     if WHY:
         pytest.skip(f"the armhf device cannot run here: {WHY}")  # CI sets EDGESEG_REQUIRE_ALL: a failure there
     work = tmp_path_factory.mktemp("armhf")
-    client = ssh_keygen(work / "client")
-    rootfs = arm64_rootfs(work / "rootfs", arch="armhf")
-    dev = Arm64Device(work / "dev", Path(f"{client}.pub"), rootfs)
-    keys = new_keypair(work / "sign")
-    (work / "known_hosts").write_text(dev.known_hosts_line())
-    (work / "devices.toml").write_text(
-        f'known_hosts = "known_hosts"\n[defaults]\nkey = "{client}"\ntrusted_keys = ["{keys.public}"]\ntimeout = 120.0\n'
-        + dev.toml("pi2", target="armhf")
-    )
-    dev.sign_key = keys.private  # type: ignore[attr-defined]
+    dev = start_device(work, "armhf", "pi2", "armhf", timeout=120.0)
     yield dev, work
     dev.close()
 

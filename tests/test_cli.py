@@ -33,7 +33,7 @@ def test_unknown_target_one_line(tmp_path: Path) -> None:
     proc = edgeseg_cli("build", "--target", "mars", "--out", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert "unknown target 'mars'; available: apple, arm, cpu, intel, jetson, tflite" in proc.stderr
+    assert "unknown target 'mars'; available: apple, arm, armhf, cpu, intel, jetson, tflite" in proc.stderr
     assert not any(tmp_path.iterdir())
 
 

@@ -605,8 +605,11 @@ def _cross_build_lines(builds: Any) -> list[str]:
         if b.get("how") == "compiled":
             layers = b.get("layers")
             n = f"{len(layers)} layers" if isinstance(layers, list) else "all layers"
+            options = b.get("ncnn_options")
+            chosen = [f"{k}={v}" for k, v in sorted(options.items())] if isinstance(options, dict) else []
             lines.append(f"compiled    {_text(b, 'what')} from {_text(b, 'source')} (sha256 {_text(b, 'sha256')[:16]}) "
-                         f"with {_text(b, 'compiler')}, flags {_text(b, 'flags')}, {n}, {_text(b, 'seconds')} s")
+                         f"with {_text(b, 'compiler')}, flags {_text(b, 'flags')}"
+                         + (f" ({_text(' '.join(chosen))})" if chosen else "") + f", {n}, {_text(b, 'seconds')} s")
         else:
             lines.append(f"repacked    {_text(b, 'what')} from {_text(b, 'source')} (sha256 {_text(b, 'sha256')[:16]})")
     return lines
