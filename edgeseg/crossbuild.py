@@ -20,8 +20,8 @@ gets its device wheels from here instead of ``pip download``:
 Every result is cached under ``<cache>/crossbuild/<toolchain>/`` (or
 ``$EDGESEG_CROSSBUILD_DIR``) by a key of
 what made it (source sha256, the toolchain TOML and CMake file bytes, the
-compiler's version, the layer set; or the Debian packages' exact versions and
-sha256), so an archive build does not compile again. Each wheel sits with a
+compiler's, cmake's and ninja's versions, the layer set; or the Debian
+packages' exact versions), so an archive build does not compile again. Each wheel sits with a
 ``build.json`` recording what was compiled, from which source, with which
 compiler and flags; archives carry it as ``manifest.json``'s ``cross_build``.
 
@@ -467,8 +467,10 @@ def build_source(tc: Toolchain, src: Source, layers: Iterable[str] | None = None
             f"-DCMAKE_CXX_FLAGS={tc.flags}", "-DCMAKE_BUILD_TYPE=Release", "-DNCNN_PYTHON=ON",
             f"-DNCNN_VERSION={src.version.rsplit('.', 1)[-1]}", *src.cmake_args, *layer_args,
         ]
+        # the build tools are inputs too: PyPI's cmake 4 and Debian's 3.25 give different binaries
+        tools = [_run([tool, "--version"], f"{tool} --version").splitlines()[0].strip() for tool in ("cmake", "ninja")]
         key = _digest(src.sha256, recipe, tc.path.read_bytes().hex(), cmake_file.read_bytes().hex(), compiler,
-                      RECIPE_VERSION)
+                      tools, RECIPE_VERSION)
         folder = crossbuild_dir() / tc.name / f"{src.name}-{key}"
         with _locked(folder):
             hit = _cached(folder)
@@ -505,7 +507,7 @@ def build_source(tc: Toolchain, src: Source, layers: Iterable[str] | None = None
             wheel = _repair(_pack_wheel(tree, tmp / "packed"), runtime_libs, tmp / "repaired")
             return _store(folder, wheel, {
                 "how": "compiled", "what": f"ncnn {src.version}", "source": src.url.rsplit("/", 1)[-1],
-                "sha256": src.sha256, "compiler": compiler, "flags": tc.flags,
+                "sha256": src.sha256, "compiler": compiler, "build_tools": tools, "flags": tc.flags,
                 "cmake_toolchain": tc.cmake_toolchain, "cmake_args": list(src.cmake_args), "ncnn_options": chosen,
                 "layers": compiled if compiled is not None else "all",
                 "seconds": round(time.monotonic() - t0, 1),
