@@ -320,47 +320,54 @@ def debian_wheels(tc: Toolchain, report: Report = lambda _l: None) -> list[Built
     apt.update(report)
     closure = apt.closure(tc.debian.packages.values())
     results = []
-    for dist, package in sorted(tc.debian.packages.items()):
-        version = dict(closure).get(package)
-        if version is None:
-            raise ToolchainError(f"{package} is not in Debian {tc.debian.suite} {tc.debian.arch}")
-        folder = crossbuild_dir() / tc.name / f"{dist}-{_digest(closure, package, tc.python, tc.arch, RECIPE_VERSION)}"
-        with _locked(folder):
-            results.append(_cached(folder) or _repack(tc, apt, closure, dist, package, version, folder, report))
+    debs_dir = crossbuild_dir() / "debs" / f"{tc.debian.suite}-{tc.debian.arch}"
+    with tempfile.TemporaryDirectory(prefix="edgeseg-deb-") as tmp_name:
+        tmp = Path(tmp_name)
+        stage = tmp / "stage"
+        for dist, package in sorted(tc.debian.packages.items()):
+            version = dict(closure).get(package)
+            if version is None:
+                raise ToolchainError(f"{package} is not in Debian {tc.debian.suite} {tc.debian.arch}")
+            key = _digest(closure, package, tc.python, tc.arch, RECIPE_VERSION)
+            folder = crossbuild_dir() / tc.name / f"{dist}-{key}"
+            with _locked(folder):
+                hit = _cached(folder)
+                if hit is None and not stage.is_dir():  # the closure downloaded and extracted once for all packages
+                    _extract_debs(_debs_of(apt.download(closure, debs_dir), closure), stage)
+                results.append(hit or _repack(tc, stage, debs_dir, closure, (dist, package, version), folder,
+                                              tmp / dist, report))
     return results
 
 
-def _repack(tc: Toolchain, apt: Apt, closure: list[tuple[str, str]], dist: str, package: str, version: str,
-            folder: Path, report: Report) -> Built:
-    """One Debian package's Python files as a repaired wheel, stored in ``folder`` (see :func:`debian_wheels`)."""
+def _repack(tc: Toolchain, stage: Path, debs_dir: Path, closure: list[tuple[str, str]], what: tuple[str, str, str],
+            folder: Path, tmp: Path, report: Report) -> Built:
+    """One Debian package's Python files (from the extracted ``stage``) as a repaired wheel, stored in ``folder``
+    (see :func:`debian_wheels`). ``what``: (distribution, Debian package, version); ``tmp``: a new working folder."""
     assert tc.debian is not None
+    dist, package, version = what
     t0 = time.monotonic()
     report(f"repacking Debian {package} {version} ({len(closure)} packages in its closure)")
-    with tempfile.TemporaryDirectory(prefix="edgeseg-deb-") as tmp_name:
-        tmp = Path(tmp_name)
-        debs = apt.download(closure, crossbuild_dir() / "debs" / f"{tc.debian.suite}-{tc.debian.arch}")
-        stage = tmp / "stage"
-        _extract_debs(_debs_of(debs, closure), stage)
-        site = stage / "usr" / "lib" / "python3" / "dist-packages"
-        egg = next((p for p in site.glob("*.egg-info") if p.name.lower().startswith(dist.lower() + "-")), None)
-        if egg is None:
-            raise ToolchainError(f"{package} {version}: no {dist} egg-info in {site}")
-        dist_name, dist_version = egg.name[: -len(".egg-info")].split("-", 1)
-        tree = tmp / "tree"
-        for top in (egg / "top_level.txt").read_text().split():
-            if (site / top).is_dir():
-                shutil.copytree(site / top, tree / top, symlinks=True)
-        for link in [p for p in tree.rglob("*") if p.is_symlink()]:
-            link.unlink()  # Debian links numpy's headers to /usr/include: not a runtime file
-        _dist_info(tree, dist_name, dist_version, _wheel_tag(tc), metadata=(egg / "PKG-INFO").read_text())
-        sha = {d.name: hashlib.sha256(d.read_bytes()).hexdigest() for d in _debs_of(debs, [(package, version)])}
-        wheel = _repair(_pack_wheel(tree, tmp / "packed"), _lib_dirs(stage, tc.multiarch), tmp / "repaired")
-        return _store(folder, wheel, {
-            "how": "repacked", "what": f"{dist_name} {dist_version}",
-            "source": f"Debian {tc.debian.suite} {tc.debian.arch} {package} {version}",
-            "sha256": next(iter(sha.values()), ""), "closure": [f"{n}={v}" for n, v in closure],
-            "seconds": round(time.monotonic() - t0, 1),
-        })
+    site = stage / "usr" / "lib" / "python3" / "dist-packages"
+    egg = next((p for p in site.glob("*.egg-info") if p.name.lower().startswith(dist.lower() + "-")), None)
+    if egg is None:
+        raise ToolchainError(f"{package} {version}: no {dist} egg-info in {site}")
+    dist_name, dist_version = egg.name[: -len(".egg-info")].split("-", 1)
+    tree = tmp / "tree"
+    for top in (egg / "top_level.txt").read_text().split():
+        if (site / top).is_dir():
+            shutil.copytree(site / top, tree / top, symlinks=True)
+    for link in [p for p in tree.rglob("*") if p.is_symlink()]:
+        link.unlink()  # Debian links numpy's headers to /usr/include: not a runtime file
+    _dist_info(tree, dist_name, dist_version, _wheel_tag(tc), metadata=(egg / "PKG-INFO").read_text())
+    sha = {d.name: hashlib.sha256(d.read_bytes()).hexdigest()
+           for d in _debs_of(debs_dir.glob("*.deb"), [(package, version)])}
+    wheel = _repair(_pack_wheel(tree, tmp / "packed"), _lib_dirs(stage, tc.multiarch), tmp / "repaired")
+    return _store(folder, wheel, {
+        "how": "repacked", "what": f"{dist_name} {dist_version}",
+        "source": f"Debian {tc.debian.suite} {tc.debian.arch} {package} {version}",
+        "sha256": next(iter(sha.values()), ""), "closure": [f"{n}={v}" for n, v in closure],
+        "seconds": round(time.monotonic() - t0, 1),
+    })
 
 
 # ---------------------------------------------------------------------------------------------------- ncnn
