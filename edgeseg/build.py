@@ -823,6 +823,7 @@ def _provenance(plan: BuildPlan, exported: Exported) -> dict[str, Any]:
         "shared_onnx_sha256": shared.sha256,
         "opset": shared.opset,
         **({"exporter": shared.exporter} if shared.exporter else {}),
+        **({"export_rewrites": shared.rewrites} if shared.rewrites else {}),
         "with_argmax": plan.with_argmax,
         "dynamic": plan.target.input.dynamic,
         **({"dynamic_export_check": exported.dynamic_check.to_dict()} if exported.dynamic_check is not None else {}),

@@ -25,6 +25,7 @@ exporter, ``dynamo=False``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class SharedModel:
         output_dtype: ``"float32"`` (scores) or ``"int64"`` (labels).
         opset: default-domain opset of the graph.
         exporter: the PyTorch exporter that wrote it (``torchscript`` | ``dynamo``), "" for ONNX sources.
+        rewrites: the static-shape rewrites made at export and their measured difference from PyTorch
+            (:mod:`edgeseg.torch_rewrites`), "" for none.
     """
 
     path: Path
@@ -73,6 +76,7 @@ class SharedModel:
     output_dtype: str
     opset: int
     exporter: str = ""
+    rewrites: str = ""
 
 
 def _onnx() -> Any:
@@ -113,16 +117,23 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str
     (DESIGN.md §6), so a dynamic export is checked against a static one at a
     second size (:func:`edgeseg.variants.check_dynamic_export`).
     """
+    from collections import Counter
+
+    from .torch_rewrites import static_rewrites
+
     torch = _torch()
     module.eval()
     axes = (1, 2) if spec.input.layout == "NHWC" else (2, 3)
     dynamic_axes = {"input": {a: f"d{a}" for a in axes}} if dynamic else None
+    rewrites: Counter[str] = Counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), static_rewrites(rewrites) if not dynamic else contextlib.nullcontext():
             torch.onnx.export(
                 module, (_dummy_input(spec),), str(out), opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
             )
+        if rewrites:
+            _check_rewrites(module, spec, out, rewrites)
         return "torchscript"
     except EdgesegError:  # the model's own clear error (e.g. a missing compiled op): not an exporter failure
         raise
@@ -138,6 +149,45 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str
         raise ConversionError(
             f"torch.onnx.export failed{' with dynamic H/W' if dynamic else ''}: {legacy[:300]}; dynamo exporter: {dynamo[:300]}"
         ) from None
+
+
+#: largest max abs difference, relative to the logits' range, between a rewritten export and PyTorch
+REWRITE_REL_TOL = 1e-4
+
+
+def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str, int]) -> None:
+    """Compare a graph exported with :func:`edgeseg.torch_rewrites.static_rewrites` with the unchanged module.
+
+    Both run on one seeded standard-normal input at the export size (ONNX
+    Runtime, CPU, fp32). The result is recorded in the graph's metadata
+    (``edgeseg.rewrites``: each rewrite, its count, the max abs difference
+    and its share of the logits' range).
+
+    Raises:
+        ConversionError: they differ by more than :data:`REWRITE_REL_TOL` of the range.
+    """
+    import onnxruntime as ort
+
+    torch = _torch()
+    onnx = _onnx()
+    x = np.random.default_rng(0).standard_normal(tuple(_dummy_input(spec).shape)).astype(np.float32)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x))
+    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()  # the first output is the one exported first
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    diff = float(np.abs(got.astype(np.float64) - ref).max()) if got.shape == ref.shape else float("inf")
+    rel = diff / max(float(ref.max() - ref.min()), 1e-12)
+    said = ", ".join(f"{name} x{n}" for name, n in sorted(rewrites.items()))
+    if not rel <= REWRITE_REL_TOL:
+        raise ConversionError(f"the static-shape rewrite of {said} changed the model's output by {rel:.1e} of its range "
+                              f"(max abs diff {diff:.3g}); report this model")
+    proto = onnx.load(str(out))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "edgeseg.rewrites", f"{said}; max abs diff vs PyTorch {diff:.2e} ({rel:.1e} of the range)"
+    onnx.save(proto, str(out))
 
 
 def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int] | None) -> None:
@@ -645,4 +695,5 @@ def export_shared(
         output_dtype="int64" if out_vi.type.tensor_type.elem_type == onnx.TensorProto.INT64 else "float32",
         opset=opset,
         exporter=next((p.value for p in proto.metadata_props if p.key == "edgeseg.exporter"), ""),
+        rewrites=next((p.value for p in proto.metadata_props if p.key == "edgeseg.rewrites"), ""),
     )

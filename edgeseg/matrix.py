@@ -52,9 +52,8 @@ from edgeseg_runtime.runners import BACKEND_NAMES
 
 from .errors import EdgesegError
 
-__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "REL_TOL", "backend_columns", "ModelRow",
-           "Cell", "measure_matrix", "write_matrix",
-           "run_matrix"]
+__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "MMDEPLOY_Y", "REL_TOL", "backend_columns",
+           "ModelRow", "Cell", "measure_matrix", "summary", "write_matrix", "run_matrix"]
 
 #: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
 SEED_MODELS: dict[str, str] = {
@@ -107,6 +106,29 @@ COLUMN_PROFILES: dict[str, str] = {
     "tflite": "LiteRT",
     "apple": "CoreML",
     "jetson": "TensorRT",
+}
+#: MMDeploy's own support table for MMSegmentation (MMDeploy 1.x, ``docs/en/04-supported-codebases/mmseg.md``):
+#: architecture → the backends it marks Y, in this matrix's backend names (its PPLNN column has no edgeseg
+#: backend; MMDeploy has no LiteRT or CoreML column; Mask2Former has no row). The reference this matrix is held to.
+MMDEPLOY_Y: dict[str, frozenset[str]] = {
+    name: frozenset(backends.split()) for name, backends in {
+        "FCN": "onnxruntime tensorrt ncnn openvino", "PSPNet": "onnxruntime tensorrt ncnn openvino",
+        "DeepLabV3": "onnxruntime tensorrt ncnn openvino", "DeepLabV3+": "onnxruntime tensorrt ncnn openvino",
+        "Fast-SCNN": "onnxruntime tensorrt openvino", "UNet": "onnxruntime tensorrt ncnn openvino",
+        "ANN": "onnxruntime tensorrt", "APCNet": "onnxruntime tensorrt ncnn",
+        "BiSeNetV1": "onnxruntime tensorrt ncnn openvino", "BiSeNetV2": "onnxruntime tensorrt ncnn openvino",
+        "CGNet": "onnxruntime tensorrt ncnn openvino", "DMNet": "onnxruntime",
+        "DNLNet": "onnxruntime tensorrt ncnn openvino", "EMANet": "onnxruntime tensorrt openvino",
+        "EncNet": "onnxruntime tensorrt openvino", "ERFNet": "onnxruntime tensorrt ncnn openvino",
+        "FastFCN": "onnxruntime tensorrt ncnn openvino", "GCNet": "onnxruntime tensorrt",
+        "ICNet": "onnxruntime tensorrt openvino", "ISANet": "onnxruntime tensorrt openvino",
+        "NonLocal Net": "onnxruntime tensorrt ncnn openvino", "OCRNet": "onnxruntime tensorrt ncnn openvino",
+        "PointRend": "onnxruntime tensorrt openvino", "Semantic FPN": "onnxruntime tensorrt ncnn openvino",
+        "STDC": "onnxruntime tensorrt ncnn openvino", "UPerNet": "onnxruntime tensorrt",
+        "DANet": "onnxruntime tensorrt openvino", "Segmenter": "onnxruntime tensorrt",
+        "SegFormer": "onnxruntime tensorrt openvino", "SETR": "onnxruntime openvino",
+        "CCNet": "", "PSANet": "", "DPT": "",
+    }.items()
 }
 #: precision → largest max abs diff, relative to the PyTorch logits' range, for a Y cell
 REL_TOL: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
@@ -165,6 +187,8 @@ class ModelRow:
     shape_detail: str = ""
     pytorch_ms: float | None = None
     error: str = ""
+    rewrites: str = ""  # static-shape rewrites made at export (SharedModel.rewrites)
+    measured: str = ""  # ISO date the row was measured
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # backend -> precision -> cell
 
 
@@ -256,7 +280,9 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
     from .pipeline import stretch_to
     from .variants import check_dynamic_export, spec_at
 
-    row = ModelRow(name, config, size)
+    import datetime
+
+    row = ModelRow(name, config, size, measured=datetime.date.today().isoformat())
     with tempfile.TemporaryDirectory(prefix="edgeseg-matrix-") as tmp:
         work = Path(tmp)
         try:
@@ -268,7 +294,7 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
                 ref = module(torch.from_numpy(x)).numpy()
                 row.pytorch_ms = round(_median_ms(lambda: module(torch.from_numpy(x)), max(1, runs // 4)), 2)
             shared = export_shared(module, spec, work / "static")
-            row.export_ok, row.exporter = True, shared.exporter
+            row.export_ok, row.exporter, row.rewrites = True, shared.exporter, shared.rewrites
         except Exception as exc:  # every failure is a measured result
             row.error = _first_line(exc)
             report(f"{name}: {row.error}")
@@ -345,6 +371,12 @@ def _cell_md(cells: dict[str, Cell] | None) -> str:
     return "<br>".join((f"{', '.join(precs)} " if many else "") + text for text, precs in texts.items())
 
 
+def _dates(rows: Sequence[ModelRow], meta: dict[str, Any]) -> str:
+    """When the rows were measured: one date, or the range when a resumed run re-measured some of them."""
+    dates = sorted({r.measured or meta.get("date", "") for r in rows} - {""}) or [meta.get("date", "")]
+    return dates[0] if len(dates) == 1 else f"rows measured {dates[0]} to {dates[-1]} (each row's date in Details)"
+
+
 def _short(text: str, limit: int = 170) -> str:
     """An error cut for a table cell (the JSON keeps the whole first line)."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -361,7 +393,7 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     lines = [
         "# Support matrix: MMSegmentation models × edgeseg backends (measured)",
         "",
-        f"Generated by `{m.get('command', 'invoke matrix --full')}` on {m.get('host', 'this host')}, {m.get('date', '')}, "
+        f"Generated by `{m.get('command', 'invoke matrix --full')}` on {m.get('host', 'this host')}, {_dates(rows, m)}, "
         f"{m.get('models_done', len(rows))} models in {round(m.get('seconds', 0) / 60)} min"
         + (f" ({m['jobs']} at once, so latencies include that load)" if m.get("jobs", 1) > 1 else "") + ". "
         f"Every model has **random weights** (no checkpoints are reachable here), input {m.get('size', '')}, "
@@ -382,10 +414,11 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     for r in rows:
         export = (r.exporter or "Y") if r.export_ok else f"N: {r.error}".replace("|", "/")
         lines.append(f"| {r.model} | {export} | {r.shape or '-'} | " + " | ".join(_cell_md(r.cells.get(c)) for c in cols) + " |")
-    lines += ["", "## Details", ""]
+    lines += ["", *_summary_md(rows, cols), "", "## Details", ""]
     for r in rows:
-        lines.append(f"- **{r.model}** (`{r.config}`): {r.shape_detail or r.error or 'no detail'}; PyTorch "
-                     f"{r.pytorch_ms if r.pytorch_ms is not None else '-'} ms")
+        lines.append(f"- **{r.model}** (`{r.config}`{', measured ' + r.measured if r.measured else ''}): "
+                     f"{r.shape_detail or r.error or 'no detail'}; PyTorch {r.pytorch_ms if r.pytorch_ms is not None else '-'} ms"
+                     + (f"; export rewrites: {r.rewrites}" if r.rewrites else ""))
         for c, cells in r.cells.items():
             for precision, cell in cells.items():
                 if cell.status == "Y":
@@ -394,6 +427,61 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     md_path = out_dir / "support-matrix.md"
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+def summary(rows: Sequence[ModelRow], cols: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per backend: how many exported models are Y at fp32 (and fp16), convert, and how MMDeploy's Y cells fare.
+
+    Returns:
+        backend → ``{"exported": n, "fp32_y": n, "fp16_y": n, "fp16_measured": n, "converts": n,
+        "mmdeploy_y": n, "mmdeploy_y_here": n, "mmdeploy_not_y": {model: "status: error"}}`` (fp16 counts only
+        over models whose fp32 cell is Y).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    exported = [r for r in rows if r.export_ok]
+    for c in cols:
+        cells = {r.model: r.cells.get(c, {}) for r in exported}
+        fp32_y = [m for m, cs in cells.items() if cs.get("fp32") and cs["fp32"].status == "Y"]
+        fp16 = [m for m in fp32_y if "fp16" in cells[m]]
+        wanted = [r.model for r in rows if c in MMDEPLOY_Y.get(r.model, ())]
+        not_y = {}
+        for m in wanted:
+            cell = cells.get(m, {}).get("fp32")
+            if cell is None or cell.status != "Y":
+                row = next(r for r in rows if r.model == m)
+                not_y[m] = f"{cell.status}: {cell.error}" if cell else f"N: {row.error or 'not measured'}"
+        out[c] = {
+            "exported": len(exported), "fp32_y": len(fp32_y), "fp16_measured": len(fp16),
+            "fp16_y": sum(cells[m]["fp16"].status == "Y" for m in fp16),
+            "converts": sum(bool(cs.get("fp32") and cs["fp32"].convert_ok) for cs in cells.values()),
+            "mmdeploy_y": len(wanted), "mmdeploy_y_here": len(wanted) - len(not_y), "mmdeploy_not_y": not_y,
+        }
+    return out
+
+
+def _summary_md(rows: Sequence[ModelRow], cols: Sequence[str]) -> list[str]:
+    counts = summary(rows, cols)
+    lines = [
+        "## Counts, and MMDeploy's table",
+        "",
+        "Over the models that export. *fp32 Y*: measured Y at fp32; *converts*: the converter wrote a model (the "
+        "only check possible where the backend cannot run here); *fp16 Y*: of those Y at fp32; *MMDeploy Y*: the "
+        "cells [MMDeploy's own table](https://github.com/open-mmlab/mmdeploy/blob/main/docs/en/04-supported-codebases/"
+        "mmseg.md) marks Y (it has no LiteRT or CoreML column), and how many are Y here.",
+        "",
+        "| Backend | fp32 Y | converts | fp16 Y | MMDeploy Y cells Y here | MMDeploy Y cells not Y here |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c, n in counts.items():
+        mm = f"{n['mmdeploy_y_here']}/{n['mmdeploy_y']}" if n["mmdeploy_y"] else "-"
+        by_reason: dict[str, list[str]] = {}
+        for m, why in n["mmdeploy_not_y"].items():
+            by_reason.setdefault(_short(why, 150), []).append(m)
+        missing = "; ".join(f"{', '.join(ms) if len(ms) < n['mmdeploy_y'] or len(ms) == 1 else 'all'}: {why}"
+                            for why, ms in by_reason.items()).replace("|", "/")
+        lines.append(f"| {backend_columns()[c][1]} | {n['fp32_y']}/{n['exported']} | {n['converts']}/{n['exported']} | "
+                     f"{n['fp16_y']}/{n['fp16_measured']} | {mm} | {missing or '-'} |")
+    return lines
 
 
 def _row_from_dict(d: dict[str, Any]) -> ModelRow:

@@ -23,10 +23,13 @@ them by name).
   import init_model`` imports ``mmcv.ops``, which loads them. While mmseg is
   imported, :func:`_mmcv_ext_stand_in` puts a module in ``sys.modules`` whose
   every attribute is a function raising :class:`CompiledOpMissing`; it is
-  removed right after (the ops modules keep their reference). A model that
-  really calls a compiled op (PSANet's PSAMask, deformable convolutions…)
-  then fails with a clear ConversionError naming the op; CCNet's criss-cross
-  attention is plain PyTorch in mmcv 2.x and exports.
+  removed right after (the ops modules keep their reference). PSANet's
+  ``PSAMask`` gets a plain-PyTorch forward (:func:`psamask`, checked
+  element for element against mmcv's CPU kernel), which also exports as
+  standard ONNX (the compiled op exports as the custom ``mmcv::MMCVPSAMask``).
+  A model that calls another compiled op then fails with a clear
+  ConversionError naming the op; CCNet's criss-cross attention is plain
+  PyTorch in mmcv 2.x and exports.
   Nothing is stubbed when a full mmcv with ops is installed.
 """
 
@@ -45,7 +48,7 @@ from typing import Any
 from .errors import ConfigError, ConversionError, ToolchainError
 from .spec import ModelSpec, load_spec
 
-__all__ = ["load_mmseg", "config_path", "configs_dir", "CompiledOpMissing", "WholeInference"]
+__all__ = ["load_mmseg", "config_path", "configs_dir", "CompiledOpMissing", "WholeInference", "psamask"]
 
 
 class CompiledOpMissing(RuntimeError):
@@ -82,6 +85,48 @@ def _mmcv_ext_stand_in() -> Iterator[None]:
         yield
     finally:
         sys.modules.pop("mmcv._ext", None)
+
+
+def psamask(x: Any, psa_type: str, mask_size: tuple[int, int]) -> Any:
+    """mmcv's ``PSAMask`` op in plain PyTorch: one ``gather`` with an index fixed by the sizes.
+
+    ``x``: ``(N, h_mask * w_mask, H, W)`` float; returns ``(N, H*W, H, W)``. For feature position ``p = (h, w)``
+    and mask position ``(i, j)``, the value ``x[n, i*w_mask + j, h, w]`` goes to position ``q = (h + i - (h_mask-1)//2,
+    w + j - (w_mask-1)//2)`` when it lies inside the feature map: ``out[n, q, p]`` ("collect") or ``out[n, p, q]``
+    ("distribute"); every other element is 0. Source: mmcv ``ops/csrc/pytorch/cpu/psamask.cpp``
+    (``psamask_collect_forward`` / ``psamask_distribute_forward``), from PSANet (Zhao et al., ECCV 2018).
+    The index is ``(H*W)^2`` int64 (32 MB for a 32x64 feature map), a constant of the exported graph.
+    """
+    import numpy as np
+    import torch
+
+    n, c, h, w = (int(v) for v in x.shape)
+    hm, wm = mask_size
+    assert c == hm * wm, f"PSAMask: {c} channels for a {hm}x{wm} mask"
+    qh, qw, ph, pw = np.meshgrid(np.arange(h), np.arange(w), np.arange(h), np.arange(w), indexing="ij")
+    i, j = qh - ph + (hm - 1) // 2, qw - pw + (wm - 1) // 2  # the mask position that lands p's value on q
+    valid = (i >= 0) & (i < hm) & (j >= 0) & (j < wm)
+    index = torch.from_numpy(np.where(valid, i * wm + j, 0).reshape(h * w, h * w).astype(np.int64))
+    keep = torch.from_numpy(valid.reshape(h * w, h * w).astype(np.float32)).to(x.dtype)
+    flat = x.reshape(n, c, h * w)
+    out = torch.gather(flat, 1, index.unsqueeze(0).expand(n, -1, -1)) * keep  # out[n, q, p] = flat[n, m(q, p), p]
+    if psa_type == "distribute":
+        out = out.transpose(1, 2)
+    return out.reshape(n, h * w, h, w)
+
+
+def _plain_psamask(model: Any) -> int:
+    """Give every mmcv ``PSAMask`` module of ``model`` the plain-PyTorch forward (:func:`psamask`); returns how many.
+
+    mmcv-lite has no compiled ``psamask_forward``, and the compiled op exports as the custom ONNX op
+    ``mmcv::MMCVPSAMask``, which no backend here has.
+    """
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ == "PSAMask" and type(module).__module__.startswith("mmcv."):
+            module.forward = types.MethodType(lambda self, x: psamask(x, self.psa_type, tuple(self.mask_size)), module)
+            count += 1
+    return count
 
 
 def _mmseg() -> dict[str, Any]:
@@ -197,6 +242,7 @@ def load_mmseg(
             torch.manual_seed(0)
             model = mm["init_model"](cfg, str(checkpoint) if checkpoint else None, device="cpu")
         model = mm["revert"](model).eval()
+        _plain_psamask(model)
     except Exception as exc:  # mmseg raises assorted errors from its registries
         raise ConversionError(f"MMSegmentation could not build {path.name}: {str(exc).strip().splitlines()[0]}") from None
     pre = cfg.model.get("data_preprocessor") or cfg.get("data_preprocessor")

@@ -167,3 +167,25 @@ def test_an_onnx_op_pnnx_passes_through_is_named(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "pnnx left ops ncnn has no layer for: ConvTranspose (ONNX ConvTranspose 'decoder/up')"), proc.stderr
+
+
+def test_a_reshape_ncnn_cannot_hold_says_why() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeseg.backends.unsupported import pnnx_unsupported
+
+    def model(shape: list[int]):  # noqa: ANN202
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["input", "shape"], ["output"], name="/window")], "g",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 4, 4])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array(shape, np.int64), "shape")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    six = pnnx_unsupported(model([1, 8, 2, 2, 2, 2]), ["Tensor.reshape"])
+    assert six.endswith("because: Reshape '/window' makes a 6-D tensor ([1, 8, 4, 4] -> [1, 8, 2, 2, 2, 2]), and an ncnn "
+                        "blob has at most 4 axes after a batch axis of 1"), six
+    batch = pnnx_unsupported(model([4, 8, 2, 2]), ["Tensor.reshape"])
+    assert "makes a tensor whose first (batch) axis changes ([1, 8, 4, 4] -> [4, 8, 2, 2])" in batch
+    plain = pnnx_unsupported(model([1, 8, 16]), ["Tensor.reshape"])
+    assert plain == "pnnx left ops ncnn has no layer for: Tensor.reshape (ONNX Reshape '/window')"

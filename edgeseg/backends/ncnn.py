@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from edgeseg_runtime.runners import tool_lines
 
 from ..errors import ConfigError, ConversionError, ToolchainError
@@ -46,10 +47,91 @@ from . import BaseBackend, Calibration, Capabilities, ModelFiles, log_errors, st
 from .unsupported import pnnx_unsupported
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..spec import ModelSpec
 
 FILES = ("end2end.param", "end2end.bin")
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
+
+
+def rewrite_for_pnnx(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite, in place, the ONNX patterns pnnx 20261020 converts to ncnn layers that compute something else.
+
+    Found by comparing small graphs and MMSegmentation models with ONNX Runtime
+    (a 1x1 convolution first, so pnnx knows the batch axis):
+
+    * ``ReduceSum`` with its axes as an input (opset 13+): pnnx keeps a
+      one-element axes list as a bare int, and its ncnn pass then writes a
+      ``Reduction`` with no axes, which reduces nothing (the output keeps the
+      input's shape). Written as ``ReduceMean`` (axes attribute, which pnnx
+      converts right) times the number of elements reduced.
+    * ``Clip(ReduceL1|ReduceL2(x), min)`` then ``Div``, PyTorch's
+      ``F.normalize``: pnnx fuses it into ncnn's ``Normalize`` layer, which
+      normalizes across channels of a 3-D blob only, so any other axis, or a
+      tensor of another rank, comes out wrong (Segmenter's and EMANet's
+      normalizations: 56 % and 573 % of the logits' range). The ``Clip`` is
+      written as ``Max(norm, min)`` (same values), which pnnx does not fuse: the
+      norm, the maximum and the division become ncnn ``Reduction`` and
+      ``BinaryOp`` layers.
+
+    Args:
+        model: a static-shape ONNX model (shapes are inferred for the element counts).
+
+    Returns:
+        What was rewritten: pattern name → count (recorded in the archive's backend details).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def constant(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = consts.get(name)
+        value = next((a for a in node.attribute if a.name == "value"), None) if node is not None else None
+        return None if value is None else numpy_helper.to_array(value.t)
+
+    shapes: dict[str, list[int | None]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # through Shape -> Slice -> Concat
+    except Exception:  # onnx raises assorted errors on graphs it cannot infer: no shapes, no ReduceSum rewrite
+        inferred = onnx.ModelProto()
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    producer = {o: n for n in graph.node for o in n.output}
+    done: dict[str, int] = {}
+    new_nodes = []
+    for node in graph.node:
+        if node.op_type == "ReduceSum" and len(node.input) > 1 and node.input[1]:
+            axes = constant(node.input[1])
+            dims = shapes.get(node.input[0])
+            if axes is not None and dims and all(dims[int(a)] for a in axes.reshape(-1)):
+                count = int(np.prod([dims[int(a)] for a in axes.reshape(-1)]))
+                keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+                mean_out = node.output[0] + "_mean"
+                scale = node.output[0] + "_count"
+                graph.initializer.append(numpy_helper.from_array(np.array(count, dtype=np.float32), scale))
+                new_nodes.append(helper.make_node("ReduceMean", [node.input[0]], [mean_out], name=node.name + "_mean",
+                                                  axes=[int(a) for a in axes.reshape(-1)], keepdims=keep))
+                new_nodes.append(helper.make_node("Mul", [mean_out, scale], list(node.output), name=node.name + "_count"))
+                done["ReduceSum -> ReduceMean x count"] = done.get("ReduceSum -> ReduceMean x count", 0) + 1
+                continue
+        if node.op_type == "Clip" and len(node.input) >= 2 and node.input[1] and (len(node.input) < 3 or not node.input[2]):
+            source = producer.get(node.input[0])
+            if source is not None and source.op_type in ("ReduceL1", "ReduceL2"):
+                new_nodes.append(helper.make_node("Max", [node.input[0], node.input[1]], list(node.output),
+                                                  name=node.name + "_max"))
+                done["F.normalize's Clip -> Max"] = done.get("F.normalize's Clip -> Max", 0) + 1
+                continue
+        new_nodes.append(node)
+    if done:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return done
 
 
 def pnnx_executable() -> Path:
@@ -119,7 +201,7 @@ class NcnnBackend(BaseBackend):
         """
         import onnx
 
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = onnx.load(str(onnx_path))
         dims = static_input_shape(model)
         if dims is None:
             raise ConfigError(
@@ -130,8 +212,13 @@ class NcnnBackend(BaseBackend):
         fp16 = target.precision == "fp16"
         with tempfile.TemporaryDirectory(prefix="edgeseg-pnnx-") as tmp:
             scratch = Path(tmp)
+            rewrites = rewrite_for_pnnx(model)
+            source = onnx_path
+            if rewrites:
+                source = scratch / onnx_path.name
+                onnx.save(model, str(source))
             argv = [
-                str(pnnx_executable()), str(onnx_path), f"inputshape=[{','.join(map(str, dims))}]f32",
+                str(pnnx_executable()), str(source), f"inputshape=[{','.join(map(str, dims))}]f32",
                 f"fp16={int(fp16)}", f"ncnnparam={out_dir / FILES[0]}", f"ncnnbin={out_dir / FILES[1]}",
                 *(f"{key}={scratch / name}" for key, name in (
                     ("pnnxparam", "m.pnnx.param"), ("pnnxbin", "m.pnnx.bin"), ("pnnxpy", "m_pnnx.py"),
@@ -161,5 +248,6 @@ class NcnnBackend(BaseBackend):
             details={
                 "input_blob": in_blob, "output_blob": out_blob, "weights_dtype": "float16" if fp16 else "float32",
                 "ncnn_options": {key: fp16 and key != "use_fp16_arithmetic" for key in FP16_OPTIONS},
+                **({"onnx_rewrites": rewrites} if rewrites else {}),
             },
         )

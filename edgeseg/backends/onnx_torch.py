@@ -5,10 +5,11 @@ CoreML (``coremltools.convert`` of a ``torch.jit.trace``) and LiteRT
 onnx2torch (https://github.com/ENOT-AutoDL/onnx2torch) turns the graph into a
 ``torch.fx.GraphModule`` whose ONNX ops are small modules.
 
-Four of those modules read their shape arguments as tensors at run time
+Seven of those modules read their shape arguments as tensors at run time
 (``OnnxReshape``: ``torch.any(shape == 0)``, ``OnnxResize``: ``scales.tolist()``,
 ``OnnxSlice``: ``axes.numpy()`` and slices of 0-d tensors, ``OnnxPadDynamic``:
-``pads.tolist()``).
+``pads.tolist()``, ``OnnxExpand``: ``torch.Size(shape)``, ``OnnxSqueezeDynamicAxes`` /
+``OnnxUnsqueezeDynamicAxes``: a loop over the axes tensor).
 Under ``torch.export`` that is a data-dependent branch and the export stops
 ("Could not guard on data-dependent expression"). When such an argument is a
 constant of the graph (an initializer, as in every static-shape export),
@@ -32,7 +33,8 @@ from ..errors import ConversionError, ToolchainError
 from . import translate_errors
 from .unsupported import onnx2torch_unsupported
 
-__all__ = ["fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch"]
+__all__ = ["drop_empty_trailing_inputs", "fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch",
+           "constant_first_operands", "pointwise_as_sum", "valid_conv_transpose"]
 
 
 def fold_constants(model: Any) -> Any:
@@ -58,6 +60,27 @@ def fold_constants(model: Any) -> Any:
         opts.optimized_model_filepath = str(dest)
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         return onnx.load(str(dest))
+
+
+def drop_empty_trailing_inputs(model: Any) -> int:
+    """Remove the empty names that stand for omitted optional inputs at the end of a node's inputs, in place.
+
+    ONNX marks an omitted optional input with the name ``""``; trailing ones
+    may also be left out (ONNX IR spec, "Optional inputs and outputs"), and
+    both mean the same. The TorchScript exporter writes ``Clip(x, min, "")``
+    for ``clamp(min=...)`` (Segmenter's and EMANet's L1/L2 normalization);
+    onnx2torch looks ``""`` up as a value and stops ("Dynamic value of min/max
+    is not implemented"). Returns the number of nodes changed.
+    """
+    changed = 0
+    for node in model.graph.node:
+        names = list(node.input)
+        while names and names[-1] == "":
+            names.pop()
+        if len(names) != len(node.input):
+            del node.input[len(names):]
+            changed += 1
+    return changed
 
 
 def import_onnx2torch(extra: str) -> Any:
@@ -110,6 +133,80 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
     return {"torchvision": stub, "torchvision.ops": ops}
 
 
+class GridSample:
+    """Factory for the ONNX ``GridSample`` (opset 16) module: ``F.grid_sample`` with the node's attributes.
+
+    ONNX GridSample-16 and ``torch.nn.functional.grid_sample`` share their
+    modes (``bilinear``, ``nearest``, ``bicubic``), padding modes (``zeros``,
+    ``border``, ``reflection``) and ``align_corners`` meaning (the spec was
+    written from PyTorch's; ONNX operator docs, GridSample-16). onnx2torch
+    1.5 has no converter for it (PointRend's point sampling).
+    """
+
+    def __new__(cls, mode: str, padding_mode: str, align_corners: bool) -> Any:  # noqa: D102
+        import torch
+
+        class OnnxGridSample(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.mode, self.padding_mode, self.align_corners = mode, padding_mode, align_corners
+
+            def forward(self, x: Any, grid: Any) -> Any:
+                return torch.nn.functional.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding_mode,
+                                                       align_corners=self.align_corners)
+
+        return OnnxGridSample()
+
+
+class ScatterElements:
+    """Factory for the ONNX ``ScatterElements`` module (no reduction): a copy of ``data`` with ``updates`` written
+    at ``indices`` along ``axis`` (ONNX operator docs, ScatterElements-11/13/16), i.e. ``Tensor.scatter``; negative
+    indices count from the end, as ONNX allows."""
+
+    def __new__(cls, axis: int) -> Any:  # noqa: D102
+        import torch
+
+        class OnnxScatterElements(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.axis = axis
+
+            def forward(self, data: Any, indices: Any, updates: Any) -> Any:
+                indices = torch.where(indices < 0, indices + data.shape[self.axis], indices)
+                return torch.scatter(data, self.axis, indices, updates)
+
+        return OnnxScatterElements()
+
+
+def _register_converters() -> None:
+    """Add the converters onnx2torch 1.5 lacks, once per process: GridSample-16 (:class:`GridSample`) and
+    ScatterElements without a ``reduction`` (:class:`ScatterElements`)."""
+    from onnx2torch.node_converters.registry import OperationDescription, add_converter
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY as registry
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    if OperationDescription(domain="", operation_type="GridSample", version=16) in registry:
+        return
+
+    @add_converter(operation_type="GridSample", version=16)
+    def _grid_sample(node: Any, _graph: Any) -> Any:
+        a = node.attributes
+        return OperationConverterResult(
+            torch_module=GridSample(a.get("mode", "bilinear"), a.get("padding_mode", "zeros"),
+                                    bool(a.get("align_corners", 0))),
+            onnx_mapping=onnx_mapping_from_node(node=node))
+
+    @add_converter(operation_type="ScatterElements", version=16)
+    @add_converter(operation_type="ScatterElements", version=13)
+    @add_converter(operation_type="ScatterElements", version=11)
+    def _scatter_elements(node: Any, _graph: Any) -> Any:
+        reduction = node.attributes.get("reduction", "none")
+        if reduction != "none":
+            raise NotImplementedError(f"ScatterElements with reduction={reduction!r}")
+        return OperationConverterResult(torch_module=ScatterElements(int(node.attributes.get("axis", 0))),
+                                        onnx_mapping=onnx_mapping_from_node(node=node))
+
+
 def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
     """An ONNX ``ModelProto`` as an eval-mode ``torch.fx.GraphModule`` (NCHW in, same outputs).
 
@@ -123,12 +220,22 @@ def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
         ToolchainError: onnx2torch missing.
         ConversionError: onnx2torch has no converter for an op, or failed.
     """
+    import onnx
+
     o2t = import_onnx2torch(extra)
+    _register_converters()
     if freeze:
         model = fold_constants(model)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    drop_empty_trailing_inputs(prepared)
+    # onnx2torch names a node by its ONNX name and numbers repeats "<name>_1", "<name>_2", ..., which can collide
+    # with another node's own name ("/Reshape_2" in ISANet: KeyError 'Reshape_2'); unique names cannot
+    for i, node in enumerate(prepared.graph.node):
+        node.name = f"{node.op_type}_{i}"
     with translate_errors("onnx2torch could not convert the shared ONNX"):  # assorted errors
         try:
-            module = o2t.convert(model).eval()
+            module = o2t.convert(prepared).eval()
         except NotImplementedError as exc:  # no converter for an op (or op version): name it, its nodes, the fix
             line = onnx2torch_unsupported(model, str(exc))
             if line is None:
@@ -169,6 +276,203 @@ def sliced(x: Any, flips: tuple[int, ...], leading: tuple[Any, ...], trailing: t
     return x
 
 
+def expanded(x: Any, dims: tuple[int, ...]) -> Any:
+    """ONNX Expand with a constant shape: ``x`` broadcast with ``dims`` both ways (ONNX Expand spec), as onnx2torch's
+    ``OnnxExpand`` computes it, with the shape as Python ints."""
+    import torch
+
+    return x * torch.ones(dims, dtype=x.dtype, device=x.device)
+
+
+def squeezed(x: Any, axes: tuple[int, ...]) -> Any:
+    """ONNX Squeeze with constant axes, as onnx2torch's ``OnnxSqueezeDynamicAxes`` does it (largest axis first)."""
+    import torch
+
+    for axis in sorted(axes, reverse=True):
+        x = torch.squeeze(x, dim=axis)
+    return x
+
+
+def unsqueezed(x: Any, axes: tuple[int, ...]) -> Any:
+    """ONNX Unsqueeze with constant axes, as onnx2torch's ``OnnxUnsqueezeDynamicAxes`` does it (smallest first)."""
+    import torch
+
+    for axis in sorted(axes):
+        x = torch.unsqueeze(x, dim=axis)
+    return x
+
+
+def cropped(x: Any, starts: tuple[int, int], ends: tuple[int, int]) -> Any:
+    """``x[..., starts[0]:ends[0], starts[1]:ends[1]]``, an end of 0 meaning "to the end" (static ints)."""
+    return x[..., starts[0]:ends[0] or None, starts[1]:ends[1] or None]
+
+
+def valid_conv_transpose(gm: Any) -> int:
+    """Write every padded ``nn.ConvTranspose2d`` as an unpadded one followed by a crop, in place.
+
+    A transposed convolution with ``padding`` p and ``output_padding`` q
+    computes the unpadded ("VALID") result, of size ``(n-1)*s + d*(k-1) + 1``,
+    and keeps ``[p, size - p + q)`` of it (PyTorch ``ConvTranspose2d`` docs,
+    shape formula). LiteRT's converter legalizes only the padding TensorFlow's
+    SAME/VALID describe; ERFNet's ``k=3, s=2, p=1, q=1`` is neither and stops
+    it ("failed to legalize operation 'mhlo.convolution'"). Same weights, same
+    numbers. Layers with ``q > p`` (rows past the unpadded result) are left.
+
+    Returns:
+        How many layers were rewritten.
+    """
+    import torch
+
+    graph, replaced = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if type(module) is not torch.nn.ConvTranspose2d or not (any(module.padding) or any(module.output_padding)):
+            continue
+        if any(q > p for p, q in zip(module.padding, module.output_padding)) or module.padding_mode != "zeros":
+            continue
+        valid = torch.nn.ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                                         groups=module.groups, bias=module.bias is not None, dilation=module.dilation)
+        valid.load_state_dict(module.state_dict())
+        name = node.target.replace(".", "_") + "_valid"
+        gm.add_submodule(name, valid.eval())
+        with graph.inserting_after(node):
+            full = graph.call_module(name, (node.args[0],))
+        ends = tuple(q - p for p, q in zip(module.padding, module.output_padding))
+        _put_call(graph, node, cropped, (full, tuple(module.padding), ends), after=full)
+        replaced += 1
+    _recompiled(gm)
+    return replaced
+
+
+def channel_mix(x: Any, weight: Any, bias: Any) -> Any:
+    """A 1x1 convolution of an ``(N, C, 1, 1)`` input as a broadcast multiply and a sum over C (no matrix product).
+
+    ``weight``: ``(O, C, 1, 1)``; ``bias``: ``(O,)`` or None. Returns ``(N, O, 1, 1)``.
+    """
+    out = (x.reshape(x.shape[0], 1, -1) * weight.reshape(1, weight.shape[0], -1)).sum(-1)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(out.shape[0], out.shape[1], 1, 1)
+
+
+def pointwise_as_sum(gm: Any, example: Any) -> int:
+    """Write every 1x1 ``nn.Conv2d`` whose input is 1x1 in space as :func:`channel_mix`, in place.
+
+    LiteRT's converter lowers such a convolution (GCNet's channel-add
+    transform on the pooled context, ``(1, C, 1, 1)``) to a ``BATCH_MATMUL``
+    whose output it then finds rank 4 and refuses ("'tfl.batch_matmul' op
+    found invalid output rank, expected 3 but got 4"); written as a
+    ``Linear`` it does the same. A 1x1 convolution of a 1x1 input is
+    ``out[o] = b[o] + sum_c w[o, c] x[c]``: an elementwise product and a sum,
+    same weights. Input sizes come from running the module once on
+    ``example`` (``torch.fx`` ``ShapeProp``).
+
+    Returns:
+        How many layers were rewritten.
+    """
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+    graph, replaced = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        conv = gm.get_submodule(node.target)
+        src = getattr(node.args[0], "meta", {}).get("tensor_meta") if node.args else None
+        if type(conv) is not torch.nn.Conv2d or src is None or len(src.shape) != 4 or tuple(src.shape[-2:]) != (1, 1):
+            continue
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+            continue
+        with graph.inserting_after(node):
+            weight = graph.get_attr(node.target + ".weight")
+        with graph.inserting_after(weight):
+            bias = graph.get_attr(node.target + ".bias") if conv.bias is not None else None
+        _put_call(graph, node, channel_mix, (node.args[0], weight, bias), after=bias if bias is not None else weight)
+        replaced += 1
+    _recompiled(gm)
+    return replaced
+
+
+def minus(c: Any, x: Any) -> Any:
+    """``c - x`` written as ``-x + c``."""
+    import torch
+
+    return torch.add(torch.neg(x), c)
+
+
+def over(c: Any, x: Any) -> Any:
+    """``c / x`` (float) written as ``x ** -1 * c``."""
+    import torch
+
+    return torch.mul(torch.pow(x, -1.0), c)
+
+
+def reciprocal(x: Any) -> Any:
+    """``1 / x`` written as ``x ** -1``."""
+    import torch
+
+    return torch.pow(x, -1.0)
+
+
+def constant_first_operands(gm: Any) -> int:
+    """Write ``c - x``, ``c / x`` (``c`` a graph constant) and ``Reciprocal`` so the constant is not the first operand.
+
+    LiteRT's converter (litert-torch 0.10.0, litert-converter 0.5.0) swaps the operands of a
+    subtraction or division whose first operand is a constant, and lowers
+    ``reciprocal(x)`` the same wrong way: ``1 - sigmoid(x)`` came out as
+    ``sigmoid(x) - 1`` (PIDNet's boundary-attention fusion: logits 71 % of
+    their range off), ``1/x`` as ``x``. ``-x + c``, ``x ** -1 * c`` and
+    ``x ** -1`` are the same numbers (float) and convert right. In place.
+
+    Returns:
+        How many operations were rewritten.
+    """
+    import torch
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+    from onnx2torch.node_converters.reciprocal import OnnxReciprocal
+
+    graph, replaced = gm.graph, 0
+    for node in list(graph.nodes):
+        call = None
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, OnnxBinaryMathOperation) and module.broadcast != 1 and len(node.args) == 2:
+                first = _constant(gm, node.args[0])
+                if first is not None and first.is_floating_point():
+                    op = module.math_op_function
+                    call = minus if op is torch.sub else over if getattr(op, "__name__", "") == "_onnx_div" else None
+            elif isinstance(module, OnnxReciprocal):
+                call = reciprocal
+        elif node.op == "call_function" and node.target is torch.reciprocal:
+            call = reciprocal
+        if call is not None:
+            _put_call(graph, node, call, tuple(node.args))
+            replaced += 1
+    _recompiled(gm)
+    return replaced
+
+
+def _put_call(graph: Any, node: Any, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, *,
+              after: Any = None) -> None:
+    """Put ``fn(*args, **kwargs)`` in place of ``node`` in a ``torch.fx`` graph (its users now read the call),
+    right after ``node`` or after ``after`` (a node the call's arguments need)."""
+    with graph.inserting_after(after or node):
+        new = graph.call_function(fn, args, kwargs or {})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
+def _recompiled(gm: Any) -> None:
+    """After rewrites: drop nodes and submodules nothing uses any more, and regenerate the module's code."""
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
 def _constant(gm: Any, node: Any) -> Any:
     """The tensor behind a ``get_attr`` node, or None when the argument is not a graph constant."""
     if getattr(node, "op", None) != "get_attr":
@@ -180,17 +484,20 @@ def _constant(gm: Any, node: Any) -> Any:
 
 
 def freeze_shape_arguments(gm: Any) -> int:
-    """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic calls whose arguments are constants (see module
+    """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic/OnnxExpand/OnnxSqueeze/OnnxUnsqueeze calls whose arguments are constants (see module
     doc), in place.
 
     Returns:
         How many calls were replaced.
     """
     import torch
+    from onnx2torch.node_converters.expand import OnnxExpand
     from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch, _torch_padding_to_mode_format
     from onnx2torch.node_converters.reshape import OnnxReshape
     from onnx2torch.node_converters.resize import OnnxResize, _onnx_mode_to_torch_mode
     from onnx2torch.node_converters.slice import OnnxSlice
+    from onnx2torch.node_converters.squeeze import OnnxSqueezeDynamicAxes
+    from onnx2torch.node_converters.unsqueeze import OnnxUnsqueezeDynamicAxes
 
     graph, replaced = gm.graph, 0
     for node in list(graph.nodes):
@@ -238,6 +545,15 @@ def freeze_shape_arguments(gm: Any) -> int:
                 continue
             call = (sliced, (node.args[0], *_slices(*(None if v is None else [int(x) for x in v.tolist()]
                                                        for v in values))), {})
+        elif isinstance(module, (OnnxSqueezeDynamicAxes, OnnxUnsqueezeDynamicAxes)):
+            axes = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            if axes is not None and axes.numel():
+                fn = squeezed if isinstance(module, OnnxSqueezeDynamicAxes) else unsqueezed
+                call = (fn, (node.args[0], tuple(int(v) for v in axes.reshape(-1).tolist())), {})
+        elif isinstance(module, OnnxExpand):
+            shape = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            if shape is not None:
+                call = (expanded, (node.args[0], tuple(int(v) for v in shape.tolist())), {})
         elif isinstance(module, OnnxPadDynamic):
             pads = _constant(gm, node.args[1]) if len(node.args) > 1 else None
             value = node.args[2] if len(node.args) > 2 else node.kwargs.get("constant_value", 0.0)
@@ -250,14 +566,8 @@ def freeze_shape_arguments(gm: Any) -> int:
                                                        module.mode)
             call = (torch.nn.functional.pad, (node.args[0], tuple(torch_pads)),
                     {"mode": module.mode, **({"value": float(value)} if module.mode == "constant" else {})})
-        if call is None:
-            continue
-        with graph.inserting_after(node):
-            new = graph.call_function(call[0], call[1], call[2])
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        replaced += 1
-    graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
+        if call is not None:
+            _put_call(graph, node, *call)
+            replaced += 1
+    _recompiled(gm)
     return replaced

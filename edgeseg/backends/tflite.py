@@ -47,7 +47,13 @@ from .._capture import captured_output
 from ..errors import ConfigError, ToolchainError
 from ..targets import Target
 from . import BaseBackend, Calibration, Capabilities, ModelFiles, static_input_shape, translate_errors
-from .onnx_torch import import_onnx2torch, onnx_to_torch
+from .onnx_torch import (
+    constant_first_operands,
+    import_onnx2torch,
+    onnx_to_torch,
+    pointwise_as_sum,
+    valid_conv_transpose,
+)
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -142,6 +148,11 @@ class TFLiteBackend(BaseBackend):
             raise ConfigError("int8 needs a calibration set")
         details: dict[str, Any] = {"source": "shared ONNX via onnx2torch + litert_torch.convert", "signature": SIGNATURE}
         net = onnx_to_torch(model, extra="tflite", freeze=True)
+        rewrites = {"padded ConvTranspose as unpadded + crop": valid_conv_transpose(net),
+                    "1x1 Conv of a 1x1 input as multiply + sum": pointwise_as_sum(net, torch.zeros(shape, dtype=torch.float32)),
+                    "constant - x, constant / x with x first": constant_first_operands(net)}
+        if any(rewrites.values()):
+            details["rewrites"] = {k: n for k, n in rewrites.items() if n}
         float_path = out_dir / NET if target.precision == "fp32" else out_dir / "float.tflite"
         with captured_output() as log:
             try:

@@ -74,7 +74,32 @@ def pnnx_unsupported(model: Any, left: list[str]) -> str:
         nodes = nodes_of(model, onnx_types)
         types += [t for t in onnx_types if any(n.startswith(t + " ") for n in nodes)]
         parts.append(f"{op} (ONNX {'; '.join(nodes)})" if nodes else op)
-    return f"pnnx left ops ncnn has no layer for: {_with_fixes(parts, types)}"
+    reason = _ncnn_rank_reason(model) if "Reshape" in types else ""
+    return f"pnnx left ops ncnn has no layer for: {_with_fixes(parts, types)}{reason}"
+
+
+def _ncnn_rank_reason(model: Any) -> str:
+    """Why ncnn cannot hold a Reshape's result, when the shapes say: more than 4 axes after the batch axis, or a
+    batch axis that is not kept (ncnn's ``Mat`` has w, h, d, c; the batch axis is implicit and must stay 1)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a graph shape inference cannot read: no reason given
+        return ""
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    for node in inferred.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        src, out = dims.get(node.input[0]), dims.get(node.output[0])
+        if not src or not out or None in src or None in out:
+            continue
+        if len(out) > 5 or src[0] != out[0]:
+            what = f"a {len(out)}-D tensor" if len(out) > 5 else "a tensor whose first (batch) axis changes"
+            return (f"; because: Reshape {node.name!r} makes {what} ({src} -> {out}), and an ncnn blob has at most "
+                    "4 axes after a batch axis of 1")
+    return ""
 
 
 _O2T = re.compile(r"operation_type='(\w+)', version=(\d+)")
