@@ -39,8 +39,8 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "spec_defaults", "dcr_to_crd",
-           "OPSET"]
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "inferred_dims", "spec_defaults",
+           "dcr_to_crd", "OPSET"]
 
 #: opset used when exporting from PyTorch
 OPSET = 17
@@ -355,6 +355,20 @@ def tensor_dims(value_info: Any) -> list[int | str]:
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
     return dims
+
+
+def inferred_dims(model: Any) -> dict[str, list[int | None]]:
+    """Every value's dims in an ONNX ``ModelProto`` by ONNX shape inference with data propagation (sizes computed
+    through ``Shape -> Slice -> Concat`` become known); None for a dim it cannot tell, {} for a graph it cannot
+    infer (onnx raises assorted errors there)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return {}
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
 
 
 def _pick(values: list[Any], wanted: str | None, what: str) -> Any:

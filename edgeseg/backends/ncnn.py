@@ -41,7 +41,7 @@ import numpy as np
 from edgeseg_runtime.runners import tool_lines
 
 from ..errors import ConfigError, ConversionError, ToolchainError
-from ..export import tensor_dims
+from ..export import inferred_dims, tensor_dims
 from ..targets import Target
 from . import BaseBackend, Calibration, Capabilities, ModelFiles, log_errors, static_input_shape
 from .unsupported import pnnx_unsupported
@@ -81,7 +81,6 @@ def rewrite_for_pnnx(model: onnx.ModelProto) -> dict[str, int]:
     Returns:
         What was rewritten: pattern name → count (recorded in the archive's backend details).
     """
-    import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -95,13 +94,7 @@ def rewrite_for_pnnx(model: onnx.ModelProto) -> dict[str, int]:
         value = next((a for a in node.attribute if a.name == "value"), None) if node is not None else None
         return None if value is None else numpy_helper.to_array(value.t)
 
-    shapes: dict[str, list[int | None]] = {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # through Shape -> Slice -> Concat
-    except Exception:  # onnx raises assorted errors on graphs it cannot infer: no shapes, no ReduceSum rewrite
-        inferred = onnx.ModelProto()
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    shapes = inferred_dims(model)  # none for a graph onnx cannot infer: no ReduceSum rewrite then
     producer = {o: n for n in graph.node for o in n.output}
     done: dict[str, int] = {}
     new_nodes = []

@@ -324,10 +324,7 @@ def valid_conv_transpose(gm: Any) -> int:
     import torch
 
     graph, replaced = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        module = gm.get_submodule(node.target)
+    for node, module in _module_calls(gm):
         if type(module) is not torch.nn.ConvTranspose2d or not (any(module.padding) or any(module.output_padding)):
             continue
         if any(q > p for p, q in zip(module.padding, module.output_padding)) or module.padding_mode != "zeros":
@@ -378,10 +375,7 @@ def pointwise_as_sum(gm: Any, example: Any) -> int:
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
     graph, replaced = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        conv = gm.get_submodule(node.target)
+    for node, conv in _module_calls(gm):
         src = getattr(node.args[0], "meta", {}).get("tensor_meta") if node.args else None
         if type(conv) is not torch.nn.Conv2d or src is None or len(src.shape) != 4 or tuple(src.shape[-2:]) != (1, 1):
             continue
@@ -456,6 +450,11 @@ def constant_first_operands(gm: Any) -> int:
     return replaced
 
 
+def _module_calls(gm: Any) -> list[tuple[Any, Any]]:
+    """``(node, submodule)`` for every ``call_module`` node of a ``torch.fx`` GraphModule, listed before any rewrite."""
+    return [(n, gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"]
+
+
 def _put_call(graph: Any, node: Any, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, *,
               after: Any = None) -> None:
     """Put ``fn(*args, **kwargs)`` in place of ``node`` in a ``torch.fx`` graph (its users now read the call),
@@ -500,10 +499,7 @@ def freeze_shape_arguments(gm: Any) -> int:
     from onnx2torch.node_converters.unsqueeze import OnnxUnsqueezeDynamicAxes
 
     graph, replaced = gm.graph, 0
-    for node in list(graph.nodes):
-        if node.op != "call_module":
-            continue
-        module = gm.get_submodule(node.target)
+    for node, module in _module_calls(gm):
         call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = None
         if isinstance(module, OnnxReshape):
             shape = _constant(gm, node.args[1]) if len(node.args) > 1 else None

@@ -81,15 +81,10 @@ def pnnx_unsupported(model: Any, left: list[str]) -> str:
 def _ncnn_rank_reason(model: Any) -> str:
     """Why ncnn cannot hold a Reshape's result, when the shapes say: more than 4 axes after the batch axis, or a
     batch axis that is not kept (ncnn's ``Mat`` has w, h, d, c; the batch axis is implicit and must stay 1)."""
-    import onnx
+    from ..export import inferred_dims
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # a graph shape inference cannot read: no reason given
-        return ""
-    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-            for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
-    for node in inferred.graph.node:
+    dims = inferred_dims(model)  # {} for a graph shape inference cannot read: no reason given
+    for node in model.graph.node:
         if node.op_type != "Reshape":
             continue
         src, out = dims.get(node.input[0]), dims.get(node.output[0])
