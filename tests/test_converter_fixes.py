@@ -169,19 +169,24 @@ def test_pnnx_rewrites_give_onnxruntimes_numbers(tmp_path: Path) -> None:
 
 
 class _LiteRTTraps(torch.nn.Module):
-    """What LiteRT's path refused: a padded ConvTranspose (ERFNet), a 1x1 conv of a pooled 1x1 input (GCNet),
-    ``clamp(min=)`` (an empty Clip max), and Expand/Unsqueeze/Squeeze whose shapes and axes are graph inputs."""
+    """What LiteRT's path refused: a padded ConvTranspose (ERFNet), GCNet's context block (attention pooling to
+    ``(1, C, 1, 1)`` by a matmul, then 1x1 convs of that 1x1 input), ``clamp(min=)`` (an empty Clip max), and
+    Expand/Unsqueeze/Squeeze whose shapes and axes are graph inputs."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
         self.up = torch.nn.ConvTranspose2d(4, 4, 3, 2, 1, output_padding=1)
-        self.mix = torch.nn.Conv2d(4, 4, 1)
+        self.mask = torch.nn.Conv2d(4, 1, 1)
+        self.mix = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 1), torch.nn.LayerNorm([2, 1, 1]), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(2, 4, 1))
 
     def forward(self, x):  # noqa: ANN001, ANN201
         f = self.up(self.conv(x))
-        gate = self.mix(F.adaptive_avg_pool2d(f, 1))
+        n, c, h, w = f.shape
+        weights = self.mask(f).view(n, 1, h * w).softmax(2).unsqueeze(-1)
+        gate = self.mix(torch.matmul(f.view(n, c, h * w).unsqueeze(1), weights).view(n, c, 1, 1))
         norm = f / f.norm(dim=1, keepdim=True).clamp(min=1e-6)
         squeezed = f.mean(1).unsqueeze(1).squeeze(1).unsqueeze(1).expand(-1, 4, -1, -1)
         return torch.cat([f + gate, norm, squeezed], 1)
@@ -211,11 +216,13 @@ class _Reciprocal(_OneMinus):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None, reason="litert-torch not installed (extra 'tflite')")
 @pytest.mark.parametrize(("module", "rewrites"), [
-    (_LiteRTTraps, {"padded ConvTranspose as unpadded + crop": 1, "1x1 Conv of a 1x1 input as multiply + sum": 1}),
+    (_LiteRTTraps, {"padded ConvTranspose as unpadded + crop": 1, "1x1 Conv of a 1x1 input as multiply + sum": 2}),
     (_OneMinus, {"constant - x, constant / x with x first": 1}),
     (_Reciprocal, {"constant - x, constant / x with x first": 1}),
 ], ids=["refused", "one-minus", "reciprocal"])
 def test_litert_workarounds_give_onnxruntimes_numbers(tmp_path: Path, module: type, rewrites: dict[str, int]) -> None:
+    """Each workaround is applied because it was needed (the 1x1-conv one after the converter refused, the operand
+    one after the float model came out off) and the result has ONNX Runtime's numbers."""
     path, x, ref = _onnx(module().eval(), (16, 24), tmp_path / "net.onnx")
     got, details = _convert_and_run(path, "tflite", x, tmp_path / "litert")
     assert details["rewrites"] == rewrites, details
