@@ -2,8 +2,9 @@
 
 - static exports: non-global adaptive average pooling as plain pooling (TorchScript exporter instead of dynamo);
 - pnnx (ncnn): ReduceSum with its axes as an input, and ``F.normalize`` over a non-channel axis;
-- onnx2torch / LiteRT: ``Clip`` with an empty max, Expand/Squeeze/Unsqueeze with constant inputs, padded
-  ConvTranspose, a 1x1 convolution of a 1x1 input, and ``c - x`` / ``c / x`` / ``1 / x``.
+- onnx2torch / LiteRT: ``Clip`` with an empty max, Expand/Squeeze/Unsqueeze/Gather with constant inputs, padded
+  ConvTranspose, a 1x1 convolution of a 1x1 input, ``c - x`` / ``c / x`` / ``1 / x``, a convolution with computed
+  weights, and transposed-view weights (written transposed by litert-torch).
 """
 
 from __future__ import annotations
@@ -227,3 +228,87 @@ def test_litert_workarounds_give_onnxruntimes_numbers(tmp_path: Path, module: ty
     got, details = _convert_and_run(path, "tflite", x, tmp_path / "litert")
     assert details["rewrites"] == rewrites, details
     assert _rel(got, ref) < 1e-5
+
+
+class _ComputedFilter(torch.nn.Module):
+    """DMNet's dynamic convolution: per-image depthwise 3x3 filters computed from pooled features (ONNX Conv whose
+    weights are a graph value, which onnx2torch's Conv converter cannot read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, 1, 1)
+        self.filters = torch.nn.Conv2d(4, 4 * 9, 1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        f = self.conv(x)
+        w = self.filters(F.adaptive_avg_pool2d(f, 1)).reshape(4, 1, 3, 3)
+        return F.conv2d(f, w, padding=1, groups=4)
+
+
+class _Attention(torch.nn.Module):
+    """``nn.MultiheadAttention`` over patch tokens (SegFormer, Segmenter): its q/k/v split is an ONNX Gather with a
+    constant index, which litert-torch refused ("Abstract tracer value encountered where concrete value is
+    expected")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = torch.nn.Conv2d(3, 32, 4, 4)
+        self.norm = torch.nn.LayerNorm(32)
+        self.attn = torch.nn.MultiheadAttention(32, 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        f = self.patch(x)
+        n, c, h, w = f.shape
+        t = self.norm(f.flatten(2).transpose(1, 2)).transpose(0, 1)
+        return self.attn(t, t, t, need_weights=False)[0].permute(1, 2, 0).reshape(n, c, h, w)
+
+
+class _Projections(torch.nn.Module):
+    """Attention with q/k/v as ``matmul(t, W) + b`` on 3-D tokens (Segmenter's export): folded to ``Gemm`` with
+    ``transB = 0``, which onnx2torch sets up as ``nn.Linear`` with a transposed view of ``W``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = torch.nn.Conv2d(3, 64, 4, 4)
+        self.w = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(64, 64) / 8) for _ in range(3))
+        self.b = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(64)) for _ in range(3))
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        f = self.patch(x)
+        n, c, h, w = f.shape
+        t = f.flatten(2).permute(2, 0, 1)
+        q, k, v = (torch.matmul(t, w) + b for w, b in zip(self.w, self.b))
+        a = torch.softmax(torch.matmul(q.transpose(0, 1), k.permute(1, 2, 0)), -1)
+        return torch.matmul(a, v.transpose(0, 1)).permute(0, 2, 1).reshape(n, c, h, w)
+
+
+@needs_torch
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None, reason="litert-torch not installed (extra 'tflite')")
+@pytest.mark.parametrize("module", [_ComputedFilter, _Attention, _Projections], ids=["computed-filter", "attention",
+                                                                                    "projections"])
+def test_litert_converts_attention_and_computed_filters(tmp_path: Path, module: type) -> None:
+    """DMNet's, SegFormer's and Segmenter's patterns convert to LiteRT with ONNX Runtime's numbers (they were: a
+    KeyError, "Abstract tracer value", and logits 75 % of their range off)."""
+    path, x, ref = _onnx(module().eval(), (32, 64), tmp_path / "net.onnx")
+    got, details = _convert_and_run(path, "tflite", x, tmp_path / "litert")
+    assert "rewrites" not in details, details
+    assert _rel(got, ref) < 1e-5
+
+
+@needs_torch
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None, reason="litert-torch not installed (extra 'tflite')")
+def test_litert_conversion_that_comes_out_wrong_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the contiguous copy, litert-torch writes the transposed-view weights transposed: the float check
+    sees it and the conversion stops with the figure instead of writing a model that computes something else."""
+    import edgeseg.backends.onnx_torch as onnx_torch
+
+    monkeypatch.setattr(onnx_torch, "contiguous_weights", lambda module: 0)
+    path, x, _ref = _onnx(_Projections().eval(), (32, 64), tmp_path / "net.onnx")
+    with pytest.raises(ConversionError, match=r"litert-torch converted the model wrong: its outputs are \d+\.\d% of"):
+        _convert_and_run(path, "tflite", x, tmp_path / "litert")
+    assert list((tmp_path / "litert").iterdir()) == []  # the wrong model is not left behind

@@ -5,16 +5,19 @@ CoreML (``coremltools.convert`` of a ``torch.jit.trace``) and LiteRT
 onnx2torch (https://github.com/ENOT-AutoDL/onnx2torch) turns the graph into a
 ``torch.fx.GraphModule`` whose ONNX ops are small modules.
 
-Seven of those modules read their shape arguments as tensors at run time
+Eight of those modules read their shape arguments as tensors at run time
 (``OnnxReshape``: ``torch.any(shape == 0)``, ``OnnxResize``: ``scales.tolist()``,
 ``OnnxSlice``: ``axes.numpy()`` and slices of 0-d tensors, ``OnnxPadDynamic``:
 ``pads.tolist()``, ``OnnxExpand``: ``torch.Size(shape)``, ``OnnxSqueezeDynamicAxes`` /
-``OnnxUnsqueezeDynamicAxes``: a loop over the axes tensor).
+``OnnxUnsqueezeDynamicAxes``: a loop over the axes tensor, ``OnnxGather``: indexing
+with an index tensor, which litert-torch's lowering refuses as "Abstract tracer
+value encountered where concrete value is expected": ``nn.MultiheadAttention``'s
+q/k/v split in SegFormer).
 Under ``torch.export`` that is a data-dependent branch and the export stops
 ("Could not guard on data-dependent expression"). When such an argument is a
 constant of the graph (an initializer, as in every static-shape export),
 :func:`freeze_shape_arguments` replaces the module call with the plain
-``torch.reshape`` / ``torch.nn.functional.interpolate`` / indexing call and the
+``torch.reshape`` / ``torch.nn.functional.interpolate`` / indexing / ``select`` call and the
 values as Python ints/floats, which is what the module would compute. Semantics
 kept: ONNX Reshape's ``0`` copies the input's dimension (``allowzero = 0``);
 Resize's scales/sizes are given for N, C, H, W and must leave N and C alone;
@@ -33,7 +36,7 @@ from ..errors import ConversionError, ToolchainError
 from . import translate_errors
 from .unsupported import onnx2torch_unsupported
 
-__all__ = ["drop_empty_trailing_inputs", "fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch",
+__all__ = ["contiguous_weights", "drop_empty_trailing_inputs", "fold_constants", "freeze_shape_arguments", "import_onnx2torch", "onnx_to_torch",
            "constant_first_operands", "pointwise_as_sum", "valid_conv_transpose"]
 
 
@@ -178,9 +181,32 @@ class ScatterElements:
         return OnnxScatterElements()
 
 
+class ComputedConv:
+    """Factory for an ONNX 2-D ``Conv`` whose weights (and bias) are graph values, not constants:
+    ``F.conv2d(x, w, b)`` with the node's strides, dilations, group and symmetric pads (ONNX operator docs, Conv-11).
+
+    onnx2torch 1.5's Conv converter reads its weights from the initializers only (``KeyError`` on a computed
+    filter: DMNet's dynamic convolution, whose per-image filters come from pooled features).
+    """
+
+    def __new__(cls, strides: list[int], dilations: list[int], group: int, pads: list[int]) -> Any:  # noqa: D102
+        import torch
+
+        class OnnxComputedConv(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.stride, self.dilation, self.groups, self.padding = tuple(strides), tuple(dilations), group, tuple(pads)
+
+            def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
+                return torch.nn.functional.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+        return OnnxComputedConv()
+
+
 def _register_converters() -> None:
-    """Add the converters onnx2torch 1.5 lacks, once per process: GridSample-16 (:class:`GridSample`) and
-    ScatterElements without a ``reduction`` (:class:`ScatterElements`)."""
+    """Add the converters onnx2torch 1.5 lacks, once per process: GridSample-16 (:class:`GridSample`),
+    ScatterElements without a ``reduction`` (:class:`ScatterElements`) and 2-D Conv with computed weights
+    (:class:`ComputedConv`, in front of onnx2torch's own Conv converter)."""
     from onnx2torch.node_converters.registry import OperationDescription, add_converter
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY as registry
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
@@ -196,6 +222,10 @@ def _register_converters() -> None:
                                     bool(a.get("align_corners", 0))),
             onnx_mapping=onnx_mapping_from_node(node=node))
 
+    for version in (1, 11):  # onnx2torch's own Conv converter, unless the weights are computed
+        key = OperationDescription(domain="", operation_type="Conv", version=version)
+        registry[key] = _computed_conv(registry[key], OperationConverterResult, onnx_mapping_from_node)
+
     @add_converter(operation_type="ScatterElements", version=16)
     @add_converter(operation_type="ScatterElements", version=13)
     @add_converter(operation_type="ScatterElements", version=11)
@@ -205,6 +235,24 @@ def _register_converters() -> None:
             raise NotImplementedError(f"ScatterElements with reduction={reduction!r}")
         return OperationConverterResult(torch_module=ScatterElements(int(node.attributes.get("axis", 0))),
                                         onnx_mapping=onnx_mapping_from_node(node=node))
+
+
+def _computed_conv(own: Any, result: Any, mapping: Any) -> Any:
+    """onnx2torch's Conv converter ``own``, or :class:`ComputedConv` for a node whose weights or bias are not
+    initializers."""
+
+    def convert(node: Any, graph: Any) -> Any:
+        if all(v in graph.initializers for v in node.input_values[1:]):
+            return own(node, graph)
+        a = node.attributes
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if a.get("auto_pad", "NOTSET") != "NOTSET" or len(pads) != 4 or pads[:2] != pads[2:]:
+            raise NotImplementedError(f"Conv with computed weights and pads {pads} / auto_pad (2-D, symmetric pads only)")
+        return result(torch_module=ComputedConv(list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1])),
+                                                int(a.get("group", 1)), pads[:2]),
+                      onnx_mapping=mapping(node=node))
+
+    return convert
 
 
 def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
@@ -243,7 +291,31 @@ def onnx_to_torch(model: Any, extra: str, *, freeze: bool = False) -> Any:
             raise ConversionError(line) from exc
     if freeze:
         freeze_shape_arguments(module)
+    contiguous_weights(module)
     return module
+
+
+def contiguous_weights(module: Any) -> int:
+    """Give every parameter and buffer of ``module`` a contiguous copy of its values, in place.
+
+    onnx2torch sets a ``Gemm`` with ``transB = 0`` up as ``nn.Linear`` with the
+    transposed view of its weight (strides ``(1, n)``); litert-torch 0.10
+    writes such a view's storage as if it were contiguous, i.e. the weight
+    transposed (Segmenter's attention projections: logits 75 % of their range
+    off; square weights, so no shape error). Same values, so harmless for
+    every other consumer.
+
+    Returns:
+        How many tensors were copied.
+    """
+    copied = 0
+    for sub in module.modules():
+        for store in (sub._parameters, sub._buffers):
+            for key, tensor in store.items():
+                if tensor is not None and not tensor.is_contiguous():
+                    tensor.data = tensor.data.contiguous()
+                    copied += 1
+    return copied
 
 
 def _slices(starts: list[int], ends: list[int], axes: list[int] | None, steps: list[int] | None
@@ -291,6 +363,16 @@ def squeezed(x: Any, axes: tuple[int, ...]) -> Any:
     for axis in sorted(axes, reverse=True):
         x = torch.squeeze(x, dim=axis)
     return x
+
+
+def taken(x: Any, axis: int, index: int | tuple[int, ...]) -> Any:
+    """ONNX Gather (``numpy.take``) with constant indices: a scalar index drops the axis (``select``), a 1-D
+    list keeps it (the selected slices stacked in order). Negative indices count from the end (ONNX Gather-13)."""
+    import torch
+
+    if isinstance(index, int):
+        return torch.select(x, axis, index)
+    return torch.stack([torch.select(x, axis, i) for i in index], dim=axis if axis >= 0 else x.dim() + axis)
 
 
 def unsqueezed(x: Any, axes: tuple[int, ...]) -> Any:
@@ -483,7 +565,7 @@ def _constant(gm: Any, node: Any) -> Any:
 
 
 def freeze_shape_arguments(gm: Any) -> int:
-    """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic/OnnxExpand/OnnxSqueeze/OnnxUnsqueeze calls whose arguments are constants (see module
+    """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic/OnnxExpand/OnnxSqueeze/OnnxUnsqueeze/OnnxGather calls whose arguments are constants (see module
     doc), in place.
 
     Returns:
@@ -491,6 +573,7 @@ def freeze_shape_arguments(gm: Any) -> int:
     """
     import torch
     from onnx2torch.node_converters.expand import OnnxExpand
+    from onnx2torch.node_converters.gather import OnnxGather
     from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch, _torch_padding_to_mode_format
     from onnx2torch.node_converters.reshape import OnnxReshape
     from onnx2torch.node_converters.resize import OnnxResize, _onnx_mode_to_torch_mode
@@ -546,6 +629,11 @@ def freeze_shape_arguments(gm: Any) -> int:
             if axes is not None and axes.numel():
                 fn = squeezed if isinstance(module, OnnxSqueezeDynamicAxes) else unsqueezed
                 call = (fn, (node.args[0], tuple(int(v) for v in axes.reshape(-1).tolist())), {})
+        elif isinstance(module, OnnxGather):  # a traced index tensor stops litert-torch (Abstract tracer value)
+            index = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            if index is not None and index.dim() <= 1 and index.numel() and not index.is_floating_point():
+                value = int(index) if index.dim() == 0 else tuple(int(v) for v in index.tolist())
+                call = (taken, (node.args[0], module._axis, value), {})
         elif isinstance(module, OnnxExpand):
             shape = _constant(gm, node.args[1]) if len(node.args) > 1 else None
             if shape is not None:

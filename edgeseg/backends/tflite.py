@@ -43,6 +43,11 @@ model that converts right keeps its graph (and its int8 calibration) as it is:
   On the embedded default model the rewrite cost 4.3 points of int8 pixel
   agreement (93.0 % → 88.7 %) with no float error to fix.
 
+A float conversion still more than :data:`WRONG_TOL` of the output range away
+from its module is refused with that figure (Segmenter's came out 63 % off:
+bisected to its first attention block, right or wrong depending on which
+tensors are outputs, so a converter pass rather than one op).
+
 litert-torch and the converter log many lines on the C++ side; they are kept
 off the terminal and the last of them go into a ConversionError on failure.
 """
@@ -76,6 +81,8 @@ SIGNATURE = "serving_default"
 #: the float conversion may differ from its module by this much of the output range (see float_error) before
 #: the constant-first-operand workaround is tried
 FLOAT_TOL = 1e-3
+#: ... and beyond this much the conversion is refused as wrong (a ConversionError, not an archive that fails later)
+WRONG_TOL = 5e-2
 #: names of the conversion workarounds in the backend details (``details["rewrites"]``)
 TRANSPOSED = "padded ConvTranspose as unpadded + crop"
 POINTWISE = "1x1 Conv of a 1x1 input as multiply + sum"
@@ -183,10 +190,17 @@ class TFLiteBackend(BaseBackend):
         if swapped:  # converted wrong, and a constant-first operand may be why: convert again without one
             retry = out_dir / "swapped.tflite"
             _litert_convert(net, example, retry)
-            if float_error(retry, net, shape) < off:
+            fixed = float_error(retry, net, shape)
+            if fixed < off:
                 retry.replace(float_path)
-                rewrites[SWAPPED] = swapped
+                rewrites[SWAPPED], off = swapped, fixed
             retry.unlink(missing_ok=True)
+        if off > WRONG_TOL:
+            float_path.unlink()
+            raise ConversionError(
+                f"litert-torch converted the model wrong: its outputs are {off:.1%} of their range away from the "
+                f"model's own on a seeded input (more than {WRONG_TOL:.0%}); a converter fault, not an op it "
+                "refuses: use another target for this model")
         if any(rewrites.values()):
             details["rewrites"] = {k: n for k, n in rewrites.items() if n}
         if target.precision != "fp32":
