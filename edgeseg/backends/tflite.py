@@ -44,9 +44,10 @@ model that converts right keeps its graph (and its int8 calibration) as it is:
   agreement (93.0 % → 88.7 %) with no float error to fix.
 
 A float conversion still more than :data:`WRONG_TOL` of the output range away
-from its module is refused with that figure (Segmenter's came out 63 % off:
-bisected to its first attention block, right or wrong depending on which
-tensors are outputs, so a converter pass rather than one op).
+from its module is refused with that figure, so a converter fault nobody has
+worked around yet stops the build here. (Segmenter's came out 75 % off before
+:func:`edgeseg.backends.onnx_torch.contiguous_weights`: found by bisecting its
+graph, then pinned in ``tests/test_converter_fixes.py``.)
 
 litert-torch and the converter log many lines on the C++ side; they are kept
 off the terminal and the last of them go into a ConversionError on failure.
@@ -189,8 +190,11 @@ class TFLiteBackend(BaseBackend):
         swapped = constant_first_operands(net) if off > FLOAT_TOL else 0
         if swapped:  # converted wrong, and a constant-first operand may be why: convert again without one
             retry = out_dir / "swapped.tflite"
-            _litert_convert(net, example, retry)
-            fixed = float_error(retry, net, shape)
+            try:
+                _litert_convert(net, example, retry)
+                fixed = float_error(retry, net, shape)
+            except ConversionError:  # the rewritten graph did not convert: keep the first conversion
+                fixed = off
             if fixed < off:
                 retry.replace(float_path)
                 rewrites[SWAPPED], off = swapped, fixed
