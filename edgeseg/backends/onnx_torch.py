@@ -564,6 +564,34 @@ def _constant(gm: Any, node: Any) -> Any:
     return obj
 
 
+def _frozen_resize(gm: Any, node: Any, module: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    """The ``F.interpolate`` call for an ``OnnxResize`` node whose roi/scales/sizes are constants (see
+    :func:`freeze_shape_arguments`), or None to leave the module."""
+    import torch
+    from onnx2torch.node_converters.resize import _onnx_mode_to_torch_mode
+
+    args = list(node.args) + [None] * (4 - len(node.args))
+    for i, key in enumerate(("roi", "scales", "sizes"), start=1):  # onnx2torch passes some as keywords
+        args[i] = node.kwargs.get(key, args[i])
+    roi, scales, sizes = (_constant(gm, a) if a is not None else None for a in args[1:4])
+    given = [a for a in args[1:4] if a is not None]
+    if any(_constant(gm, a) is None for a in given) or (roi is not None and roi.numel() and not module.ignore_roi):
+        return None  # a computed argument: leave the module (torch.export may still refuse it)
+    size = scale = None
+    if sizes is not None and sizes.numel():
+        size = tuple(int(v) for v in sizes.tolist()[2:])
+    elif scales is not None and scales.numel():
+        values = [float(v) for v in scales.tolist()]
+        if values[:2] != [1.0, 1.0]:
+            return None
+        scale = tuple(values[2:])
+    else:
+        return None
+    mode = _onnx_mode_to_torch_mode(module.onnx_mode, len(size or scale or ()))
+    return (torch.nn.functional.interpolate, (node.args[0],),
+            {"size": size, "scale_factor": scale, "mode": mode, "align_corners": module.align_corners})
+
+
 def freeze_shape_arguments(gm: Any) -> int:
     """Replace OnnxReshape/OnnxResize/OnnxSlice/OnnxPadDynamic/OnnxExpand/OnnxSqueeze/OnnxUnsqueeze/OnnxGather calls whose arguments are constants (see module
     doc), in place.
@@ -576,7 +604,7 @@ def freeze_shape_arguments(gm: Any) -> int:
     from onnx2torch.node_converters.gather import OnnxGather
     from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch, _torch_padding_to_mode_format
     from onnx2torch.node_converters.reshape import OnnxReshape
-    from onnx2torch.node_converters.resize import OnnxResize, _onnx_mode_to_torch_mode
+    from onnx2torch.node_converters.resize import OnnxResize
     from onnx2torch.node_converters.slice import OnnxSlice
     from onnx2torch.node_converters.squeeze import OnnxSqueezeDynamicAxes
     from onnx2torch.node_converters.unsqueeze import OnnxUnsqueezeDynamicAxes
@@ -584,8 +612,9 @@ def freeze_shape_arguments(gm: Any) -> int:
     graph, replaced = gm.graph, 0
     for node, module in _module_calls(gm):
         call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = None
+        second = _constant(gm, node.args[1]) if len(node.args) > 1 else None  # shape, axes, index or pads
         if isinstance(module, OnnxReshape):
-            shape = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            shape = second
             if shape is not None:
                 dims = [int(v) for v in shape.tolist()]
                 if 0 in dims:  # ONNX: 0 copies the input's dimension; needs the input's (static) shape
@@ -595,26 +624,7 @@ def freeze_shape_arguments(gm: Any) -> int:
                     dims = [int(src.shape[i]) if d == 0 else d for i, d in enumerate(dims)]
                 call = (torch.reshape, (node.args[0], tuple(dims)), {})
         elif isinstance(module, OnnxResize):
-            args = list(node.args) + [None] * (4 - len(node.args))
-            for i, key in enumerate(("roi", "scales", "sizes"), start=1):  # onnx2torch passes some as keywords
-                args[i] = node.kwargs.get(key, args[i])
-            roi, scales, sizes = (_constant(gm, a) if a is not None else None for a in args[1:4])
-            given = [a for a in args[1:4] if a is not None]
-            if any(_constant(gm, a) is None for a in given) or (roi is not None and roi.numel() and not module.ignore_roi):
-                continue  # a computed argument: leave the module (torch.export may still refuse it)
-            size = scale = None
-            if sizes is not None and sizes.numel():
-                size = tuple(int(v) for v in sizes.tolist()[2:])
-            elif scales is not None and scales.numel():
-                values = [float(v) for v in scales.tolist()]
-                if values[:2] != [1.0, 1.0]:
-                    continue
-                scale = tuple(values[2:])
-            else:
-                continue
-            mode = _onnx_mode_to_torch_mode(module.onnx_mode, len(size or scale or ()))
-            call = (torch.nn.functional.interpolate, (node.args[0],),
-                    {"size": size, "scale_factor": scale, "mode": mode, "align_corners": module.align_corners})
+            call = _frozen_resize(gm, node, module)
         elif isinstance(module, OnnxSlice):
             args = list(node.args) + [None] * (5 - len(node.args))
             for i, key in enumerate(("starts", "ends", "axes", "steps"), start=1):
@@ -625,21 +635,20 @@ def freeze_shape_arguments(gm: Any) -> int:
             call = (sliced, (node.args[0], *_slices(*(None if v is None else [int(x) for x in v.tolist()]
                                                        for v in values))), {})
         elif isinstance(module, (OnnxSqueezeDynamicAxes, OnnxUnsqueezeDynamicAxes)):
-            axes = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            axes = second
             if axes is not None and axes.numel():
                 fn = squeezed if isinstance(module, OnnxSqueezeDynamicAxes) else unsqueezed
                 call = (fn, (node.args[0], tuple(int(v) for v in axes.reshape(-1).tolist())), {})
         elif isinstance(module, OnnxGather):  # a traced index tensor stops litert-torch (Abstract tracer value)
-            index = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            index = second
             if index is not None and index.dim() <= 1 and index.numel() and not index.is_floating_point():
                 value = int(index) if index.dim() == 0 else tuple(int(v) for v in index.tolist())
                 call = (taken, (node.args[0], module._axis, value), {})
         elif isinstance(module, OnnxExpand):
-            shape = _constant(gm, node.args[1]) if len(node.args) > 1 else None
-            if shape is not None:
-                call = (expanded, (node.args[0], tuple(int(v) for v in shape.tolist())), {})
+            if second is not None:
+                call = (expanded, (node.args[0], tuple(int(v) for v in second.tolist())), {})
         elif isinstance(module, OnnxPadDynamic):
-            pads = _constant(gm, node.args[1]) if len(node.args) > 1 else None
+            pads = second
             value = node.args[2] if len(node.args) > 2 else node.kwargs.get("constant_value", 0.0)
             if value is not None and not isinstance(value, (int, float)):
                 value = _constant(gm, value)
