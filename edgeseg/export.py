@@ -39,7 +39,7 @@ from .spec import ModelSpec
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "inferred_dims", "spec_defaults",
+__all__ = ["SharedModel", "export_shared", "load_source", "normalize_graph", "tensor_dims", "inferred_dims", "graph_constants", "spec_defaults",
            "dcr_to_crd", "OPSET"]
 
 #: opset used when exporting from PyTorch
@@ -107,8 +107,12 @@ def _dummy_input(spec: ModelSpec) -> Any:
     return torch.zeros(shape, dtype=torch.float32)
 
 
-def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str:
-    """``torch.onnx.export`` with the TorchScript-based exporter, else the dynamo one; returns which one wrote ``out``.
+def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> tuple[str, str]:
+    """``torch.onnx.export`` with the TorchScript-based exporter, else the dynamo one.
+
+    Returns:
+        ``(the exporter that wrote out, the static-shape rewrites it used and their check)``: the second is
+        :func:`_check_rewrites`'s note, "" when there were none.
 
     The TorchScript exporter refuses non-global ``AdaptiveAvgPool2d`` whose
     output does not divide the input (PSPNet, Fast-SCNN, UPerNet), and with
@@ -132,16 +136,14 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str
                 module, (_dummy_input(spec),), str(out), opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, dynamo=False,
             )
-        if rewrites:
-            _check_rewrites(module, spec, out, rewrites)
-        return "torchscript"
+        return "torchscript", _check_rewrites(module, spec, out, rewrites) if rewrites else ""
     except EdgesegError:  # the model's own clear error (e.g. a missing compiled op): not an exporter failure
         raise
     except Exception as exc:  # the exporter raises many unrelated types
         legacy = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     try:
         _export_dynamo(module, spec, out, axes if dynamic else None)
-        return "dynamo"
+        return "dynamo", ""
     except EdgesegError:
         raise
     except Exception as exc:
@@ -155,13 +157,15 @@ def _export_torch(module: Any, spec: ModelSpec, out: Path, dynamic: bool) -> str
 REWRITE_REL_TOL = 1e-4
 
 
-def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str, int]) -> None:
+def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str, int]) -> str:
     """Compare a graph exported with :func:`edgeseg.torch_rewrites.static_rewrites` with the unchanged module.
 
     Both run on one seeded standard-normal input at the export size (ONNX
-    Runtime, CPU, fp32). The result is recorded in the graph's metadata
-    (``edgeseg.rewrites``: each rewrite, its count, the max abs difference
-    and its share of the logits' range).
+    Runtime, CPU, fp32).
+
+    Returns:
+        The note :func:`_stamped` records in the graph's metadata (``edgeseg.rewrites``: each rewrite, its
+        count, the max abs difference and its share of the logits' range).
 
     Raises:
         ConversionError: they differ by more than :data:`REWRITE_REL_TOL` of the range.
@@ -169,7 +173,6 @@ def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str,
     import onnxruntime as ort
 
     torch = _torch()
-    onnx = _onnx()
     x = np.random.default_rng(0).standard_normal(tuple(_dummy_input(spec).shape)).astype(np.float32)
     with torch.no_grad():
         ref = module(torch.from_numpy(x))
@@ -184,10 +187,7 @@ def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str,
     if not rel <= REWRITE_REL_TOL:
         raise ConversionError(f"the static-shape rewrite of {said} changed the model's output by {rel:.1e} of its range "
                               f"(max abs diff {diff:.3g}); report this model")
-    proto = onnx.load(str(out))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "edgeseg.rewrites", f"{said}; max abs diff vs PyTorch {diff:.2e} ({rel:.1e} of the range)"
-    onnx.save(proto, str(out))
+    return f"{said}; max abs diff vs PyTorch {diff:.2e} ({rel:.1e} of the range)"
 
 
 def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int] | None) -> None:
@@ -213,10 +213,13 @@ def _export_dynamo(module: Any, spec: ModelSpec, out: Path, axes: tuple[int, int
         f.unlink()
 
 
-def _stamped(proto: onnx.ModelProto, exporter: str) -> onnx.ModelProto:
-    """Record which PyTorch exporter wrote the graph (``metadata_props["edgeseg.exporter"]``)."""
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "edgeseg.exporter", exporter
+def _stamped(proto: onnx.ModelProto, exporter: str, rewrites: str) -> onnx.ModelProto:
+    """Record which PyTorch exporter wrote the graph (``metadata_props["edgeseg.exporter"]``) and its static-shape
+    rewrites (``"edgeseg.rewrites"``, when there were any)."""
+    for key, value in (("edgeseg.exporter", exporter), ("edgeseg.rewrites", rewrites)):
+        if value:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
     return proto
 
 
@@ -242,8 +245,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
     onnx = _onnx()
     if not isinstance(model, (str, Path)):
         exported = work / "from_torch.onnx"
-        exporter = _export_torch(model, spec, exported, dynamic)
-        return _stamped(onnx.load(str(exported)), exporter), ""
+        stamps = _export_torch(model, spec, exported, dynamic)  # writes the file read next
+        return _stamped(onnx.load(str(exported)), *stamps), ""
     path = Path(model)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
@@ -259,8 +262,8 @@ def load_source(model: str | Path | Any, spec: ModelSpec, work: Path, *, dynamic
         except Exception as exc:
             raise ConfigError(f"{path}: zip file but not a TorchScript model ({str(exc).splitlines()[0]})") from None
         exported = work / "from_torchscript.onnx"
-        exporter = _export_torch(module, spec, exported, dynamic)
-        return _stamped(onnx.load(str(exported)), exporter), digest
+        stamps = _export_torch(module, spec, exported, dynamic)  # writes the file read next
+        return _stamped(onnx.load(str(exported)), *stamps), digest
     if kind == "tflite":
         from .tflite_import import tflite_to_onnx
 
@@ -355,6 +358,16 @@ def tensor_dims(value_info: Any) -> list[int | str]:
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
     return dims
+
+
+def graph_constants(model: Any) -> dict[str, Any]:
+    """The constant values of an ONNX ``ModelProto``: value name → ``TensorProto``, from its initializers and its
+    ``Constant`` nodes' ``value`` tensors (other Constant forms, ``value_float`` etc., are left out)."""
+    consts = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts.update((node.output[0], a.t) for a in node.attribute if a.name == "value")
+    return consts
 
 
 def inferred_dims(model: Any) -> dict[str, list[int | None]]:

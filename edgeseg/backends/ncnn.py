@@ -41,7 +41,7 @@ import numpy as np
 from edgeseg_runtime.runners import tool_lines
 
 from ..errors import ConfigError, ConversionError, ToolchainError
-from ..export import inferred_dims, tensor_dims
+from ..export import graph_constants, inferred_dims, tensor_dims
 from ..targets import Target
 from . import BaseBackend, Calibration, Capabilities, ModelFiles, log_errors, static_input_shape
 from .unsupported import pnnx_unsupported
@@ -84,15 +84,10 @@ def rewrite_for_pnnx(model: onnx.ModelProto) -> dict[str, int]:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    consts = graph_constants(model)
 
     def constant(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        node = consts.get(name)
-        value = next((a for a in node.attribute if a.name == "value"), None) if node is not None else None
-        return None if value is None else numpy_helper.to_array(value.t)
+        return numpy_helper.to_array(consts[name]) if name in consts else None
 
     shapes = inferred_dims(model)  # none for a graph onnx cannot infer: no ReduceSum rewrite then
     producer = {o: n for n in graph.node for o in n.output}

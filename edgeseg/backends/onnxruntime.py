@@ -93,10 +93,9 @@ def fp16_overflow_nodes(model: Any) -> list[str]:
     """
     from onnx import TensorProto, numpy_helper
 
-    consts: dict[str, Any] = {i.name: i for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
-            consts[node.output[0]] = node.attribute[0].t
+    from ..export import graph_constants
+
+    consts = graph_constants(model)
     floats = (TensorProto.FLOAT, TensorProto.DOUBLE)
     big = {name for name, t in consts.items()
            if t.data_type in floats and np.any(np.abs(numpy_helper.to_array(t)) > FP16_MAX)}
