@@ -24,8 +24,12 @@ A cell is **Y** when the backend's logits match PyTorch's within
 Label agreement is measured and shown, but not the criterion: random-weight
 networks have near-tied class scores (top-two margins of 1e-4 of the range
 are common), so rounding that is harmless for a trained model flips some of
-their labels. int8 is not measured: it needs calibration images, and on
-random weights its accuracy would say nothing; ``edgeseg build --precision
+their labels. Each row also records how far PyTorch's own logits move when
+only the input is rounded to fp16 (:func:`fp16_input_sensitivity`); an fp16
+N cell of a model that this alone moves by more than
+:data:`ILL_CONDITIONED_SHARE` of the fp16 tolerance says so, since keeping a
+few layers in fp32 cannot fix such a model. int8 is not measured: it needs
+calibration images, and on random weights its accuracy would say nothing; ``edgeseg build --precision
 int8`` gates it per model.
 
 Backends that cannot run here say so in their cells: CoreML converts but
@@ -52,7 +56,8 @@ from edgeseg_runtime.runners import BACKEND_NAMES
 
 from .errors import EdgesegError
 
-__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "MMDEPLOY_Y", "REL_TOL", "backend_columns",
+__all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "MMDEPLOY_Y", "REL_TOL",
+           "ILL_CONDITIONED_SHARE", "fp16_input_sensitivity", "backend_columns",
            "ModelRow", "Cell", "measure_matrix", "summary", "write_matrix", "run_matrix"]
 
 #: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
@@ -132,6 +137,9 @@ MMDEPLOY_Y: dict[str, frozenset[str]] = {
 }
 #: precision → largest max abs diff, relative to the PyTorch logits' range, for a Y cell
 REL_TOL: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
+#: a model whose logits move by more than this share of the fp16 tolerance when only its input is rounded to
+#: fp16 is ill-conditioned for fp16 (:func:`fp16_input_sensitivity`); its fp16 N says so instead of blaming a layer
+ILL_CONDITIONED_SHARE = 0.25
 
 
 @functools.cache
@@ -189,6 +197,9 @@ class ModelRow:
     error: str = ""
     rewrites: str = ""  # static-shape rewrites made at export (SharedModel.rewrites)
     measured: str = ""  # ISO date the row was measured
+    #: how far PyTorch's own logits move, relative to their range, when only the input is rounded to fp16
+    #: (:func:`fp16_input_sensitivity`): the model's conditioning for fp16
+    fp16_input_rel: float | None = None
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # backend -> precision -> cell
 
 
@@ -205,6 +216,40 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def fp16_input_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray) -> float:
+    """How far the model's own fp32 logits move when only its input is rounded to fp16, relative to their range.
+
+    ``max|f(fp16(x)) - f(x)| / (max f(x) - min f(x))``: the effect of one fp16 rounding (unit roundoff 2^-11)
+    of one tensor, with everything else exact. An fp16 model rounds at every fp16 layer, so unless nearly
+    all of them stay in fp32 its error is of this order or larger (the condition-number view of rounding
+    error: Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §1.6).
+    Well-conditioned networks move ~1e-4 of their range; a large value means the network amplifies small
+    perturbations (random weights behind steep gates) or makes a discrete choice from near-tied values (top-k).
+
+    Args:
+        module: the PyTorch model (eval mode) that maps an NCHW float32 tensor to logits.
+        x: the NCHW float32 input ``ref`` was computed from.
+        ref: ``module(x)`` as a numpy array, the logits.
+
+    Returns:
+        The relative change, a float ≥ 0 (0 when fp16 rounding leaves ``x`` unchanged).
+    """
+    import torch
+
+    with torch.no_grad():
+        moved = module(torch.from_numpy(x).half().float()).numpy()
+    return float(np.abs(moved - ref).max() / max(float(ref.max() - ref.min()), 1e-12))
+
+
+def _mismatch(rel: float, precision: str, floor: float | None) -> str:
+    """Why a cell ``rel`` of the range from PyTorch's logits is N (``floor``: :func:`fp16_input_sensitivity`)."""
+    text = f"logits differ from PyTorch by {rel:.1%} of their range"
+    if precision == "fp16" and floor is not None and floor > ILL_CONDITIONED_SHARE * REL_TOL["fp16"]:
+        text += (f"; PyTorch itself moves {floor:.1%} when only its input is rounded to fp16 "
+                 "(conditioning, not one layer)")
+    return text
 
 
 def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
@@ -225,7 +270,8 @@ def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int) -> Cell:
+def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int,
+                     floor: float | None = None) -> Cell:
     from edgeseg_runtime.runners import runner_class
     from edgeseg_runtime.verify import compare_arrays
 
@@ -265,7 +311,7 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
     rel = diff / max(float(ref.max() - ref.min()), 1e-12)
     status = "Y" if rel <= REL_TOL[target.precision] else "N"
     return Cell(status, True, round(a.label_agreement, 6), diff, rel, round(latency, 2), round(size, 2),
-                "" if status == "Y" else f"logits differ from PyTorch by {rel:.1%} of their range")
+                "" if status == "Y" else _mismatch(rel, target.precision, floor))
 
 
 def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], size: tuple[int, int],
@@ -293,6 +339,7 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
             with torch.no_grad():
                 ref = module(torch.from_numpy(x)).numpy()
                 row.pytorch_ms = round(_median_ms(lambda: module(torch.from_numpy(x)), max(1, runs // 4)), 2)
+            row.fp16_input_rel = fp16_input_sensitivity(module, x, ref)
             shared = export_shared(module, spec, work / "static")
             row.export_ok, row.exporter, row.rewrites = True, shared.exporter, shared.rewrites
         except Exception as exc:  # every failure is a measured result
@@ -313,7 +360,7 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
         for backend, by_precision in targets.items():
             for precision, target in by_precision.items():
                 try:
-                    cell = _measure_backend(backend, target, shared, x, ref, bdir, runs)
+                    cell = _measure_backend(backend, target, shared, x, ref, bdir, runs, row.fp16_input_rel)
                 except Exception as exc:  # a bug in a backend wrapper: recorded, not raised
                     cell = Cell("N", error=f"{_first_line(exc)} ({traceback.format_exc(limit=1).splitlines()[-1]})")
                 row.cells.setdefault(backend, {})[precision] = cell
@@ -403,7 +450,10 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
         "of PyTorch's (label agreement with PyTorch and median latency shown), **N** with the first line of what "
         "failed, **?** when the backend cannot run on this host (what was checked is said). Label agreement is "
         "shown, not judged: random weights leave class scores nearly tied, so rounding flips some labels that a "
-        "trained model would keep. *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
+        "trained model would keep. An fp16 N of a model whose own PyTorch logits move by more than "
+        f"{ILL_CONDITIONED_SHARE:g} of the fp16 tolerance when only its input is rounded to fp16 says so: such a "
+        "model amplifies rounding (steep gates, top-k choices), so keeping a few layers in fp32 does not fix it "
+        "(each row's figure is in Details). *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
         "**dynamic** when a dynamic-H/W export matches a static export at a second size, **static** when it does "
         "not (build such models at fixed sizes: `[input] shapes`). int8 is not measured (calibration needs real "
         "weights; `edgeseg build --precision int8` gates it per model).",
@@ -418,6 +468,8 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     for r in rows:
         lines.append(f"- **{r.model}** (`{r.config}`{', measured ' + r.measured if r.measured else ''}): "
                      f"{r.shape_detail or r.error or 'no detail'}; PyTorch {r.pytorch_ms if r.pytorch_ms is not None else '-'} ms"
+                     + (f"; fp16-rounded input moves PyTorch's logits {r.fp16_input_rel:.1e} of their range"
+                        if r.fp16_input_rel is not None else "")
                      + (f"; export rewrites: {r.rewrites}" if r.rewrites else ""))
         for c, cells in r.cells.items():
             for precision, cell in cells.items():

@@ -222,6 +222,7 @@ def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> 
     assert rows["Fast-SCNN"]["exporter"] == "torchscript" and rows["Fast-SCNN"]["shape"] == "static"
     assert rows["Fast-SCNN"]["rewrites"].startswith("adaptive_avg_pool2d x3; max abs diff vs PyTorch")
     for row in rows.values():
+        assert 0 < row["fp16_input_rel"] < 5e-3  # well-conditioned: fp16-rounding the input moves PyTorch little
         cell = row["cells"]["onnxruntime"]["fp32"]
         assert cell["status"] == "Y" and cell["label_agreement"] >= 0.99 and cell["max_abs_diff"] < 1e-3
         assert cell["latency_ms"] > 0 and cell["size_mb"] > 0
@@ -236,6 +237,29 @@ def test_fast_matrix_measures_exporter_shape_and_onnxruntime(tmp_path: Path) -> 
     assert "| Fast-SCNN | torchscript | static | Y" in md and "random weights" in md
     bad = edgeseg_cli("matrix", "--models", "NoSuchNet", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "unknown model 'NoSuchNet'" in bad.stderr
+
+
+def test_fp16_input_sensitivity_tells_an_ill_conditioned_model_from_a_smooth_one() -> None:
+    from edgeseg.matrix import _mismatch, fp16_input_sensitivity
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (1, 3, 8, 8)).astype(np.float32)
+    x[:, 1] = x[:, 0] + 1e-5  # channel 1 beats channel 0 by less than fp16 resolves: rounding ties them
+
+    def winner(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(t.argmax(1), 3).permute(0, 3, 1, 2).float()
+
+    smooth = torch.nn.Conv2d(3, 4, 1).eval()
+    for module, low, high in ((smooth, 1e-6, 1e-3), (winner, 0.99, 1.01)):  # a top-k-like choice flips fully
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        assert low < fp16_input_sensitivity(module, x, ref) < high
+    ill = _mismatch(0.056, "fp16", 0.015)
+    assert ill == ("logits differ from PyTorch by 5.6% of their range; PyTorch itself moves 1.5% when only its input "
+                   "is rounded to fp16 (conditioning, not one layer)")
+    # a well-conditioned model's fp16 N (or any fp32 N) does not get the conditioning reason
+    plain = "logits differ from PyTorch by 5.6% of their range"
+    assert _mismatch(0.056, "fp16", 1e-4) == _mismatch(0.056, "fp32", 0.015) == plain
 
 
 def test_matrix_counts_and_mmdeploys_cells(tmp_path: Path) -> None:
