@@ -25,12 +25,13 @@ Label agreement is measured and shown, but not the criterion: random-weight
 networks have near-tied class scores (top-two margins of 1e-4 of the range
 are common), so rounding that is harmless for a trained model flips some of
 their labels. Each row also records how far PyTorch's own logits move when
-only the input is rounded to fp16 (:func:`fp16_input_sensitivity`); an fp16
-N cell of a model that this alone moves by more than
-:data:`ILL_CONDITIONED_SHARE` of the fp16 tolerance says so, since keeping a
-few layers in fp32 cannot fix such a model. int8 is not measured: it needs
-calibration images, and on random weights its accuracy would say nothing; ``edgeseg build --precision
-int8`` gates it per model.
+only the input, or only one sampled layer's output, is rounded to fp16
+(:func:`fp16_sensitivity`); an fp16 N cell names such a single rounding
+when it moves the logits by more than :data:`ILL_CONDITIONED_SHARE` of the
+fp16 tolerance: most layers (no few layers kept in fp32 fix the model) or
+only the input. int8 is not measured: it
+needs calibration images, and on random weights its accuracy would say
+nothing; ``edgeseg build --precision int8`` gates it per model.
 
 Backends that cannot run here say so in their cells: CoreML converts but
 predicts only on macOS; TensorRT is not installable here (DESIGN.md §6).
@@ -57,7 +58,7 @@ from edgeseg_runtime.runners import BACKEND_NAMES
 from .errors import EdgesegError
 
 __all__ = ["SEED_MODELS", "FAST_MODELS", "BACKEND_COLUMNS", "COLUMN_PROFILES", "MMDEPLOY_Y", "REL_TOL",
-           "ILL_CONDITIONED_SHARE", "fp16_input_sensitivity", "backend_columns",
+           "ILL_CONDITIONED_SHARE", "SAMPLED_LAYERS", "fp16_sensitivity", "backend_columns",
            "ModelRow", "Cell", "measure_matrix", "summary", "write_matrix", "run_matrix"]
 
 #: architecture → mmseg 1.2.2 config (the smallest backbone the wheel has a config for)
@@ -137,9 +138,11 @@ MMDEPLOY_Y: dict[str, frozenset[str]] = {
 }
 #: precision → largest max abs diff, relative to the PyTorch logits' range, for a Y cell
 REL_TOL: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
-#: a model whose logits move by more than this share of the fp16 tolerance when only its input is rounded to
-#: fp16 is ill-conditioned for fp16 (:func:`fp16_input_sensitivity`); its fp16 N says so instead of blaming a layer
+#: a single fp16 rounding (:func:`fp16_sensitivity`) that moves PyTorch's logits by more than this share of the fp16
+#: tolerance is named in an fp16 N: whether most sampled layers' roundings do (conditioning), or only the input's
 ILL_CONDITIONED_SHARE = 0.25
+#: layers :func:`fp16_sensitivity` rounds one at a time
+SAMPLED_LAYERS = 8
 
 
 @functools.cache
@@ -197,9 +200,10 @@ class ModelRow:
     error: str = ""
     rewrites: str = ""  # static-shape rewrites made at export (SharedModel.rewrites)
     measured: str = ""  # ISO date the row was measured
-    #: how far PyTorch's own logits move, relative to their range, when only the input is rounded to fp16
-    #: (:func:`fp16_input_sensitivity`): the model's conditioning for fp16
+    #: how far PyTorch's own logits move, relative to their range, when only the input is rounded to fp16, and
+    #: when only one sampled layer's output is (layer name → move): :func:`fp16_sensitivity`
     fp16_input_rel: float | None = None
+    fp16_layer_rel: dict[str, float] = field(default_factory=dict)
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # backend -> precision -> cell
 
 
@@ -218,37 +222,81 @@ def _median_ms(fn: Callable[[], Any], runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def fp16_input_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray) -> float:
-    """How far the model's own fp32 logits move when only its input is rounded to fp16, relative to their range.
+def fp16_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray,
+                     layers: int = SAMPLED_LAYERS) -> tuple[float, dict[str, float]]:
+    """How far the model's own fp32 logits move when a single tensor is rounded to fp16, relative to their range.
 
-    ``max|f(fp16(x)) - f(x)| / (max f(x) - min f(x))``: the effect of one fp16 rounding (unit roundoff 2^-11)
-    of one tensor, with everything else exact. An fp16 model rounds at every fp16 layer, so unless nearly
-    all of them stay in fp32 its error is of this order or larger (the condition-number view of rounding
-    error: Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §1.6).
-    Well-conditioned networks move ~1e-4 of their range; a large value means the network amplifies small
-    perturbations (random weights behind steep gates) or makes a discrete choice from near-tied values (top-k).
+    ``max|f'(x) - f(x)| / (max f(x) - min f(x))`` where ``f'`` is the model with one tensor rounded to fp16 (unit
+    roundoff 2^-11) and everything else exact: first the input, then, one at a time, the output of each of
+    ``layers`` ``Conv2d``/``Linear`` layers sampled evenly from those the forward pass calls, in call order (a
+    ``MultiheadAttention`` projection used through its weight is not called, so not sampled). An fp16 model
+    rounds at every fp16 layer, so these are the perturbations it is made of (the condition-number view of
+    rounding error: Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §1.6).
+    Well-conditioned networks move ~1e-4 of their range for each. Large moves from most sampled layers mean the
+    network amplifies rounding anywhere (e.g. a top-k choice among near-tied scores): no few layers kept in fp32
+    fix it. A large move from the input alone, with small ones from the sampled layers, means a few decisions
+    near a tie that some roundings flip and others do not, depending on the input image.
 
     Args:
         module: the PyTorch model (eval mode) that maps an NCHW float32 tensor to logits.
         x: the NCHW float32 input ``ref`` was computed from.
         ref: ``module(x)`` as a numpy array, the logits.
+        layers: how many layers to sample (all of them when the model calls fewer).
 
     Returns:
-        The relative change, a float ≥ 0 (0 when fp16 rounding leaves ``x`` unchanged).
+        ``(input_move, {layer name: move})``, each a float ≥ 0.
     """
     import torch
 
+    scale = max(float(ref.max() - ref.min()), 1e-12)
+    called: dict[str, Any] = {}  # the layers whose forward runs, in call order
+    layer_types = (torch.nn.Conv2d, torch.nn.Linear)
+
+    def noting(name: str) -> Callable[..., None]:
+        def hook(layer: Any, _args: Any, _out: Any) -> None:
+            called.setdefault(name, layer)
+        return hook
+
+    handles = [m.register_forward_hook(noting(n)) for n, m in module.named_modules() if isinstance(m, layer_types)]
+    try:
+        with torch.no_grad():
+            module(torch.from_numpy(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    named = list(called.items())
+    picks = sorted({int(i) for i in np.linspace(0, len(named) - 1, min(layers, len(named))).round()}) if named else []
+
+    def rounded(_layer: Any, _args: Any, out: Any) -> Any:
+        return out.half().float()
+
+    moves = {}
     with torch.no_grad():
-        moved = module(torch.from_numpy(x).half().float()).numpy()
-    return float(np.abs(moved - ref).max() / max(float(ref.max() - ref.min()), 1e-12))
+        for name, layer in [("", None), *(named[i] for i in picks)]:
+            handle = layer.register_forward_hook(rounded) if layer is not None else None
+            try:
+                inp = torch.from_numpy(x)
+                out = module(inp.half().float() if layer is None else inp).numpy()
+            finally:
+                if handle is not None:
+                    handle.remove()
+            moves[name] = float(np.abs(out - ref).max() / scale)
+    return moves.pop(""), moves
 
 
-def _mismatch(rel: float, precision: str, floor: float | None) -> str:
-    """Why a cell ``rel`` of the range from PyTorch's logits is N (``floor``: :func:`fp16_input_sensitivity`)."""
+def _mismatch(rel: float, precision: str, input_move: float | None, layer_moves: dict[str, float]) -> str:
+    """Why a cell ``rel`` of the range from PyTorch's logits is N; the moves are :func:`fp16_sensitivity`'s."""
     text = f"logits differ from PyTorch by {rel:.1%} of their range"
-    if precision == "fp16" and floor is not None and floor > ILL_CONDITIONED_SHARE * REL_TOL["fp16"]:
-        text += (f"; PyTorch itself moves {floor:.1%} when only its input is rounded to fp16 "
-                 "(conditioning, not one layer)")
+    if precision != "fp16" or input_move is None:
+        return text
+    limit = ILL_CONDITIONED_SHARE * REL_TOL["fp16"]
+    inner = sorted(layer_moves.values())
+    if inner and statistics.median(inner) > limit:
+        text += (f"; rounding one of {len(inner)} sampled layers alone moves PyTorch by a median "
+                 f"{statistics.median(inner):.1%} (conditioning: no few fp32 layers fix it)")
+    elif input_move > limit:
+        text += f"; rounding only its input moves PyTorch {input_move:.1%}" + (
+            f" (one of {len(inner)} sampled inner layers ≤ {inner[-1]:.2%})" if inner else "")
     return text
 
 
@@ -271,7 +319,8 @@ def _precisions(name: str, wanted: Sequence[str]) -> dict[str, Any]:
 
 
 def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np.ndarray, work: Path, runs: int,
-                     floor: float | None = None) -> Cell:
+                     row: ModelRow) -> Cell:
+    """``row`` gives the model's :func:`fp16_sensitivity` figures, for an N cell's reason."""
     from edgeseg_runtime.runners import runner_class
     from edgeseg_runtime.verify import compare_arrays
 
@@ -311,7 +360,7 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
     rel = diff / max(float(ref.max() - ref.min()), 1e-12)
     status = "Y" if rel <= REL_TOL[target.precision] else "N"
     return Cell(status, True, round(a.label_agreement, 6), diff, rel, round(latency, 2), round(size, 2),
-                "" if status == "Y" else _mismatch(rel, target.precision, floor))
+                "" if status == "Y" else _mismatch(rel, target.precision, row.fp16_input_rel, row.fp16_layer_rel))
 
 
 def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], size: tuple[int, int],
@@ -339,7 +388,7 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
             with torch.no_grad():
                 ref = module(torch.from_numpy(x)).numpy()
                 row.pytorch_ms = round(_median_ms(lambda: module(torch.from_numpy(x)), max(1, runs // 4)), 2)
-            row.fp16_input_rel = fp16_input_sensitivity(module, x, ref)
+            row.fp16_input_rel, row.fp16_layer_rel = fp16_sensitivity(module, x, ref)
             shared = export_shared(module, spec, work / "static")
             row.export_ok, row.exporter, row.rewrites = True, shared.exporter, shared.rewrites
         except Exception as exc:  # every failure is a measured result
@@ -360,7 +409,7 @@ def _measure_model(name: str, config: str, targets: dict[str, dict[str, Any]], s
         for backend, by_precision in targets.items():
             for precision, target in by_precision.items():
                 try:
-                    cell = _measure_backend(backend, target, shared, x, ref, bdir, runs, row.fp16_input_rel)
+                    cell = _measure_backend(backend, target, shared, x, ref, bdir, runs, row)
                 except Exception as exc:  # a bug in a backend wrapper: recorded, not raised
                     cell = Cell("N", error=f"{_first_line(exc)} ({traceback.format_exc(limit=1).splitlines()[-1]})")
                 row.cells.setdefault(backend, {})[precision] = cell
@@ -424,6 +473,11 @@ def _dates(rows: Sequence[ModelRow], meta: dict[str, Any]) -> str:
     return dates[0] if len(dates) == 1 else f"rows measured {dates[0]} to {dates[-1]} (each row's date in Details)"
 
 
+def _spread(moves: dict[str, float]) -> str:
+    """``min to max`` of :func:`fp16_sensitivity`'s layer moves, for the Details."""
+    return f"{min(moves.values()):.1e} to {max(moves.values()):.1e}" if moves else "-"
+
+
 def _short(text: str, limit: int = 170) -> str:
     """An error cut for a table cell (the JSON keeps the whole first line)."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
@@ -450,10 +504,10 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
         "of PyTorch's (label agreement with PyTorch and median latency shown), **N** with the first line of what "
         "failed, **?** when the backend cannot run on this host (what was checked is said). Label agreement is "
         "shown, not judged: random weights leave class scores nearly tied, so rounding flips some labels that a "
-        "trained model would keep. An fp16 N of a model whose own PyTorch logits move by more than "
-        f"{ILL_CONDITIONED_SHARE:g} of the fp16 tolerance when only its input is rounded to fp16 says so: such a "
-        "model amplifies rounding (steep gates, top-k choices), so keeping a few layers in fp32 does not fix it "
-        "(each row's figure is in Details). *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
+        "trained model would keep. An fp16 N says when PyTorch's own logits move by more than "
+        f"{ILL_CONDITIONED_SHARE:g} of the fp16 tolerance from a single fp16 rounding: of most of {SAMPLED_LAYERS} "
+        "sampled layers (the model amplifies rounding anywhere, e.g. a top-k choice; keeping a few layers in fp32 "
+        "does not fix it), or of the input only; each row's figures are in Details. *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
         "**dynamic** when a dynamic-H/W export matches a static export at a second size, **static** when it does "
         "not (build such models at fixed sizes: `[input] shapes`). int8 is not measured (calibration needs real "
         "weights; `edgeseg build --precision int8` gates it per model).",
@@ -468,8 +522,9 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
     for r in rows:
         lines.append(f"- **{r.model}** (`{r.config}`{', measured ' + r.measured if r.measured else ''}): "
                      f"{r.shape_detail or r.error or 'no detail'}; PyTorch {r.pytorch_ms if r.pytorch_ms is not None else '-'} ms"
-                     + (f"; fp16-rounded input moves PyTorch's logits {r.fp16_input_rel:.1e} of their range"
-                        if r.fp16_input_rel is not None else "")
+                     + (f"; one fp16 rounding moves PyTorch's logits by (of their range): of the input only "
+                        f"{r.fp16_input_rel:.1e}, of one of {len(r.fp16_layer_rel)} sampled layers only "
+                        f"{_spread(r.fp16_layer_rel)}" if r.fp16_input_rel is not None else "")
                      + (f"; export rewrites: {r.rewrites}" if r.rewrites else ""))
         for c, cells in r.cells.items():
             for precision, cell in cells.items():
