@@ -29,9 +29,9 @@ only the input, or only one sampled layer's output, is rounded to fp16
 (:func:`fp16_sensitivity`); an fp16 N cell names such a single rounding
 when it moves the logits by more than :data:`ILL_CONDITIONED_SHARE` of the
 fp16 tolerance: most layers (no few layers kept in fp32 fix the model) or
-only the input. int8 is not measured: it
-needs calibration images, and on random weights its accuracy would say
-nothing; ``edgeseg build --precision int8`` gates it per model.
+only the input. int8 is not measured: it needs calibration images, and on
+random weights its accuracy would say nothing; ``edgeseg build --precision
+int8`` gates it per model.
 
 Backends that cannot run here say so in their cells: CoreML converts but
 predicts only on macOS; TensorRT is not installable here (DESIGN.md §6).
@@ -232,7 +232,7 @@ def fp16_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray,
     ``MultiheadAttention`` projection used through its weight is not called, so not sampled). An fp16 model
     rounds at every fp16 layer, so these are the perturbations it is made of (the condition-number view of
     rounding error: Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §1.6).
-    Well-conditioned networks move ~1e-4 of their range for each. Large moves from most sampled layers mean the
+    Well-conditioned networks move ≤ ~1e-4 of their range for each. Large moves from most sampled layers mean the
     network amplifies rounding anywhere (e.g. a top-k choice among near-tied scores): no few layers kept in fp32
     fix it. A large move from the input alone, with small ones from the sampled layers, means a few decisions
     near a tie that some roundings flip and others do not, depending on the input image.
@@ -507,7 +507,8 @@ def write_matrix(rows: list[ModelRow], out_dir: Path, *, meta: dict[str, Any] | 
         "trained model would keep. An fp16 N says when PyTorch's own logits move by more than "
         f"{ILL_CONDITIONED_SHARE:g} of the fp16 tolerance from a single fp16 rounding: of most of {SAMPLED_LAYERS} "
         "sampled layers (the model amplifies rounding anywhere, e.g. a top-k choice; keeping a few layers in fp32 "
-        "does not fix it), or of the input only; each row's figures are in Details. *Export*: the exporter that worked (TorchScript, else dynamo). *Shape*: "
+        "does not fix it), or of the input only; each row's figures are in Details. *Export*: the exporter that "
+        "worked (TorchScript, else dynamo). *Shape*: "
         "**dynamic** when a dynamic-H/W export matches a static export at a second size, **static** when it does "
         "not (build such models at fixed sizes: `[input] shapes`). int8 is not measured (calibration needs real "
         "weights; `edgeseg build --precision int8` gates it per model).",

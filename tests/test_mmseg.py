@@ -283,8 +283,8 @@ def test_fp16_sensitivity_tells_where_a_single_rounding_moves_the_model() -> Non
     anywhere = _mismatch(0.594, "fp16", 0.528, {"a": 0.273, "b": 0.0, "c": 0.387})
     assert anywhere == ("logits differ from PyTorch by 59.4% of their range; rounding one of 3 sampled layers alone "
                         "moves PyTorch by a median 27.3% (conditioning: no few fp32 layers fix it)")
-    input_side = _mismatch(0.056, "fp16", 0.015, {"a": 7e-4, "b": 9e-4})
-    assert input_side == ("logits differ from PyTorch by 5.6% of their range; rounding only its input moves PyTorch "
+    input_only = _mismatch(0.056, "fp16", 0.015, {"a": 7e-4, "b": 9e-4})
+    assert input_only == ("logits differ from PyTorch by 5.6% of their range; rounding only its input moves PyTorch "
                           "1.5% (one of 2 sampled inner layers ≤ 0.09%)")
     # a well-conditioned model's fp16 N, and any fp32 N, get no such reason
     plain = "logits differ from PyTorch by 5.6% of their range"
