@@ -172,6 +172,8 @@ def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str,
     """
     import onnxruntime as ort
 
+    from .metrics import range_share
+
     torch = _torch()
     x = np.random.default_rng(0).standard_normal(tuple(_dummy_input(spec).shape)).astype(np.float32)
     with torch.no_grad():
@@ -182,7 +184,7 @@ def _check_rewrites(module: Any, spec: ModelSpec, out: Path, rewrites: dict[str,
     session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     diff = float(np.abs(got.astype(np.float64) - ref).max()) if got.shape == ref.shape else float("inf")
-    rel = diff / max(float(ref.max() - ref.min()), 1e-12)
+    rel = range_share(diff, ref)
     said = ", ".join(f"{name} x{n}" for name, n in sorted(rewrites.items()))
     if not rel <= REWRITE_REL_TOL:
         raise ConversionError(f"the static-shape rewrite of {said} changed the model's output by {rel:.1e} of its range "

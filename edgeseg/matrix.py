@@ -248,7 +248,8 @@ def fp16_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray,
     """
     import torch
 
-    scale = max(float(ref.max() - ref.min()), 1e-12)
+    from .metrics import range_share
+
     called: dict[str, Any] = {}  # the layers whose forward runs, in call order
     layer_types = (torch.nn.Conv2d, torch.nn.Linear)
 
@@ -270,18 +271,20 @@ def fp16_sensitivity(module: Any, x: np.ndarray, ref: np.ndarray,
     def rounded(_layer: Any, _args: Any, out: Any) -> Any:
         return out.half().float()
 
+    def move(out: Any) -> float:
+        return range_share(float(np.abs(out.numpy() - ref).max()), ref)
+
     moves = {}
     with torch.no_grad():
-        for name, layer in [("", None), *(named[i] for i in picks)]:
-            handle = layer.register_forward_hook(rounded) if layer is not None else None
+        input_move = move(module(torch.from_numpy(x).half().float()))
+        for i in picks:
+            name, layer = named[i]
+            handle = layer.register_forward_hook(rounded)
             try:
-                inp = torch.from_numpy(x)
-                out = module(inp.half().float() if layer is None else inp).numpy()
+                moves[name] = move(module(torch.from_numpy(x)))
             finally:
-                if handle is not None:
-                    handle.remove()
-            moves[name] = float(np.abs(out - ref).max() / scale)
-    return moves.pop(""), moves
+                handle.remove()
+    return input_move, moves
 
 
 def _mismatch(rel: float, precision: str, input_move: float | None, layer_moves: dict[str, float]) -> str:
@@ -325,6 +328,7 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
     from edgeseg_runtime.verify import compare_arrays
 
     from .backends import get_backend
+    from .metrics import range_share
 
     out = work / f"{name}-{target.precision}"
     out.mkdir()
@@ -357,7 +361,7 @@ def _measure_backend(name: str, target: Any, shared: Any, x: np.ndarray, ref: np
         return Cell("N", convert_ok=True, error=f"output shape {list(got.shape)} instead of {list(ref.shape)}")
     a = compare_arrays(got, ref, got.argmax(1), ref.argmax(1))
     diff = a.max_abs_diff
-    rel = diff / max(float(ref.max() - ref.min()), 1e-12)
+    rel = range_share(diff, ref)
     status = "Y" if rel <= REL_TOL[target.precision] else "N"
     return Cell(status, True, round(a.label_agreement, 6), diff, rel, round(latency, 2), round(size, 2),
                 "" if status == "Y" else _mismatch(rel, target.precision, row.fp16_input_rel, row.fp16_layer_rel))

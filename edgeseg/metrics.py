@@ -19,7 +19,8 @@ Also here, for comparison reports: latency percentiles (linear interpolation
 between closest ranks, numpy's default ``percentile`` method, warm-up runs
 left out by the caller) and the absolute difference of two score tensors
 accumulated over images (Polygraphy's ``max/mean absdiff``), pooled from the
-runtime's one comparison function (:func:`edgeseg_runtime.verify.compare_arrays`).
+runtime's one comparison function (:func:`edgeseg_runtime.verify.compare_arrays`),
+and a difference's share of the reference logits' range (:func:`range_share`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,20 @@ __all__ = [
     "miou_drop",
     "worst_class",
     "MIN_CLASS_SUPPORT",
+    "range_share",
 ]
 
 #: label value excluded from every metric (MMSegmentation, Cityscapes, ADE20K and VOC convention)
 IGNORE_INDEX = 255
+
+
+def range_share(diff: float, ref: np.ndarray) -> float:
+    """``diff`` (a max abs difference from ``ref``, in its units) as a share of ``ref``'s range, ``max - min``.
+
+    The scale-free size of a logits difference used by the support matrix, the export and LiteRT checks: a
+    constant ``ref`` counts as a range of 1e-12, so any difference from it is huge, not a division by zero.
+    """
+    return diff / max(float(ref.max() - ref.min()), 1e-12)
 
 
 def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

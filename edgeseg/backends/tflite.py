@@ -252,6 +252,8 @@ def float_error(path: Path, net: Any, shape: tuple[int, ...]) -> float:
     import torch
     from ai_edge_litert.interpreter import Interpreter
 
+    from ..metrics import range_share
+
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = net(x)
@@ -262,7 +264,7 @@ def float_error(path: Path, net: Any, shape: tuple[int, ...]) -> float:
     got = outputs[sorted(outputs)[0]]
     if got.shape != want.shape:
         return 0.0
-    return float(np.abs(got - want).max() / max(float(want.max() - want.min()), 1e-12))
+    return range_share(float(np.abs(got - want).max()), want)
 
 
 def _run_quantizer(src: Path, dest: Path, target: Target, calibration: Calibration | None, bits: int) -> dict[str, Any]:
